@@ -1,0 +1,50 @@
+"""SDK patches: one module per SDK surface, each turning calls into events.
+
+This module keeps the registry of what was replaced, as ``(owner, attribute, original)``, in spanline
+itself rather than as marker attributes on SDK classes, so ``autolog(disable=True)`` can put back the
+exact original objects (``is``-identical) and leave the SDK as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger("spanline")
+
+# (owner, attribute) -> (original, wrapper). The owner's __dict__ entry is what gets replaced.
+_installed: dict[tuple[type, str], tuple[Any, Any]] = {}
+
+
+def patch(owner: type, attribute: str, make_wrapper: Callable[[Any], Any]) -> None:
+    """Replace ``owner.attribute`` with ``make_wrapper(original)``, once."""
+    key = (owner, attribute)
+    if key in _installed:
+        return
+    original = owner.__dict__[attribute]
+    wrapper = make_wrapper(original)
+    setattr(owner, attribute, wrapper)
+    _installed[key] = (original, wrapper)
+
+
+def unpatch_all() -> list[str]:
+    """Restore every original. A patch that someone else has wrapped since is left in place (it would
+    take their wrapper with it) and reported; it stays inert because recording is off."""
+    left = []
+    for (owner, attribute), (original, wrapper) in list(_installed.items()):
+        if owner.__dict__.get(attribute) is wrapper:
+            setattr(owner, attribute, original)
+            del _installed[(owner, attribute)]
+        else:
+            left.append(f"{owner.__qualname__}.{attribute}")
+    return left
+
+
+def installed() -> list[tuple[type, str]]:
+    return list(_installed)
+
+
+def original_of(owner: type, attribute: str) -> Any:
+    entry = _installed.get((owner, attribute))
+    return entry[0] if entry else owner.__dict__.get(attribute)

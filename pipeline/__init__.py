@@ -1,0 +1,1 @@
+"""The pipeline: events → queue → worker → assembler → MLflow sink. Installed as ``spanline.pipeline``."""

@@ -1,0 +1,212 @@
+"""Folds events into spans and spans into units that are ready to store.
+
+In: decoded events, in emission order per thread, on the worker thread.
+Out: ``Unit``s from ``take()``: the spans of one subtree whose outermost spanline span has ended.
+
+A unit is complete when its root ends; children always end before their parent in well-nested code, so
+that is when the subtree is whole. A unit usually is a whole trace. Two cases make it a part of one:
+the unit hangs under a span of MLflow's own tracer (MLflow writes that trace; the store merges our
+spans into it), or a child outlives its root (a task left running). The store's ``log_spans`` merges
+spans into an existing trace and re-aggregates it, so a late part is written on its own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import context, convert
+from .events import ApiCall, Event, Failure, SpanEnd, SpanStart
+from .stats import Counters, DropReason
+
+MAX_OPEN_SPANS = 100_000
+
+
+@dataclass(slots=True)
+class SpanRecord:
+    trace_id: str  # MLflow trace id, "tr-" + 32 hex digits
+    span: int
+    parent: int
+    root: int
+    name: str
+    span_type: str
+    start_ns: int
+    end_ns: int = 0
+    attributes: dict[str, str] = field(default_factory=dict)
+    events: list[dict] = field(default_factory=list)
+    error: str = ""  # status message; non-empty means status ERROR
+    experiment: str = ""  # set when MLflow owns the trace
+    event_count: int = 1  # how many queue events built this span (for drop accounting)
+    is_trace_root: bool = False
+
+
+@dataclass(slots=True)
+class Unit:
+    trace_id: str
+    experiment: str
+    spans: list[SpanRecord]
+
+    @property
+    def event_count(self) -> int:
+        return sum(s.event_count for s in self.spans)
+
+
+class Assembler:
+    def __init__(self, counters: Counters, policy: Callable[[], convert.ContentPolicy]) -> None:
+        self.counters = counters
+        self.policy = policy
+        self.open: dict[int, SpanRecord] = {}
+        self.waiting: dict[int, list[SpanRecord]] = {}  # root span -> its ended descendants
+        self.ready: list[Unit] = []
+
+    def add(self, event: Event) -> None:
+        if type(event) is ApiCall:
+            self._finish(self._api_call(event), event.root)
+        elif type(event) is SpanStart:
+            self._start(event)
+        else:
+            self._end(event)
+
+    def take(self) -> list[Unit]:
+        ready, self.ready = self.ready, []
+        return ready
+
+    # --- folding ------------------------------------------------------------------------------------
+
+    def _start(self, ev: SpanStart) -> None:
+        attrs = {
+            "mlflow.traceRequestId": "",  # filled below, kept first like MLflow's
+            "mlflow.spanType": convert.dumps(ev.span_type),
+        }
+        if ev.attributes:
+            for key, value in convert.load(ev.attributes).items():
+                attrs[key] = convert.dumps(value)
+        trace_id = ev.ext_trace or context.mlflow_trace_id(ev.trace)
+        attrs["mlflow.traceRequestId"] = convert.dumps(trace_id)
+        rec = SpanRecord(
+            trace_id=trace_id,
+            span=ev.span,
+            parent=ev.parent,
+            root=ev.root,
+            name=ev.name,
+            span_type=ev.span_type,
+            start_ns=ev.start_ns,
+            attributes=attrs,
+            experiment=ev.ext_experiment,
+            is_trace_root=ev.parent == 0,
+        )
+        if ev.inputs:
+            self._set_payload(rec, "mlflow.spanInputs", ev.inputs)
+        if len(self.open) >= MAX_OPEN_SPANS:
+            # A span that never ends (an abandoned generator, a leaked context) must not hold memory
+            # forever: the oldest open span goes, counted.
+            self.open.pop(next(iter(self.open)))
+            self.counters.drop(DropReason.ORPHANED)
+        self.open[ev.span] = rec
+        if ev.root == ev.span:
+            self.waiting[ev.span] = []
+
+    def _end(self, ev: SpanEnd) -> None:
+        rec = self.open.pop(ev.span, None)
+        if rec is None:
+            # Its start was dropped (full queue) or evicted: the end alone cannot make a span.
+            self.counters.drop(DropReason.ORPHANED)
+            return
+        rec.end_ns = ev.end_ns
+        rec.event_count = 2
+        if ev.attributes:
+            for key, value in convert.load(ev.attributes).items():
+                rec.attributes[key] = convert.dumps(value)
+        if ev.inputs:
+            self._set_payload(rec, "mlflow.spanInputs", ev.inputs)
+        if ev.outputs:
+            self._set_payload(rec, "mlflow.spanOutputs", ev.outputs)
+        self._set_outcome(rec, ev.error)
+        self._finish(rec, ev.root)
+
+    def _set_payload(self, rec: SpanRecord, key: str, raw: bytes) -> None:
+        """Store user inputs or outputs (JSON text) under the content policy."""
+        policy = self.policy()
+        if policy.capture_content == "metadata":
+            return  # user spans' inputs and outputs are all content
+        if policy.redact is None:
+            text = convert.reformat(raw)  # the common case: no parse into Python objects at all
+        else:
+            text = convert.dumps(policy.redact(convert.load(raw)))
+        rec.attributes[key] = convert.bounded(text, policy.max_content_bytes)
+
+    def _api_call(self, ev: ApiCall) -> SpanRecord:
+        trace_id = ev.ext_trace or context.mlflow_trace_id(ev.trace)
+        attrs = {
+            "mlflow.traceRequestId": convert.dumps(trace_id),
+            "mlflow.spanType": '"CHAT_MODEL"',
+        }
+        attrs.update(
+            convert.messages_attributes(
+                ev.request, ev.response, ev.request_id, ev.error is not None, self.policy()
+            )
+        )
+        rec = SpanRecord(
+            trace_id=trace_id,
+            span=ev.span,
+            parent=ev.parent,
+            root=ev.root,
+            name=ev.name,
+            span_type="CHAT_MODEL",
+            start_ns=ev.start_ns,
+            end_ns=ev.end_ns,
+            attributes=attrs,
+            experiment=ev.ext_experiment,
+            is_trace_root=ev.parent == 0,
+        )
+        self._set_outcome(rec, ev.error)
+        return rec
+
+    def _set_outcome(self, rec: SpanRecord, error: Failure | None) -> None:
+        if error is not None:
+            rec.error = f"{error.type}: {error.message}"
+            rec.events.append(
+                {
+                    "name": "exception",
+                    "time_ns": error.time_ns,
+                    "attributes": {
+                        "exception.message": error.message,
+                        "exception.type": error.type,
+                        "exception.stacktrace": error.stacktrace,
+                    },
+                }
+            )
+        rec.attributes["mlflow.spanLogLevel"] = str(convert.default_log_level(rec.span_type, bool(rec.error)))
+        if rec.is_trace_root:
+            # Without start_trace, the store names the trace from this root-span attribute.
+            rec.attributes["mlflow.traceTag.mlflow.traceName"] = convert.dumps(rec.name)
+
+    def _finish(self, rec: SpanRecord, root: int) -> None:
+        if rec.span == root:
+            spans = self.waiting.pop(root, [])
+            spans.append(rec)
+            self.ready.append(Unit(rec.trace_id, rec.experiment, spans))
+            return
+        siblings = self.waiting.get(root)
+        if siblings is None:
+            # The root already ended: this span outlived it. Store it on its own; the store merges it.
+            self.ready.append(Unit(rec.trace_id, rec.experiment, [rec]))
+        else:
+            siblings.append(rec)
+
+    def close_all(self) -> None:
+        """At shutdown: end every open span now, marked unfinished, so what was recorded is not lost."""
+        now = time.time_ns()
+        open_spans, self.open = self.open, {}
+        # Descendants first, so each root's unit collects its unfinished children before it closes.
+        for rec in sorted(open_spans.values(), key=lambda r: r.span == r.root):
+            rec.end_ns = now
+            rec.event_count = 1
+            rec.attributes["spanline.unfinished"] = "true"
+            self._set_outcome(rec, None)
+            self._finish(rec, rec.root)
+
+    @property
+    def open_spans(self) -> int:
+        return len(self.open)

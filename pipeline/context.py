@@ -1,0 +1,119 @@
+"""Where a new span hangs: the current-span ContextVar, id allocation, and joining MLflow's own spans.
+
+In: the caller's thread, at every span start. Out: a ``Parent`` (or None for a new trace) and fresh ids.
+
+One ContextVar holds the current spanline span, so nesting follows ``await``, tasks (asyncio and trio
+copy the context into each task), and threads given ``contextvars.copy_context()``. Ids are per-process
+counters added to a random base drawn at import and again in a forked child, so allocating one is a
+``next()`` and never a syscall.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+from contextvars import ContextVar
+from typing import NamedTuple
+
+_MASK64 = (1 << 64) - 1
+
+
+class Parent(NamedTuple):
+    """The span that new spans nest under. ``span`` is 0 for "no spanline parent" (an external root)."""
+
+    trace: int
+    span: int
+    root: int
+    sampled: bool
+    ext_trace: str = ""
+    ext_experiment: str = ""
+
+
+current: ContextVar[Parent | None] = ContextVar("spanline_current_span", default=None)
+
+
+class _Ids:
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        rng = random.SystemRandom()
+        # A random per-process prefix makes trace ids from different processes (and forked children)
+        # distinct; the low half is a counter, so ids stay unique within the process.
+        self.trace_prefix = rng.getrandbits(64) | 1
+        self._span_base = rng.getrandbits(64)
+        self._next_trace = itertools.count(1).__next__
+        self._next_span = itertools.count(1).__next__
+
+    def trace(self) -> int:
+        return self._next_trace()
+
+    def span(self) -> int:
+        # Span ids must be non-zero 64-bit values; the base keeps them unique across processes too.
+        return ((self._span_base + self._next_span()) & _MASK64) or 1
+
+
+ids = _Ids()
+new_trace_number = ids.trace
+new_span_id = ids.span
+
+
+# The bound methods above read the counters through ``ids``, so resetting it in place is enough.
+os.register_at_fork(after_in_child=ids.reset)
+
+
+def mlflow_trace_id(trace_number: int) -> str:
+    """MLflow's trace id for a spanline-owned trace: ``tr-`` and the 128-bit OTel trace id in hex."""
+    return f"tr-{ids.trace_prefix:016x}{trace_number & _MASK64:016x}"
+
+
+# --- joining MLflow's own spans ------------------------------------------------------------------------
+# Filled by ``enable_mlflow_join()`` once MLflow's tracing is importable; until then no lookup is made.
+_otel_current_span = None
+_mlflow_traces = None
+
+
+def enable_mlflow_join() -> None:
+    """Resolve MLflow's tracer state once, so the per-call check is two attribute reads."""
+    global _otel_current_span, _mlflow_traces
+    try:
+        from mlflow.environment_variables import MLFLOW_USE_DEFAULT_TRACER_PROVIDER
+        from mlflow.tracing.provider import mlflow_runtime_context
+        from mlflow.tracing.trace_manager import InMemoryTraceManager
+        from opentelemetry.trace import get_current_span
+    except ImportError:  # mlflow-tracing absent: spanline still records its own spans
+        return
+    if MLFLOW_USE_DEFAULT_TRACER_PROVIDER.get():
+        # MLflow keeps its spans in a runtime context of its own (mlflow/tracing/provider.py), not in
+        # OpenTelemetry's global one; the mode is an environment setting, so it is read once here.
+        read_context = mlflow_runtime_context.get_current
+        _otel_current_span = lambda: get_current_span(read_context())  # noqa: E731
+    else:
+        _otel_current_span = get_current_span
+    _mlflow_traces = InMemoryTraceManager.get_instance()
+
+
+def mlflow_parent() -> Parent | None:
+    """The active ``@mlflow.trace`` / ``mlflow.start_span`` span as a parent, or None.
+
+    Only spans of traces that MLflow's trace manager holds count: another OpenTelemetry instrumentation's
+    span (the Anthropic SDK ships its own) must not pull spanline's spans into a trace no store will see.
+    """
+    get_span = _otel_current_span
+    if get_span is None:
+        return None
+    ctx = get_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    manager = _mlflow_traces
+    trace_id = manager._otel_id_to_mlflow_trace_id.get(ctx.trace_id)
+    if trace_id is None:
+        return None
+    live = manager._traces.get(trace_id)
+    experiment = ""
+    if live is not None:
+        location = live.info.trace_location
+        mlflow_experiment = getattr(location, "mlflow_experiment", None)
+        experiment = getattr(mlflow_experiment, "experiment_id", "") or ""
+    return Parent(0, ctx.span_id, 0, True, trace_id, experiment)

@@ -1,0 +1,86 @@
+"""The event log's vocabulary: what the caller's path emits and the worker folds into spans.
+
+In: nothing (this module only defines types and the two codecs).
+Out: ``encode(event) -> bytes`` on the caller's thread, ``decode(bytes) -> Event`` on the worker.
+
+Every event is a small tagged, array-like msgspec Struct, encoded to MessagePack bytes. The bytes are
+the unit of the queue (and of the spool and its replay): spans are a projection of this log. Payloads
+that are already JSON text (a request body as the SDK sent it, a response body as it arrived, inputs
+encoded once) travel as opaque ``bytes`` fields, so encoding an event is a memcpy for them, never a
+re-serialisation.
+
+Ids: ``trace`` is a per-process trace number and ``span`` a per-process span number (both fit in 64
+bits); the worker turns them into MLflow's 128-bit trace id and 64-bit span id. ``root`` names the
+span whose end completes a unit of spans (the outermost spanline span of the tree); ``ext_trace`` is
+set when the unit hangs under a span that MLflow's own tracer opened, whose trace MLflow owns.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+_STRUCT = {"tag_field": "k", "array_like": True, "omit_defaults": True, "gc": False}
+
+
+class SpanStart(msgspec.Struct, tag="s", **_STRUCT):
+    trace: int
+    span: int
+    parent: int
+    root: int
+    name: str
+    span_type: str
+    start_ns: int
+    inputs: bytes = b""  # JSON text, empty when the span has no inputs
+    attributes: bytes = b""  # JSON object of user attributes
+    ext_trace: str = ""  # MLflow trace id ("tr-...") when the parent span is MLflow's own
+    ext_experiment: str = ""
+
+
+class Failure(msgspec.Struct, **_STRUCT):
+    """An exception, reduced on the caller's thread to what MLflow's ``exception`` event holds."""
+
+    type: str
+    message: str
+    stacktrace: str
+    time_ns: int
+
+
+class SpanEnd(msgspec.Struct, tag="e", **_STRUCT):
+    trace: int
+    span: int
+    root: int
+    end_ns: int
+    outputs: bytes = b""  # JSON text, empty when the span returned nothing recordable
+    error: Failure | None = None
+    attributes: bytes = b""  # JSON object merged into the start's attributes
+    inputs: bytes = b""  # inputs set after the start (``span.set_inputs``), replacing the start's
+
+
+class ApiCall(msgspec.Struct, tag="c", **_STRUCT):
+    """One complete SDK call (a leaf span), emitted once when the call returns or raises.
+
+    An SDK call has no children, so one event carries both ends: the request body exactly as the SDK
+    serialised it, and the response body exactly as it arrived. Both are immutable bytes that the SDK
+    already paid for, which is why recording them costs the caller nothing but a memcpy.
+    """
+
+    trace: int
+    span: int
+    parent: int
+    root: int
+    name: str  # e.g. "Messages.create"
+    surface: str  # which converter the worker applies, e.g. "messages"
+    start_ns: int
+    end_ns: int
+    request: bytes = b""  # request body JSON as sent
+    response: bytes = b""  # response body JSON as received (or the error body)
+    request_id: str = ""
+    error: Failure | None = None
+    ext_trace: str = ""
+    ext_experiment: str = ""
+
+
+Event = SpanStart | SpanEnd | ApiCall
+
+encode = msgspec.msgpack.Encoder().encode
+decode = msgspec.msgpack.Decoder(Event).decode

@@ -1,0 +1,83 @@
+"""spanline's options: defaults, ``SPANLINE_<NAME>`` environment variables, and validation.
+
+In: keyword arguments of ``autolog()`` / ``configure()``, and the environment. Out: one ``Options`` value,
+replaced whole on every change, so the caller's path reads a consistent set without a lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+from .convert import ContentPolicy
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    sample_rate: float = 1.0
+    capture_content: Literal["full", "metadata"] = "full"
+    redact: Callable[[Any], Any] | None = None
+    max_content_bytes: int | None = 4 * 1024 * 1024
+    queue_size: int = 100_000
+    on_full: Literal["drop", "block"] = "drop"
+    batch_size: int = 100
+    flush_interval: float = 0.5
+    spool_dir: str | None = None
+    experiment_id: str | None = None
+    shutdown_timeout: float = 15.0
+
+    @property
+    def policy(self) -> ContentPolicy:
+        return ContentPolicy(self.capture_content, self.redact, self.max_content_bytes)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Options)}
+
+
+def _parse_env(name: str, text: str) -> Any:
+    if name in ("sample_rate", "flush_interval", "shutdown_timeout"):
+        return float(text)
+    if name in ("queue_size", "batch_size"):
+        return int(text)
+    if name == "max_content_bytes":
+        return None if text.lower() in ("", "none", "0") else int(text)
+    if name == "redact":
+        raise ValueError("redact cannot be set from the environment; pass a callable to configure()")
+    return text or None if name in ("spool_dir", "experiment_id") else text
+
+
+def from_env(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    out = {}
+    for name in _FIELDS:
+        key = f"SPANLINE_{name.upper()}"
+        if key in environ and name != "redact":
+            out[name] = _parse_env(name, environ[key])
+    return out
+
+
+def build(base: Options, changes: Mapping[str, Any]) -> Options:
+    """``base`` with ``changes`` applied and checked; raises ``TypeError``/``ValueError`` on bad options."""
+    unknown = set(changes) - set(_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown spanline option(s): {', '.join(sorted(unknown))}; known: {', '.join(_FIELDS)}")
+    opts = dataclasses.replace(base, **changes)
+    if not 0.0 <= opts.sample_rate <= 1.0:
+        raise ValueError(f"sample_rate must be within 0..1, got {opts.sample_rate!r}")
+    if opts.capture_content not in ("full", "metadata"):
+        raise ValueError(f"capture_content must be 'full' or 'metadata', got {opts.capture_content!r}")
+    if opts.on_full not in ("drop", "block"):
+        raise ValueError(f"on_full must be 'drop' or 'block', got {opts.on_full!r}")
+    if opts.redact is not None and not callable(opts.redact):
+        raise TypeError("redact must be a callable taking and returning a value")
+    for name in ("queue_size", "batch_size"):
+        if getattr(opts, name) < 1:
+            raise ValueError(f"{name} must be at least 1")
+    if opts.flush_interval <= 0 or opts.shutdown_timeout < 0:
+        raise ValueError("flush_interval must be > 0 and shutdown_timeout >= 0")
+    if opts.max_content_bytes is not None and opts.max_content_bytes < 64:
+        raise ValueError("max_content_bytes must be at least 64 (or None for no limit)")
+    if opts.experiment_id is not None:
+        opts = dataclasses.replace(opts, experiment_id=str(opts.experiment_id))
+    return opts

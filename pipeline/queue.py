@@ -1,0 +1,63 @@
+"""The bounded, lock-free hand-off between the caller's path and the worker.
+
+In: encoded events (``bytes``) from any thread, via ``emit``; flush markers from ``flush()``.
+Out: items popped by the single worker thread, in order.
+
+``collections.deque.append`` and ``popleft`` are atomic under the GIL, so neither side takes a lock.
+The bound is checked before appending: a full queue drops the *newest* event and counts it (or, with
+``on_full="block"``, waits for room), so memory never grows without bound and no drop is silent. Several
+threads racing past the check can overshoot the bound by at most one event each.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+from .stats import Counters
+
+
+class EventQueue:
+    def __init__(self, counters: Counters, capacity: int, batch_size: int, block: bool) -> None:
+        self.items: deque[object] = deque()
+        self.wake = threading.Event()
+        self.counters = counters
+        self.configure(capacity, batch_size, block)
+
+    def configure(self, capacity: int, batch_size: int, block: bool) -> None:
+        self.capacity = max(1, capacity)
+        self.batch_size = max(1, min(batch_size, self.capacity))
+        self.block = block
+
+    def emit(self, event: bytes) -> None:
+        """Append one encoded event. The caller's path: no lock, no I/O, no syscall in the common case."""
+        items = self.items
+        n = len(items)
+        if n >= self.capacity:
+            if not (self.block and self._wait_for_room()):
+                next(self.counters.queue_full)
+                return
+        items.append(event)
+        if n + 1 == self.batch_size:
+            # Crossing the batch threshold is the only time the caller wakes the worker.
+            self.wake.set()
+
+    def _wait_for_room(self, timeout: float = 30.0) -> bool:
+        # on_full="block": the user chose back-pressure over drops. Poll rather than lock, and give up
+        # (counting a drop) if the worker makes no room for ``timeout`` seconds, e.g. a dead store.
+        deadline = time.monotonic() + timeout
+        self.wake.set()
+        while len(self.items) >= self.capacity:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.0005)
+        return True
+
+    def put_marker(self, marker: object) -> None:
+        """Append a non-event item (a flush marker); never dropped, never counted against the bound."""
+        self.items.append(marker)
+        self.wake.set()
+
+    def __len__(self) -> int:
+        return len(self.items)

@@ -1,0 +1,83 @@
+"""Writes complete units of spans to MLflow's tracking store, many traces per store call.
+
+In: ``Unit``s from the assembler, on the worker thread. Out: rows in the tracking store, through its
+``log_spans`` (SQL stores write them directly; the REST store sends OTLP to the server's ``/v1/traces``).
+
+No ``start_trace``: ``log_spans`` alone creates each trace row from its spans (previews from the root's
+inputs and outputs, state, duration, token usage and cost aggregated over the tree, the trace name from
+the root's ``mlflow.traceTag.mlflow.traceName``), and merges spans into a trace that already exists, which
+is how spans under an ``@mlflow.trace`` parent join MLflow's own trace. That is the one module that
+imports mlflow.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+from mlflow.entities import Span
+from mlflow.tracking._tracking_service.utils import _get_store
+from mlflow.tracking.fluent import _get_experiment_id
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event as OTelEvent
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanContext, Status, StatusCode
+
+from .assembler import SpanRecord, Unit
+
+_EMPTY_RESOURCE = Resource.get_empty()
+_OK = Status(StatusCode.OK)
+
+
+def _otel_trace_id(trace_id: str) -> int:
+    return int(trace_id[3:], 16)
+
+
+def to_mlflow_span(rec: SpanRecord) -> Span:
+    trace_int = _otel_trace_id(rec.trace_id)
+    otel = ReadableSpan(
+        name=rec.name,
+        context=SpanContext(trace_id=trace_int, span_id=rec.span, is_remote=False),
+        parent=SpanContext(trace_id=trace_int, span_id=rec.parent, is_remote=False) if rec.parent else None,
+        resource=_EMPTY_RESOURCE,
+        attributes=rec.attributes,
+        events=[OTelEvent(e["name"], e["attributes"], e["time_ns"]) for e in rec.events],
+        status=Status(StatusCode.ERROR, rec.error) if rec.error else _OK,
+        start_time=rec.start_ns,
+        end_time=rec.end_ns,
+    )
+    return Span(otel)
+
+
+class MlflowSink:
+    """Groups units by experiment and writes each group with one ``log_spans`` call per chunk."""
+
+    def __init__(self, experiment_id: Callable[[], str | None]) -> None:
+        self._configured_experiment = experiment_id
+
+    def experiment_for(self, unit: Unit) -> str:
+        return unit.experiment or self._configured_experiment() or _get_experiment_id() or "0"
+
+    def write(self, units: Sequence[Unit]) -> None:
+        """Store ``units``; raises if the store fails (the worker retries and accounts for them)."""
+        by_experiment: dict[str, list[Span]] = defaultdict(list)
+        for unit in units:
+            spans = by_experiment[self.experiment_for(unit)]
+            spans.extend(to_mlflow_span(rec) for rec in unit.spans)
+        store = _get_store()
+        for experiment, spans in by_experiment.items():
+            store.log_spans(experiment, spans)
+
+
+def backoff_delays(attempts: int, first: float = 0.05, cap: float = 2.0) -> list[float]:
+    """Delays between write attempts: exponential, capped, so a blip costs little and an outage backs off."""
+    return [min(cap, first * 2**i) for i in range(attempts - 1)]
+
+
+def sleep_until(deadline: float | None, delay: float) -> bool:
+    """Sleep ``delay`` unless that passes ``deadline``; False when there is no time left to retry."""
+    if deadline is not None and time.monotonic() + delay > deadline:
+        return False
+    time.sleep(delay)
+    return True

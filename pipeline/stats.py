@@ -1,0 +1,117 @@
+"""Counters for ``spanline.stats()``, and the one place internal failures are reported.
+
+In: increments from the worker thread (single writer), drops from caller threads, internal errors from
+anywhere. Out: an immutable ``Stats`` snapshot, cheap to read.
+
+Caller threads only ever touch ``itertools.count`` objects (``next()`` on one is atomic under the GIL),
+so counting a drop takes no lock. Everything else is written by the worker alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+
+logger = logging.getLogger("spanline")
+
+
+def _count_value(counter: itertools.count) -> int:
+    # itertools.count exposes its next value only through repr/reduce; reading it does not advance it.
+    return counter.__reduce__()[1][0]
+
+
+class DropReason:
+    QUEUE_FULL = "queue_full"
+    SINK_ERROR = "sink_error"
+    SHUTDOWN = "shutdown"
+    DECODE_ERROR = "decode_error"
+    ORPHANED = "orphaned"
+    INTERNAL = "internal_error"
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A snapshot of spanline's counters. Every emitted event is stored, pending, or dropped with a reason."""
+
+    events_emitted: int
+    events_processed: int
+    spans_stored: int
+    traces_stored: int
+    batches: int
+    retries: int
+    dropped: dict[str, int]
+    spooled: int
+    replayed: int
+    queue_depth: int
+    queue_peak: int
+    open_spans: int
+    internal_errors: int
+    last_error: str | None
+    deferred_to_mlflow: int = 0
+    worker_alive: bool = field(default=False)
+
+    @property
+    def events_dropped(self) -> int:
+        return sum(self.dropped.values())
+
+
+class Counters:
+    """Mutable counters behind ``Stats``. See the module docstring for who writes what."""
+
+    def __init__(self) -> None:
+        self.queue_full = itertools.count()
+        self.deferred = itertools.count()
+        self.internal_errors = itertools.count()
+        self.events_processed = 0
+        self.spans_stored = 0
+        self.traces_stored = 0
+        self.batches = 0
+        self.retries = 0
+        self.spooled = 0
+        self.replayed = 0
+        self.queue_peak = 0
+        self.worker_dropped: dict[str, int] = {}
+        self.last_error: str | None = None
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        """Count ``n`` events dropped by the worker for ``reason``."""
+        self.worker_dropped[reason] = self.worker_dropped.get(reason, 0) + n
+
+    def dropped(self) -> dict[str, int]:
+        out = dict(self.worker_dropped)
+        full = _count_value(self.queue_full)
+        if full:
+            out[DropReason.QUEUE_FULL] = out.get(DropReason.QUEUE_FULL, 0) + full
+        return out
+
+    def deferred_count(self) -> int:
+        return _count_value(self.deferred)
+
+    def internal_error_count(self) -> int:
+        return _count_value(self.internal_errors)
+
+
+_reported: set[tuple[str, str]] = set()
+_reported_lock = threading.Lock()
+
+
+def report_internal_error(counters: Counters | None, where: str, exc: BaseException) -> None:
+    """Count an internal failure and log it once per (where, exception type).
+
+    Internal failures never reach the user's call. Under pytest they are re-raised on the worker's
+    log so tests fail loudly instead of passing over a silently broken path.
+    """
+    if counters is not None:
+        next(counters.internal_errors)
+        counters.last_error = f"{where}: {type(exc).__name__}: {exc}"
+    key = (where, type(exc).__name__)
+    with _reported_lock:
+        first = key not in _reported
+        _reported.add(key)
+    if first:
+        logger.warning("spanline: internal error in %s (reported once): %r", where, exc, exc_info=exc)
+    if os.environ.get("SPANLINE_RAISE_INTERNAL_ERRORS"):
+        raise exc

@@ -1,0 +1,90 @@
+"""The public functions behind ``spanline``: autolog, configure, flush, aflush, shutdown, stats."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from spanline import _runtime
+from spanline.pipeline import context
+from spanline.pipeline import options as _options
+from spanline.pipeline.stats import Stats
+
+logger = logging.getLogger("spanline")
+_autolog_lock = threading.Lock()
+
+
+def configure(**options: Any) -> None:
+    """Change options without re-patching. Unknown or invalid options raise ``TypeError``/``ValueError``.
+
+    Options: ``sample_rate``, ``capture_content``, ``redact``, ``max_content_bytes``, ``queue_size``,
+    ``on_full``, ``batch_size``, ``flush_interval``, ``spool_dir``, ``experiment_id``,
+    ``shutdown_timeout``; each also reads ``SPANLINE_<NAME>`` from the environment at import.
+    """
+    _runtime.set_options(_options.build(_runtime.options, options))
+
+
+def autolog(disable: bool = False, log_traces: bool = True, silent: bool = False, **options: Any) -> None:
+    """Trace every Anthropic SDK call into MLflow. Idempotent: a second call changes options only.
+
+    Args:
+        disable: remove every patch, leaving the SDK's functions exactly as they were.
+        log_traces: keep the patches but record nothing while False.
+        silent: log nothing of spanline's own (warnings included).
+        options: see ``configure``.
+    """
+    from spanline import patches
+
+    logger.disabled = bool(silent)
+    with _autolog_lock:
+        if options:
+            configure(**options)
+        if disable:
+            _runtime.recording = False
+            left = patches.unpatch_all()
+            if left:
+                logger.warning(
+                    "spanline: %s were wrapped again by another library after spanline patched them; "
+                    "they stay in place but record nothing.",
+                    ", ".join(left),
+                )
+            return
+        from spanline.patches import http_capture, messages
+
+        http_capture.install()
+        messages.install()
+        context.enable_mlflow_join()
+        _runtime.recording = bool(log_traces)
+        if log_traces:
+            _runtime.pipeline.start()
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Block until every event emitted before this call is stored in MLflow; ``False`` on timeout.
+
+    Safe from any thread. Inside a running event loop it works too, but blocks the loop while the store
+    writes: prefer ``await spanline.aflush()`` there.
+    """
+    return _runtime.pipeline.flush(timeout)
+
+
+async def aflush(timeout: float | None = None) -> bool:
+    """``flush`` for async code (asyncio or trio): waits in a worker thread, the event loop keeps running."""
+    import anyio.to_thread
+
+    return await anyio.to_thread.run_sync(_runtime.pipeline.flush, timeout)
+
+
+def shutdown(timeout: float | None = None) -> bool:
+    """Flush (within ``timeout``, default the ``shutdown_timeout`` option), then stop the worker.
+
+    Registered with ``atexit``; idempotent. Events that could not be stored in time are counted in
+    ``stats().dropped["shutdown"]``. Tracing restarts the worker if spans are emitted afterwards.
+    """
+    return _runtime.pipeline.shutdown(timeout)
+
+
+def stats() -> Stats:
+    """Counters, cheap to read: emitted, stored, batches, retries, drops by reason, queue depth and peak."""
+    return _runtime.pipeline.stats()
