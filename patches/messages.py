@@ -12,10 +12,11 @@ import functools
 import time
 from typing import Any
 
-from spanline import _runtime
 from spanline.pipeline.convert import to_json_bytes
 from spanline.pipeline.events import ApiCall, encode
 from spanline.pipeline.stats import report_internal_error
+
+from spanline import _runtime
 from spanline.tracing import child_of, failure, resolve_parent
 
 from . import patch

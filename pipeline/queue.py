@@ -34,10 +34,9 @@ class EventQueue:
         """Append one encoded event. The caller's path: no lock, no I/O, no syscall in the common case."""
         items = self.items
         n = len(items)
-        if n >= self.capacity:
-            if not (self.block and self._wait_for_room()):
-                next(self.counters.queue_full)
-                return
+        if n >= self.capacity and not (self.block and self._wait_for_room()):
+            next(self.counters.queue_full)
+            return
         items.append(event)
         if n + 1 == self.batch_size:
             # Crossing the batch threshold is the only time the caller wakes the worker.

@@ -8,6 +8,7 @@ here, once, because the caller may mutate them as soon as we return.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import random
@@ -146,10 +147,8 @@ class Span:
 
     def _close(self, exc: BaseException | None, record_outputs: bool = True) -> None:
         if self._token is not None:
-            try:
+            with contextlib.suppress(ValueError):  # closed in another context (a generator finalised elsewhere)
                 current.reset(self._token)
-            except ValueError:  # closed in another context (a generator finalised elsewhere)
-                pass
             self._token = None
         if self._ended or self._ctx is None:
             return
@@ -358,10 +357,8 @@ def trace(
 # A generator's span is current only while the generator's own code runs, never while its consumer does.
 def _suspend(span: Span) -> None:
     if span._token is not None:
-        try:
+        with contextlib.suppress(ValueError):
             current.reset(span._token)
-        except ValueError:
-            pass
         span._token = None
 
 

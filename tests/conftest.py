@@ -1,0 +1,69 @@
+"""Shared fixtures: a real sqlite MLflow store, the fake Anthropic backend, spanline on and off.
+
+MLflow is real (a sqlite file in a tmp dir, read back with mlflow.search_traces / get_trace); the
+Anthropic SDK is real; only its network is fake (spanline.fake_anthropic).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+# Offline, MLflow fetches a model price catalog on its first LLM span and stalls ~7 s per process.
+os.environ.setdefault("MLFLOW_MODEL_CATALOG_URI", "")
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "true")
+
+import mlflow
+import pytest
+
+import spanline
+from spanline.fake_anthropic import FakeAnthropicAPI
+
+pytest_plugins = ["mlflow_server"]
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    # One store per session: creating a sqlite store runs MLflow's migrations (~1 s); each test gets
+    # its own experiment instead.
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def experiment(tracking_uri: str) -> str:
+    """A fresh experiment in the session's sqlite store, set as the active one."""
+    mlflow.set_tracking_uri(tracking_uri)
+    exp = mlflow.set_experiment(f"test-{uuid.uuid4().hex[:12]}")
+    return exp.experiment_id
+
+
+@pytest.fixture
+def fake() -> FakeAnthropicAPI:
+    return FakeAnthropicAPI()
+
+
+@pytest.fixture
+def traced(experiment: str):
+    """spanline recording into ``experiment``; un-patched afterwards, with nothing left in flight."""
+    mlflow.anthropic.autolog(disable=True)
+    spanline.autolog()
+    yield experiment
+    assert spanline.flush(60)
+    spanline.autolog(disable=True)
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _no_internal_errors(request: pytest.FixtureRequest):
+    """Fail loudly: an internal error is swallowed for users, never for tests (unless a test provokes one)."""
+    before = spanline.stats().internal_errors
+    yield
+    if request.node.get_closest_marker("provokes_internal_errors"):
+        return
+    after = spanline.stats()
+    assert after.internal_errors == before, f"spanline internal error: {after.last_error}"

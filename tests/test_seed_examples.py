@@ -1,0 +1,229 @@
+"""The three examples of MLflow's Anthropic tracing page, with one line changed: spanline.autolog().
+
+Each runs through the real SDK against the fake backend and is read back from the real sqlite store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import anthropic
+import anyio
+import httpx2
+import mlflow
+import pytest
+from helpers import attr_json, children_of, root_of, token_usage, traces_in
+from mlflow.entities import SpanType
+
+import spanline
+
+MODEL = "claude-3-5-sonnet-20241022"
+
+
+def test_basic_example(traced, fake):
+    client = fake.client()
+
+    message = client.messages.create(
+        model=MODEL,
+        max_tokens=1024,
+        messages=[
+            {"role": "user", "content": "Hello, Claude"},
+        ],
+    )
+
+    assert spanline.flush(30)
+    (trace,) = traces_in(traced)
+    assert trace.info.state == "OK"
+    assert trace.info.request_preview == "Hello, Claude"
+    assert trace.info.tags["mlflow.traceName"] == "Messages.create"
+    (span,) = trace.data.spans
+    assert (span.name, span.span_type) == ("Messages.create", SpanType.CHAT_MODEL)
+    assert span.inputs == {"max_tokens": 1024, "messages": [{"role": "user", "content": "Hello, Claude"}],
+                           "model": MODEL}
+    assert span.outputs == json.loads(message.model_dump_json())
+    assert attr_json(span, "mlflow.llm.model") == MODEL
+    assert attr_json(span, "anthropic.request_id") == message._request_id
+    usage = message.usage
+    assert token_usage(trace)["total_tokens"] == usage.input_tokens + usage.output_tokens
+
+
+@pytest.mark.anyio
+async def test_async_example(traced, fake):
+    client = fake.async_client()
+
+    response = await client.messages.create(
+        model=MODEL,
+        max_tokens=1024,
+        messages=[
+            {"role": "user", "content": "Hello, Claude"},
+        ],
+    )
+
+    assert await spanline.aflush(30)
+    (trace,) = traces_in(traced)
+    (span,) = trace.data.spans
+    assert span.name == "AsyncMessages.create"
+    assert span.span_type == SpanType.CHAT_MODEL
+    assert span.outputs["content"][0]["text"] == response.content[0].text
+    assert trace.info.request_preview == "Hello, Claude"
+
+
+TOOLS = [
+    {
+        "name": "get_weather",
+        "description": "Returns the weather condition of a given city.",
+        "input_schema": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    }
+]
+CITIES = ["Tokyo", "Paris", "Sydney"]
+WEATHER = {"Tokyo": "sunny", "Paris": "rainy", "Sydney": "unknown"}
+
+
+def make_agent(client, decorate_tool, decorate_agent):
+    """The seed's tool-calling agent, verbatim in shape, with the decorators passed in."""
+
+    @decorate_tool
+    async def get_weather(city: str) -> str:
+        if city == "Tokyo":
+            return "sunny"
+        elif city == "Paris":
+            return "rainy"
+        return "unknown"
+
+    _tool_functions = {"get_weather": get_weather}
+
+    @decorate_agent
+    async def run_tool_agent(question: str):
+        messages = [{"role": "user", "content": question}]
+
+        ai_msg = await client.messages.create(
+            model=MODEL,
+            messages=messages,
+            tools=TOOLS,
+            max_tokens=2048,
+        )
+        messages.append({"role": "assistant", "content": ai_msg.content})
+
+        tool_calls = [c for c in ai_msg.content if c.type == "tool_use"]
+        for tool_call in tool_calls:
+            if tool_func := _tool_functions.get(tool_call.name):
+                tool_result = await tool_func(**tool_call.input)
+            else:
+                raise RuntimeError("An invalid tool is returned from the assistant!")
+
+            messages.append(
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": tool_call.id,
+                            "content": tool_result,
+                        }
+                    ],
+                }
+            )
+
+        response = await client.messages.create(
+            model=MODEL,
+            messages=messages,
+            max_tokens=2048,
+        )
+
+        return response.content[-1].text
+
+    return run_tool_agent
+
+
+DECORATORS = {
+    "mlflow.trace": (mlflow.trace(span_type=SpanType.TOOL), mlflow.trace(span_type=SpanType.AGENT)),
+    "spanline.trace": (spanline.trace(span_type=SpanType.TOOL), spanline.trace(span_type=SpanType.AGENT)),
+}
+
+
+@pytest.mark.parametrize("decorators", DECORATORS)
+def test_tool_calling_agent(traced, fake, decorators):
+    run_tool_agent = make_agent(fake.async_client(), *DECORATORS[decorators])
+
+    async def main():
+        questions = [f"What's the weather like in {city} today?" for city in CITIES]
+        return await asyncio.gather(*(run_tool_agent(q) for q in questions))
+
+    answers = asyncio.run(main())
+
+    for city, answer in zip(CITIES, answers, strict=True):
+        assert WEATHER[city] in answer
+    assert spanline.flush(30)
+    traces = traces_in(traced)
+    assert len(traces) == 3
+    by_question = {}
+    for trace in traces:
+        root = root_of(trace)
+        assert (root.name, root.span_type) == ("run_tool_agent", SpanType.AGENT)
+        assert trace.info.state == "OK"
+        assert trace.info.tags["mlflow.traceName"] == "run_tool_agent"
+        kids = children_of(trace, root)
+        assert [(s.name, s.span_type) for s in kids] == [
+            ("AsyncMessages.create", SpanType.CHAT_MODEL),
+            ("get_weather", SpanType.TOOL),
+            ("AsyncMessages.create", SpanType.CHAT_MODEL),
+        ]
+        first, tool, second = kids
+        city = tool.inputs["city"]
+        by_question[root.inputs["question"]] = city
+        assert tool.outputs == WEATHER[city]
+        assert root.outputs == answers[CITIES.index(city)]
+        # The request is recorded as sent: the first call saw one message, even though the agent
+        # appended to the same list right after it returned.
+        assert len(first.inputs["messages"]) == 1
+        assert first.outputs["content"][-1]["type"] == "tool_use"
+        assert attr_json(first, "mlflow.chat.tools")[0]["function"]["name"] == "get_weather"
+        assert [m["role"] for m in second.inputs["messages"]] == ["user", "assistant", "user"]
+        assert second.inputs["messages"][2]["content"][0]["content"] == WEATHER[city]
+        calls = [attr_json(s, "mlflow.chat.tokenUsage") for s in (first, second)]
+        assert token_usage(trace) == {
+            key: calls[0][key] + calls[1][key] for key in ("input_tokens", "output_tokens", "total_tokens")
+        } | {k: v for k, v in token_usage(trace).items() if k.startswith("cache")}
+    assert by_question == {f"What's the weather like in {c} today?": c for c in CITIES}
+
+
+@pytest.mark.anyio
+async def test_tool_calling_agent_on_any_event_loop(traced, fake):
+    """The spanline-decorated agent with anyio's task group: nesting holds on asyncio and trio alike."""
+    run_tool_agent = make_agent(fake.async_client(), *DECORATORS["spanline.trace"])
+    answers: dict[str, str] = {}
+
+    async def one(city: str) -> None:
+        answers[city] = await run_tool_agent(f"What's the weather like in {city} today?")
+
+    async with anyio.create_task_group() as tg:
+        for city in CITIES:
+            tg.start_soon(one, city)
+
+    assert await spanline.aflush(30)
+    traces = traces_in(traced)
+    assert len(traces) == 3
+    for trace in traces:
+        root = root_of(trace)
+        assert [s.span_type for s in children_of(trace, root)] == ["CHAT_MODEL", "TOOL", "CHAT_MODEL"]
+        assert len(trace.data.spans) == 4
+
+
+def test_client_copies_and_new_clients_are_traced(traced, fake):
+    base = fake.client()
+    base.with_options(timeout=5).messages.create(
+        model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "a"}]
+    )
+    fresh = anthropic.Anthropic(
+        api_key="sk-ant-fake", base_url=str(base.base_url), http_client=httpx2.Client(transport=fake.transport())
+    )
+    fresh.messages.create(
+        model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "b"}]
+    )
+    assert spanline.flush(30)
+    assert sorted(t.info.request_preview for t in traces_in(traced)) == ["a", "b"]
