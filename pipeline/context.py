@@ -100,13 +100,12 @@ def mlflow_parent() -> Parent | None:
     Only spans of traces that MLflow's trace manager holds count: another OpenTelemetry instrumentation's
     span (the Anthropic SDK ships its own) must not pull spanline's spans into a trace no store will see.
     """
-    get_span = _otel_current_span
-    if get_span is None:
-        return None
-    ctx = get_span().get_span_context()
+    manager = _mlflow_traces
+    if manager is None or not manager._otel_id_to_mlflow_trace_id:
+        return None  # no MLflow trace is open anywhere: the common case costs one dict check
+    ctx = _otel_current_span().get_span_context()
     if not ctx.is_valid:
         return None
-    manager = _mlflow_traces
     trace_id = manager._otel_id_to_mlflow_trace_id.get(ctx.trace_id)
     if trace_id is None:
         return None
