@@ -1,0 +1,180 @@
+"""Options change what is recorded, never what the caller gets; and the exit handler stores what is left."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import mlflow
+import pytest
+from helpers import traces_in
+
+import spanline
+from spanline.pipeline import options as options_module
+
+MODEL = "claude-fake-1"
+
+
+def _ask(client, text="hello"):
+    return client.messages.create(model=MODEL, max_tokens=32, messages=[{"role": "user", "content": text}])
+
+
+@pytest.fixture
+def reset_options():
+    yield
+    spanline.configure(**{f: getattr(options_module.Options(), f) for f in (
+        "sample_rate", "capture_content", "redact", "max_content_bytes")})
+
+
+def test_sample_rate_keeps_whole_traces_or_none(traced, fake, reset_options):
+    spanline.configure(sample_rate=0.0)
+    client = fake.client()
+
+    @spanline.trace(span_type="AGENT")
+    def agent():
+        return _ask(client).content[0].text
+
+    assert agent().startswith("Hello!")  # the caller's result is untouched
+    spanline.configure(sample_rate=1.0)
+    agent()
+    assert spanline.flush(30)
+    (trace,) = traces_in(traced)
+    assert len(trace.data.spans) == 2
+
+
+def test_metadata_mode_records_no_prompt_or_completion(traced, fake, reset_options):
+    spanline.configure(capture_content="metadata")
+    _ask(fake.client(), "my secret prompt")
+    assert spanline.flush(30)
+    (trace,) = traces_in(traced)
+    span = trace.data.spans[0]
+    stored = str(span.to_dict())
+    assert "my secret prompt" not in stored and "You said" not in stored
+    assert span.inputs == {"max_tokens": 32, "model": MODEL}
+    assert span.outputs["usage"]["output_tokens"] > 0
+    assert trace.info.trace_metadata["mlflow.trace.tokenUsage"]
+
+
+def test_redact_runs_on_inputs_and_outputs(traced, fake, reset_options):
+    def redact(value):
+        if isinstance(value, dict):
+            return {k: ("[email]" if isinstance(v, str) and "@" in v else redact(v)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [redact(v) for v in value]
+        return value
+
+    spanline.configure(redact=redact)
+
+    @spanline.trace
+    def lookup(email):
+        return {"owner": email}
+
+    lookup("ann@example.com")
+    _ask(fake.client(), "mail bob@example.com")
+    assert spanline.flush(30)
+    first, second = traces_in(traced)
+    assert first.data.spans[0].inputs == {"email": "[email]"}
+    assert first.data.spans[0].outputs == {"owner": "[email]"}
+    assert second.data.spans[0].inputs["messages"][0]["content"] == "[email]"
+
+
+def test_max_content_bytes_truncates_with_a_marker(traced, fake, reset_options):
+    spanline.configure(max_content_bytes=1024)
+    _ask(fake.client(), "word " * 2000)
+    assert spanline.flush(30)
+    (trace,) = traces_in(traced)
+    inputs = trace.data.spans[0].inputs
+    assert inputs["__spanline_truncated__"] is True
+    assert inputs["original_bytes"] > 10_000
+    assert len(inputs["preview"].encode()) <= 1024
+
+
+def test_bad_options_are_refused_clearly():
+    with pytest.raises(ValueError, match="sample_rate"):
+        spanline.configure(sample_rate=2)
+    with pytest.raises(TypeError, match="unknown spanline option"):
+        spanline.configure(colour="blue")
+    with pytest.raises(ValueError, match="on_full"):
+        spanline.configure(on_full="explode")
+
+
+def test_environment_variables_set_options():
+    env = {"SPANLINE_SAMPLE_RATE": "0.25", "SPANLINE_QUEUE_SIZE": "10", "SPANLINE_CAPTURE_CONTENT": "metadata",
+           "SPANLINE_MAX_CONTENT_BYTES": "none", "SPANLINE_EXPERIMENT_ID": "42"}
+    opts = options_module.build(options_module.Options(), options_module.from_env(env))
+    assert (opts.sample_rate, opts.queue_size, opts.capture_content) == (0.25, 10, "metadata")
+    assert opts.max_content_bytes is None and opts.experiment_id == "42"
+
+
+def _run_script(code: str, tracking_uri: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_MODEL_CATALOG_URI": ""}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_process_exit_stores_everything_without_a_flush(tmp_path):
+    uri = f"sqlite:///{tmp_path}/exit.db"
+    done = _run_script(
+        """
+        import mlflow, spanline
+        from spanline.fake_anthropic import FakeAnthropicAPI
+        mlflow.set_experiment("exit")
+        spanline.autolog()
+        client = FakeAnthropicAPI().client()
+        for i in range(50):
+            client.messages.create(model="claude-fake-1", max_tokens=8, messages=[{"role": "user", "content": str(i)}])
+        # no flush: the exit handler must store all 50
+        """,
+        uri,
+    )
+    assert done.returncode == 0, done.stderr
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name("exit").experiment_id
+    assert len(mlflow.search_traces(locations=[experiment], return_type="list", max_results=100)) == 50
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_forked_child_traces_with_its_own_worker(tmp_path):
+    uri = f"sqlite:///{tmp_path}/fork.db"
+    done = _run_script(
+        """
+        import os, mlflow, spanline
+        from spanline.fake_anthropic import FakeAnthropicAPI
+        mlflow.set_experiment("fork")
+        spanline.autolog()
+        client = FakeAnthropicAPI().client()
+        client.messages.create(model="claude-fake-1", max_tokens=8, messages=[{"role": "user", "content": "parent"}])
+        pid = os.fork()
+        if pid == 0:
+            client.messages.create(model="claude-fake-1", max_tokens=8, messages=[{"role": "user", "content": "child"}])
+            ok = spanline.flush(60)
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert spanline.flush(60)
+        """,
+        uri,
+    )
+    assert done.returncode == 0, done.stderr
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name("fork").experiment_id
+    previews = sorted(t.info.request_preview for t in mlflow.search_traces(locations=[experiment], return_type="list"))
+    assert previews == ["child", "parent"]
+
+
+def test_silent_autolog_logs_nothing(experiment, fake, caplog, monkeypatch):
+    from spanline.patches import messages
+
+    monkeypatch.setattr(messages, "_warned_mlflow", False)  # the warning is once per process
+    mlflow.anthropic.autolog()
+    spanline.autolog(silent=True)
+    try:
+        _ask(fake.client())
+        assert not [r for r in caplog.records if r.name == "spanline"]
+        assert spanline.stats().deferred_to_mlflow >= 1, "the warning had a reason to be logged"
+    finally:
+        mlflow.anthropic.autolog(disable=True)
+        spanline.autolog(disable=True)
+        spanline.autolog(silent=False, disable=True)
