@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from spanline.pipeline import events
 from spanline.pipeline.assembler import Assembler
 from spanline.pipeline.convert import ContentPolicy

@@ -10,9 +10,9 @@ import textwrap
 import mlflow
 import pytest
 from helpers import traces_in
+from spanline.pipeline import options as options_module
 
 import spanline
-from spanline.pipeline import options as options_module
 
 MODEL = "claude-fake-1"
 
