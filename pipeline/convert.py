@@ -124,7 +124,7 @@ def apply_policy(value: Any, policy: ContentPolicy, metadata_keys: tuple[str, ..
     """Apply ``capture_content`` then ``redact`` to one parsed input or output."""
     if policy.capture_content == "metadata":
         if isinstance(value, dict):
-            value = {k: v for k, v in value.items() if k in metadata_keys or k in ("model",)}
+            value = {k: v for k, v in value.items() if k == "model" or k in metadata_keys}
         else:
             value = None
     if policy.redact is not None and value is not None:
