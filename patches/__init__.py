@@ -18,9 +18,12 @@ _installed: dict[tuple[type, str], tuple[Any, Any]] = {}
 
 
 def patch(owner: type, attribute: str, make_wrapper: Callable[[Any], Any]) -> None:
-    """Replace ``owner.attribute`` with ``make_wrapper(original)``, once."""
+    """Replace ``owner.attribute`` with ``make_wrapper(original)``, once.
+
+    If another library has since put its own function there (MLflow's autolog restores what it found
+    when it is disabled), spanline patches again on top of what is there now."""
     key = (owner, attribute)
-    if key in _installed:
+    if key in _installed and owner.__dict__.get(attribute) is _installed[key][1]:
         return
     original = owner.__dict__[attribute]
     wrapper = make_wrapper(original)
@@ -29,15 +32,15 @@ def patch(owner: type, attribute: str, make_wrapper: Callable[[Any], Any]) -> No
 
 
 def unpatch_all() -> list[str]:
-    """Restore every original. A patch that someone else has wrapped since is left in place (it would
-    take their wrapper with it) and reported; it stays inert because recording is off."""
+    """Restore every original. Where someone else has replaced or wrapped spanline's function since,
+    restoring would remove theirs: that one is left as it is (inert while recording is off) and named."""
     left = []
     for (owner, attribute), (original, wrapper) in list(_installed.items()):
         if owner.__dict__.get(attribute) is wrapper:
             setattr(owner, attribute, original)
-            del _installed[(owner, attribute)]
         else:
             left.append(f"{owner.__qualname__}.{attribute}")
+        del _installed[(owner, attribute)]
     return left
 
 

@@ -62,8 +62,13 @@ def _mlflow_records_it() -> bool:
 
 
 def _skip(kwargs: dict[str, Any]) -> bool:
-    return not _runtime.recording or kwargs.get("stream") is True or (
-        bool(_mlflow_integrations) and _mlflow_records_it()
+    # ``inflight`` is already set when this wrapper runs inside another spanline wrapper (patched twice
+    # through another library's wrapper in between): the outer one records the call.
+    return (
+        not _runtime.recording
+        or kwargs.get("stream") is True
+        or inflight.get() is not None
+        or (bool(_mlflow_integrations) and _mlflow_records_it())
     )
 
 
@@ -110,7 +115,8 @@ def _emit(self: Any, kwargs: dict, parent: Any, start: int, slot: list, result: 
                 request_id if isinstance(request_id, str) else "",
                 error,
                 ctx.ext_trace,
-                ctx.ext_experiment,
+                ctx.experiment,
+                ctx.tracking_uri,
             )
         )
     )

@@ -36,7 +36,9 @@ class SpanRecord:
     attributes: dict[str, str] = field(default_factory=dict)
     events: list[dict] = field(default_factory=list)
     error: str = ""  # status message; non-empty means status ERROR
-    experiment: str = ""  # set when MLflow owns the trace
+    experiment: str = ""  # MLflow's active experiment when the trace began ("" = resolve when writing)
+    tracking_uri: str = ""
+    in_mlflow_trace: bool = False  # hangs under a span of MLflow's own tracer
     event_count: int = 1  # how many queue events built this span (for drop accounting)
     is_trace_root: bool = False
 
@@ -45,6 +47,7 @@ class SpanRecord:
 class Unit:
     trace_id: str
     experiment: str
+    tracking_uri: str
     spans: list[SpanRecord]
 
     @property
@@ -93,7 +96,9 @@ class Assembler:
             span_type=ev.span_type,
             start_ns=ev.start_ns,
             attributes=attrs,
-            experiment=ev.ext_experiment,
+            experiment=ev.experiment,
+            tracking_uri=ev.tracking_uri,
+            in_mlflow_trace=bool(ev.ext_trace),
             is_trace_root=ev.parent == 0,
         )
         if ev.inputs:
@@ -157,7 +162,9 @@ class Assembler:
             start_ns=ev.start_ns,
             end_ns=ev.end_ns,
             attributes=attrs,
-            experiment=ev.ext_experiment,
+            experiment=ev.experiment,
+            tracking_uri=ev.tracking_uri,
+            in_mlflow_trace=bool(ev.ext_trace),
             is_trace_root=ev.parent == 0,
         )
         self._set_outcome(rec, ev.error)
@@ -186,12 +193,12 @@ class Assembler:
         if rec.span == root:
             spans = self.waiting.pop(root, [])
             spans.append(rec)
-            self.ready.append(Unit(rec.trace_id, rec.experiment, spans))
+            self.ready.append(Unit(rec.trace_id, rec.experiment, rec.tracking_uri, spans))
             return
         siblings = self.waiting.get(root)
         if siblings is None:
             # The root already ended: this span outlived it. Store it on its own; the store merges it.
-            self.ready.append(Unit(rec.trace_id, rec.experiment, [rec]))
+            self.ready.append(Unit(rec.trace_id, rec.experiment, rec.tracking_uri, [rec]))
         else:
             siblings.append(rec)
 

@@ -27,7 +27,8 @@ class Parent(NamedTuple):
     root: int
     sampled: bool
     ext_trace: str = ""
-    ext_experiment: str = ""
+    experiment: str = ""
+    tracking_uri: str = ""
 
 
 current: ContextVar[Parent | None] = ContextVar("spanline_current_span", default=None)
@@ -68,16 +69,28 @@ def mlflow_trace_id(trace_number: int) -> str:
     return f"tr-{ids.trace_prefix:016x}{trace_number & _MASK64:016x}"
 
 
-# --- joining MLflow's own spans ------------------------------------------------------------------------
+# --- joining MLflow's own spans, and MLflow's destination ----------------------------------------------
 # Filled by ``enable_mlflow_join()`` once MLflow's tracing is importable; until then no lookup is made.
 _otel_current_span = None
 _mlflow_traces = None
+_fluent = None  # mlflow.tracking.fluent: its _active_experiment_id is set by mlflow.set_experiment
+_tracking = None  # mlflow.tracking._tracking_service.utils: its _tracking_uri by mlflow.set_tracking_uri
+
+
+def destination() -> tuple[str, str]:
+    """MLflow's active experiment id and tracking URI, as set in this process (empty when not set: the
+    worker then resolves MLflow's defaults). Two module-global reads, so a root span can afford it."""
+    if _fluent is None:
+        return "", ""
+    return _fluent._active_experiment_id or "", _tracking._tracking_uri or ""
 
 
 def enable_mlflow_join() -> None:
     """Resolve MLflow's tracer state once, so the per-call check is two attribute reads."""
-    global _otel_current_span, _mlflow_traces
+    global _otel_current_span, _mlflow_traces, _fluent, _tracking
     try:
+        import mlflow.tracking._tracking_service.utils as tracking
+        import mlflow.tracking.fluent as fluent
         from mlflow.environment_variables import MLFLOW_USE_DEFAULT_TRACER_PROVIDER
         from mlflow.tracing.provider import mlflow_runtime_context
         from mlflow.tracing.trace_manager import InMemoryTraceManager
@@ -92,6 +105,7 @@ def enable_mlflow_join() -> None:
     else:
         _otel_current_span = get_current_span
     _mlflow_traces = InMemoryTraceManager.get_instance()
+    _fluent, _tracking = fluent, tracking
 
 
 def mlflow_parent() -> Parent | None:
@@ -115,4 +129,4 @@ def mlflow_parent() -> Parent | None:
         location = live.info.trace_location
         mlflow_experiment = getattr(location, "mlflow_experiment", None)
         experiment = getattr(mlflow_experiment, "experiment_id", "") or ""
-    return Parent(0, ctx.span_id, 0, True, trace_id, experiment)
+    return Parent(0, ctx.span_id, 0, True, trace_id, experiment, _tracking._tracking_uri or "")

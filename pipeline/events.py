@@ -13,6 +13,8 @@ Ids: ``trace`` is a per-process trace number and ``span`` a per-process span num
 bits); the worker turns them into MLflow's 128-bit trace id and 64-bit span id. ``root`` names the
 span whose end completes a unit of spans (the outermost spanline span of the tree); ``ext_trace`` is
 set when the unit hangs under a span that MLflow's own tracer opened, whose trace MLflow owns.
+``experiment`` and ``tracking_uri`` are MLflow's active ones when the trace began, as MLflow's own tracer
+fixes them: a trace stays where it started even if the program switches experiment before it is written.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ class SpanStart(msgspec.Struct, tag="s", **_STRUCT):
     inputs: bytes = b""  # JSON text, empty when the span has no inputs
     attributes: bytes = b""  # JSON object of user attributes
     ext_trace: str = ""  # MLflow trace id ("tr-...") when the parent span is MLflow's own
-    ext_experiment: str = ""
+    # Where the unit goes, read when its root opened (empty: resolve when writing). Set on roots only.
+    experiment: str = ""
+    tracking_uri: str = ""
 
 
 class Failure(msgspec.Struct, **_STRUCT):
@@ -77,7 +81,8 @@ class ApiCall(msgspec.Struct, tag="c", **_STRUCT):
     request_id: str = ""
     error: Failure | None = None
     ext_trace: str = ""
-    ext_experiment: str = ""
+    experiment: str = ""
+    tracking_uri: str = ""
 
 
 Event = SpanStart | SpanEnd | ApiCall

@@ -51,23 +51,24 @@ def to_mlflow_span(rec: SpanRecord) -> Span:
 
 
 class MlflowSink:
-    """Groups units by experiment and writes each group with one ``log_spans`` call per chunk."""
+    """Groups units by store and experiment, and writes each group with one ``log_spans`` call."""
 
     def __init__(self, experiment_id: Callable[[], str | None]) -> None:
         self._configured_experiment = experiment_id
 
     def experiment_for(self, unit: Unit) -> str:
-        return unit.experiment or self._configured_experiment() or _get_experiment_id() or "0"
+        if unit.experiment and unit.spans[0].in_mlflow_trace:
+            return unit.experiment  # part of a trace MLflow owns: it lives in that trace's experiment
+        return self._configured_experiment() or unit.experiment or _get_experiment_id() or "0"
 
     def write(self, units: Sequence[Unit]) -> None:
         """Store ``units``; raises if the store fails (the worker retries and accounts for them)."""
-        by_experiment: dict[str, list[Span]] = defaultdict(list)
+        groups: dict[tuple[str, str], list[Span]] = defaultdict(list)
         for unit in units:
-            spans = by_experiment[self.experiment_for(unit)]
+            spans = groups[(unit.tracking_uri, self.experiment_for(unit))]
             spans.extend(to_mlflow_span(rec) for rec in unit.spans)
-        store = _get_store()
-        for experiment, spans in by_experiment.items():
-            store.log_spans(experiment, spans)
+        for (tracking_uri, experiment), spans in groups.items():
+            _get_store(tracking_uri or None).log_spans(experiment, spans)
 
 
 def backoff_delays(attempts: int, first: float = 0.05, cap: float = 2.0) -> list[float]:

@@ -86,6 +86,9 @@ class Counters:
             out[DropReason.QUEUE_FULL] = out.get(DropReason.QUEUE_FULL, 0) + full
         return out
 
+    def dropped_total(self) -> int:
+        return sum(self.worker_dropped.values()) + _count_value(self.queue_full)
+
     def deferred_count(self) -> int:
         return _count_value(self.deferred)
 

@@ -28,10 +28,15 @@ _WRITE_ATTEMPTS = 5
 
 
 class FlushMarker:
-    __slots__ = ("done",)
+    """Posted by ``flush()``; released by the worker once everything before it is written or dropped.
+    ``lost`` tells the waiter whether anything was dropped meanwhile (then flush returns False)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("done", "dropped_before", "lost")
+
+    def __init__(self, dropped_before: int) -> None:
         self.done = threading.Event()
+        self.dropped_before = dropped_before
+        self.lost = False
 
 
 class Pipeline:
@@ -81,14 +86,15 @@ class Pipeline:
                 self._atexit_registered = True
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Block until everything emitted before this call is stored; False on timeout."""
+        """Block until everything emitted before this call is stored. False on timeout, or when some of it
+        could not be stored (it is counted in ``stats().dropped``)."""
         if self._thread is None or not self._thread.is_alive():
             if not self.queue.items and not self._pending:
                 return True
             self.start()
-        marker = FlushMarker()
+        marker = FlushMarker(self.counters.dropped_total())
         self.queue.put_marker(marker)
-        return marker.done.wait(timeout)
+        return marker.done.wait(timeout) and not marker.lost
 
     def shutdown(self, timeout: float | None = None) -> bool:
         """Flush within ``timeout`` (default: the ``shutdown_timeout`` option), then stop the worker.
@@ -183,8 +189,11 @@ class Pipeline:
             self._pending.extend(ready)
             if self._pending and (markers or final or self._batch_due()):
                 self._write_pending()
-            for marker in markers:
-                marker.done.set()
+            if markers:
+                dropped = self.counters.dropped_total()
+                for marker in markers:
+                    marker.lost = dropped != marker.dropped_before
+                    marker.done.set()
             if not items:
                 return
 

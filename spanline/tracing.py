@@ -58,11 +58,14 @@ def child_of(parent: Parent | None) -> tuple[Parent, int]:
     if parent is None:
         rate = _runtime.sample_rate
         sampled = rate >= 1.0 or random.random() < rate
-        return Parent(context.new_trace_number(), span, span, sampled), 0
+        experiment, tracking_uri = context.destination()
+        return Parent(context.new_trace_number(), span, span, sampled, "", experiment, tracking_uri), 0
     if parent.root == 0:  # an MLflow span: this span roots a unit inside MLflow's trace
-        return Parent(0, span, span, True, parent.ext_trace, parent.ext_experiment), parent.span
+        return Parent(0, span, span, True, parent.ext_trace, parent.experiment, parent.tracking_uri), parent.span
+    # A child goes where its root goes, even if it outlives the root and is stored on its own.
     return (
-        Parent(parent.trace, span, parent.root, parent.sampled, parent.ext_trace, parent.ext_experiment),
+        Parent(parent.trace, span, parent.root, parent.sampled, parent.ext_trace, parent.experiment,
+               parent.tracking_uri),
         parent.span,
     )
 
@@ -135,7 +138,8 @@ class Span:
                         b"" if self._inputs is None else to_json_bytes(self._inputs),
                         attrs,
                         ctx.ext_trace,
-                        ctx.ext_experiment,
+                        ctx.experiment,
+                        ctx.tracking_uri,
                     )
                 )
             self._inputs = None

@@ -186,7 +186,7 @@ def test_store_failures_are_retried_then_counted(experiment, fake):
 
         pipeline.set_sink(dead)
         _ask(fake.client(), "lost, but counted")
-        assert spanline.flush(30)
+        assert spanline.flush(30) is False, "flush says so when something could not be stored"
         assert spanline.stats().dropped.get("sink_error", 0) - after.dropped.get("sink_error", 0) == 1
         assert "store gone" in spanline.stats().last_error
     finally:
@@ -275,3 +275,18 @@ def test_events_round_trip(payloads, span_id):
     event = events.ApiCall(1, span_id, 0, span_id, "Messages.create", "messages", 1, 2,
                            to_json_bytes(payloads), b'{"ok": true}', "req_1")
     assert events.decode(events.encode(event)) == event
+
+
+def test_a_trace_stays_in_the_experiment_and_store_it_began_in(traced, fake, tracking_uri, tmp_path):
+    client = fake.client()
+    _ask(client, "made in the first experiment")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/other.db")  # switched before the worker writes
+    other = mlflow.set_experiment("elsewhere").experiment_id
+    _ask(client, "made in the other store")
+    try:
+        assert spanline.flush(30)
+        assert [t.info.request_preview for t in traces_in(other)] == ["made in the other store"]
+    finally:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_experiment(experiment_id=traced)
+    assert [t.info.request_preview for t in traces_in(traced)] == ["made in the first experiment"]
