@@ -129,7 +129,7 @@ class Pipeline:
         was_running = self._thread is not None
         self.queue.items.clear()
         self.queue.wake = threading.Event()
-        self.counters.__init__()
+        self.counters = self.queue.counters = Counters()
         self.assembler = Assembler(self.counters, lambda: self.options.policy)
         self._pending = []
         self._thread = None

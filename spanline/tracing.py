@@ -80,7 +80,8 @@ def _emit(event: SpanStart | SpanEnd) -> None:
 class Span:
     """A span opened by ``start_span`` (or a traced function): set its inputs, outputs and attributes."""
 
-    __slots__ = ("_attributes", "_ctx", "_ended", "_inputs", "_outputs", "_token", "name", "span_type")
+    __slots__ = ("_attributes", "_ctx", "_ended", "_inputs", "_late_inputs", "_outputs", "_token", "name",
+                 "span_type")
 
     def __init__(self, name: str, span_type: str, inputs: Any = None, attributes: dict | None = None) -> None:
         self.name = name
@@ -91,13 +92,14 @@ class Span:
         self._ctx: Parent | None = None
         self._token: Any = None
         self._ended = False
+        self._late_inputs = False
         if attributes:
             self._attributes.update(attributes)
 
     # The names follow mlflow.entities.LiveSpan, so code written against MLflow's span keeps working.
     def set_inputs(self, inputs: Any) -> None:
         self._inputs = inputs
-        self._attributes["__inputs_set_late__"] = True
+        self._late_inputs = True
 
     def set_outputs(self, outputs: Any) -> None:
         self._outputs = outputs
@@ -161,7 +163,6 @@ class Span:
         if not ctx.sampled:
             return
         try:
-            late_inputs = self._attributes.pop("__inputs_set_late__", False)
             _emit(
                 SpanEnd(
                     ctx.trace,
@@ -171,7 +172,7 @@ class Span:
                     to_json_bytes(self._outputs) if record_outputs and exc is None else b"",
                     failure(exc) if exc is not None else None,
                     to_json_bytes(self._attributes) if self._attributes else b"",
-                    to_json_bytes(self._inputs) if late_inputs else b"",
+                    to_json_bytes(self._inputs) if self._late_inputs else b"",
                 )
             )
         except Exception as internal:

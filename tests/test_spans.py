@@ -220,3 +220,15 @@ def test_unfinished_generator_does_not_leak_context(traced):
     assert spanline.flush(30)
     names = sorted(root_of(t).name for t in traces_in(traced))
     assert names == ["numbers", "sibling"]
+
+
+def test_inputs_set_inside_the_block_replace_the_opening_ones(traced):
+    with spanline.start_span("step", inputs={"draft": 1}) as span:
+        span.set_inputs({"final": 2})
+        span.set_attributes({"k": "v"})
+    assert spanline.flush(30)
+    (trace,) = traces_in(traced)
+    (stored,) = trace.data.spans
+    assert stored.inputs == {"final": 2}
+    assert stored.attributes["k"] == "v"
+    assert stored.outputs is None
