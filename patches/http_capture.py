@@ -38,12 +38,14 @@ def _wrap_sync(original: Any) -> Any:
 
 
 def _wrap_async(original: Any) -> Any:
+    # A plain function returning the original's coroutine: the SDK awaits it, and no extra coroutine
+    # frame is added to every async call.
     @functools.wraps(original)
-    async def _process_response(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def _process_response(self: Any, *args: Any, **kwargs: Any) -> Any:
         slot = inflight.get()
         if slot is not None:
             slot.append(kwargs.get("response"))
-        return await original(self, *args, **kwargs)
+        return original(self, *args, **kwargs)
 
     return _process_response
 

@@ -25,6 +25,8 @@ from .stats import Counters, DropReason, Stats, report_internal_error
 
 _MAX_DRAIN = 5_000  # events per round, so a marker is never starved by a producer that never pauses
 _WRITE_ATTEMPTS = 5
+_QUIET_GAP = 0.02  # seconds without a new event that count as "the program is not busy"
+_MAX_DEFERRALS = 10  # flush intervals a busy program can postpone the worker's writes
 
 
 class FlushMarker:
@@ -54,6 +56,9 @@ class Pipeline:
         self._start_lock = threading.Lock()
         self._pending: list[Unit] = []
         self._pending_since = 0.0
+        self._seen_depth = 0
+        self._deferring_since = 0.0
+        self._flush_requests = 0  # flushes waiting: the worker never defers while one is
         self._atexit_registered = False
         os.register_at_fork(after_in_child=self._after_fork_in_child)
 
@@ -93,8 +98,14 @@ class Pipeline:
                 return True
             self.start()
         marker = FlushMarker(self.counters.dropped_total())
-        self.queue.put_marker(marker)
-        return marker.done.wait(timeout) and not marker.lost
+        with self._start_lock:
+            self._flush_requests += 1
+        try:
+            self.queue.put_marker(marker)
+            return marker.done.wait(timeout) and not marker.lost
+        finally:
+            with self._start_lock:
+                self._flush_requests -= 1
 
     def shutdown(self, timeout: float | None = None) -> bool:
         """Flush within ``timeout`` (default: the ``shutdown_timeout`` option), then stop the worker.
@@ -164,16 +175,44 @@ class Pipeline:
 
     def _run(self) -> None:
         wake = self.queue.wake
+        timeout = self.options.flush_interval
         while True:
-            wake.wait(self.options.flush_interval)
+            wake.wait(timeout)
             wake.clear()
             stopping = self._stopping
+            if not stopping and self._defer():
+                timeout = _QUIET_GAP
+                continue
+            timeout = self.options.flush_interval
             try:
                 self._round(final=stopping)
             except Exception as exc:  # the worker must survive anything; count it and go on
                 report_internal_error(self.counters, "worker", exc)
             if stopping and not self.queue.items:
                 return
+
+    def _defer(self) -> bool:
+        """Whether to leave the queue for now because the program is busy emitting.
+
+        The worker shares the GIL: every millisecond it spends in the store is taken from the program's
+        own threads. While events keep arriving, it waits for a quiet gap (``_QUIET_GAP`` without a new
+        event) and works then, unless ``flush()`` asked, the queue is half full, or it has waited
+        ``_MAX_DEFERRALS`` flush intervals already. Bursts are stored right after they end; a steady load
+        is stored at least every ``_MAX_DEFERRALS * flush_interval`` seconds.
+        """
+        depth = len(self.queue.items)
+        arrived = depth != self._seen_depth
+        self._seen_depth = depth
+        now = time.monotonic()
+        if not arrived or self._flush_requests or depth * 2 >= self.queue.capacity:
+            self._deferring_since = 0.0
+            return False
+        if not self._deferring_since:
+            self._deferring_since = now
+        if now - self._deferring_since >= _MAX_DEFERRALS * self.options.flush_interval:
+            self._deferring_since = 0.0
+            return False
+        return True
 
     def _round(self, final: bool) -> None:
         """Drain everything queued now (in slices), assemble, write what is due, release markers."""

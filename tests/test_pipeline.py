@@ -290,3 +290,25 @@ def test_a_trace_stays_in_the_experiment_and_store_it_began_in(traced, fake, tra
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_experiment(experiment_id=traced)
     assert [t.info.request_preview for t in traces_in(traced)] == ["made in the first experiment"]
+
+
+def test_busy_program_defers_writes_but_not_forever(traced, fake):
+    """While calls keep coming the worker stays out of the GIL; a steady load is still stored."""
+    spanline.configure(flush_interval=0.05)  # so at most 10 x 0.05 s of deferral
+    try:
+        client = fake.client()
+        before = spanline.stats().traces_stored
+        stored_during_load = 0
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            _ask(client, "steady")
+            stored_during_load = spanline.stats().traces_stored - before
+        assert stored_during_load > 0, "a steady load must not postpone storage indefinitely"
+        # After the load stops, the rest is stored within a quiet gap plus an interval: no flush needed.
+        settle = time.monotonic() + 5.0
+        made = spanline.stats().events_emitted
+        while spanline.stats().events_processed < made and time.monotonic() < settle:
+            time.sleep(0.02)
+        assert spanline.stats().events_processed >= made
+    finally:
+        spanline.configure(flush_interval=0.5)
