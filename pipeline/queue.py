@@ -5,8 +5,11 @@ Out: items popped by the single worker thread, in order.
 
 ``collections.deque.append`` and ``popleft`` are atomic under the GIL, so neither side takes a lock.
 The bound is checked before appending: a full queue drops the *newest* event and counts it (or, with
-``on_full="block"``, waits for room), so memory never grows without bound and no drop is silent. Several
-threads racing past the check can overshoot the bound by at most one event each.
+``on_full="block"``, waits for room), so memory never grows without bound and no drop is silent. Every
+256 queued events, and on each append above half full, the caller first yields the GIL (``sleep(0)``), so
+a worker starved by a CPU-bound caller catches up before anything is dropped; otherwise the append is a
+length check and ``deque.append``.
+Several threads racing past the check can overshoot the bound by at most one event each.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class EventQueue:
 
     def configure(self, capacity: int, batch_size: int, block: bool) -> None:
         self.capacity = max(1, capacity)
+        self.high_water = max(1, self.capacity // 2)
         self.batch_size = max(1, min(batch_size, self.capacity))
         self.block = block
 
@@ -34,9 +38,14 @@ class EventQueue:
         """Append one encoded event. The caller's path: no lock, no I/O, no syscall in the common case."""
         items = self.items
         n = len(items)
-        if n >= self.capacity and not (self.block and self._wait_for_room()):
-            next(self.counters.queue_full)
-            return
+        if n >= self.high_water or n & 255 == 255:
+            if n >= self.capacity and not (self.block and self._wait_for_room()):
+                next(self.counters.queue_full)
+                return
+            # Events are piling up. A CPU-bound caller can starve the worker of the GIL: an SDK call
+            # releases it about once, too briefly for a waiting thread to win it. So every 256 queued
+            # events, and on every append above half full, hand the GIL over.
+            time.sleep(0)
         items.append(event)
         if n + 1 == self.batch_size:
             # Crossing the batch threshold is the only time the caller wakes the worker.

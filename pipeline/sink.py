@@ -12,6 +12,7 @@ imports mlflow.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -56,16 +57,18 @@ class MlflowSink:
     def __init__(self, experiment_id: Callable[[], str | None]) -> None:
         self._configured_experiment = experiment_id
 
-    def experiment_for(self, unit: Unit) -> str:
+    def experiment_for(self, unit: Unit, fallback: Callable[[], str]) -> str:
         if unit.experiment and unit.spans[0].in_mlflow_trace:
             return unit.experiment  # part of a trace MLflow owns: it lives in that trace's experiment
-        return self._configured_experiment() or unit.experiment or _get_experiment_id() or "0"
+        return self._configured_experiment() or unit.experiment or fallback()
 
     def write(self, units: Sequence[Unit]) -> None:
         """Store ``units``; raises if the store fails (the worker retries and accounts for them)."""
         groups: dict[tuple[str, str], list[Span]] = defaultdict(list)
+        # MLflow's default-experiment lookup costs ~150 µs (it probes for notebook contexts): once per write.
+        fallback = functools.cache(lambda: _get_experiment_id() or "0")
         for unit in units:
-            spans = groups[(unit.tracking_uri, self.experiment_for(unit))]
+            spans = groups[(unit.tracking_uri, self.experiment_for(unit, fallback))]
             spans.extend(to_mlflow_span(rec) for rec in unit.spans)
         for (tracking_uri, experiment), spans in groups.items():
             _get_store(tracking_uri or None).log_spans(experiment, spans)

@@ -240,19 +240,20 @@ class Pipeline:
         markers: list[FlushMarker] = []
         add = self.assembler.add
         decode = events.decode
-        processed = 0
-        while items and processed < _MAX_DRAIN:
+        counters = self.counters
+        for _ in range(_MAX_DRAIN):
+            if not items:
+                break
             item = items.popleft()
             if type(item) is not bytes:
                 markers.append(item)  # type: ignore[arg-type]
                 break  # write what came before the marker, then honour it
-            processed += 1
+            counters.events_processed += 1  # counted as it leaves the queue, so stats() never misses it
             try:
                 add(decode(item))
             except Exception as exc:
-                self.counters.drop(DropReason.DECODE_ERROR)
-                report_internal_error(self.counters, "assembler", exc)
-        self.counters.events_processed += processed
+                counters.drop(DropReason.DECODE_ERROR)
+                report_internal_error(counters, "assembler", exc)
         return markers
 
     def _batch_due(self) -> bool:

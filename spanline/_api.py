@@ -30,7 +30,7 @@ def autolog(disable: bool = False, log_traces: bool = True, silent: bool = False
 
     Args:
         disable: remove every patch, leaving the SDK's functions exactly as they were.
-        log_traces: keep the patches but record nothing while False.
+        log_traces: keep the patches but record nothing (SDK calls nor user spans) while False.
         silent: log nothing of spanline's own (warnings included).
         options: see ``configure``.
     """
@@ -42,6 +42,7 @@ def autolog(disable: bool = False, log_traces: bool = True, silent: bool = False
             configure(**options)
         if disable:
             _runtime.recording = False
+            _runtime.log_traces = True  # user spans record again, as before autolog was called
             left = patches.unpatch_all()
             if left:
                 logger.warning(
@@ -55,7 +56,7 @@ def autolog(disable: bool = False, log_traces: bool = True, silent: bool = False
         http_capture.install()
         messages.install()
         context.enable_mlflow_join()
-        _runtime.recording = bool(log_traces)
+        _runtime.recording = _runtime.log_traces = bool(log_traces)
         if log_traces:
             _runtime.pipeline.start()
 

@@ -13,6 +13,8 @@ pipeline = Pipeline(options)
 
 # True while autolog(log_traces=True) is in force for the SDK patches.
 recording = False
+# False after autolog(log_traces=False): then user spans (trace, start_span) record nothing either.
+log_traces = True
 # Read by spans and patches: the fraction of new traces kept.
 sample_rate = options.sample_rate
 

@@ -57,7 +57,7 @@ def child_of(parent: Parent | None) -> tuple[Parent, int]:
     span = context.new_span_id()
     if parent is None:
         rate = _runtime.sample_rate
-        sampled = rate >= 1.0 or random.random() < rate
+        sampled = _runtime.log_traces and (rate >= 1.0 or random.random() < rate)
         experiment, tracking_uri = context.destination()
         return Parent(context.new_trace_number(), span, span, sampled, "", experiment, tracking_uri), 0
     if parent.root == 0:  # an MLflow span: this span roots a unit inside MLflow's trace
