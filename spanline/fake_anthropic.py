@@ -404,10 +404,18 @@ class FakeAnthropicAPI:
     ``headers`` (lowercased keys) and ``json`` (the parsed body, or None).  Lets tests assert what the
     SDK (or code under test) actually sent."""
 
-    def __init__(self, *, latency: float = 0.0, model_latency: dict[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        latency: float = 0.0,
+        model_latency: dict[str, float] | None = None,
+        record_requests: bool = True,
+    ) -> None:
         """``latency`` delays every response by that many seconds and ``model_latency`` overrides it per
         model, so tests can exercise timing (spans' durations, concurrency) without a real backend.
-        The delay happens in the transports and the server, never inside :meth:`handle`."""
+        The delay happens in the transports and the server, never inside :meth:`handle`.
+        ``record_requests=False`` keeps :attr:`requests` empty: for load tests and benchmarks, whose
+        memory and time the request log (up to 10,000 parsed requests) would otherwise distort."""
         if latency < 0 or any(v < 0 for v in (model_latency or {}).values()):
             raise ValueError("latency must be >= 0")
         self._latency = float(latency)
@@ -415,6 +423,7 @@ class FakeAnthropicAPI:
         self._lock = threading.Lock()
         self._counters: dict[str, int] = {"req": 0, "msg": 0, "toolu": 0}
         self._faults: deque[tuple[int, str | None]] = deque()
+        self._record_requests = record_requests
         self.requests = []
 
     # -- bookkeeping --------------------------------------------------------------------------------
@@ -425,6 +434,8 @@ class FakeAnthropicAPI:
             return f"{prefix}_fake_{self._counters[prefix]:04d}"
 
     def _record(self, entry: dict[str, Any]) -> None:
+        if not self._record_requests:
+            return
         with self._lock:
             self.requests.append(entry)
             excess = len(self.requests) - MAX_RECORDED_REQUESTS
