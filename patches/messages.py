@@ -72,6 +72,17 @@ def _skip(kwargs: dict[str, Any]) -> bool:
     )
 
 
+_span_names: dict[type, str] = {}
+
+
+def _span_name(cls: type) -> str:
+    # MLflow's name for the span: the resource class and the method, e.g. "AsyncMessages.create".
+    name = _span_names.get(cls)
+    if name is None:
+        name = _span_names[cls] = f"{cls.__name__}.create"
+    return name
+
+
 def _fallback_request(kwargs: dict[str, Any]) -> bytes:
     # The SDK failed before sending anything: record the arguments instead, minus anything secret.
     return to_json_bytes({k: v for k, v in kwargs.items() if k not in _SECRET_KWARGS})
@@ -106,7 +117,7 @@ def _emit(self: Any, kwargs: dict, parent: Any, start: int, slot: list, result: 
                 ctx.span,
                 parent_id,
                 ctx.root,
-                f"{type(self).__name__}.create",
+                _span_name(type(self)),
                 "messages",
                 start,
                 time.time_ns(),

@@ -52,6 +52,10 @@ def resolve_parent() -> Parent | None:
     return parent
 
 
+# NamedTuple's own __new__ is a Python function (~250 ns); building the tuple directly is a C call.
+_new_parent = tuple.__new__
+
+
 def child_of(parent: Parent | None) -> tuple[Parent, int]:
     """A new span's context and its parent's span id (0 for a new trace)."""
     span = context.new_span_id()
@@ -59,15 +63,15 @@ def child_of(parent: Parent | None) -> tuple[Parent, int]:
         rate = _runtime.sample_rate
         sampled = _runtime.log_traces and (rate >= 1.0 or random.random() < rate)
         experiment, tracking_uri = context.destination()
-        return Parent(context.new_trace_number(), span, span, sampled, "", experiment, tracking_uri), 0
+        fields = (context.new_trace_number(), span, span, sampled, "", experiment, tracking_uri)
+        return _new_parent(Parent, fields), 0
     if parent.root == 0:  # an MLflow span: this span roots a unit inside MLflow's trace
-        return Parent(0, span, span, True, parent.ext_trace, parent.experiment, parent.tracking_uri), parent.span
+        fields = (0, span, span, True, parent.ext_trace, parent.experiment, parent.tracking_uri)
+        return _new_parent(Parent, fields), parent.span
     # A child goes where its root goes, even if it outlives the root and is stored on its own.
-    return (
-        Parent(parent.trace, span, parent.root, parent.sampled, parent.ext_trace, parent.experiment,
-               parent.tracking_uri),
-        parent.span,
-    )
+    fields = (parent.trace, span, parent.root, parent.sampled, parent.ext_trace, parent.experiment,
+              parent.tracking_uri)
+    return _new_parent(Parent, fields), parent.span
 
 
 def _emit(event: SpanStart | SpanEnd) -> None:
