@@ -514,38 +514,10 @@ def scenario_s3(client: Any, tracing: Tracing, n: int, warmup: int, uri: str) ->
 
 
 def _make_agent(client: Any, tracing: Tracing) -> Callable[[str], Any]:
-    """The seed's tool-calling agent (MLflow's Anthropic tracing example), decorated per configuration."""
+    """The seed's tool-calling agent (the demo's), decorated per configuration."""
+    from spanline.demo import make_tool_agent
 
-    @tracing.decorate("TOOL")
-    async def get_weather(city: str) -> str:
-        if city == "Tokyo":
-            return "sunny"
-        elif city == "Paris":
-            return "rainy"
-        return "unknown"
-
-    tool_functions = {"get_weather": get_weather}
-
-    @tracing.decorate("AGENT")
-    async def run_tool_agent(question: str) -> str:
-        messages: list[dict[str, Any]] = [{"role": "user", "content": question}]
-        ai_msg = await client.messages.create(model=MODEL, messages=messages, tools=TOOLS, max_tokens=2048)
-        messages.append({"role": "assistant", "content": ai_msg.content})
-        for tool_call in [c for c in ai_msg.content if c.type == "tool_use"]:
-            if tool_func := tool_functions.get(tool_call.name):
-                tool_result = await tool_func(**tool_call.input)
-            else:
-                raise RuntimeError("An invalid tool is returned from the assistant!")
-            messages.append(
-                {
-                    "role": "user",
-                    "content": [{"type": "tool_result", "tool_use_id": tool_call.id, "content": tool_result}],
-                }
-            )
-        response = await client.messages.create(model=MODEL, messages=messages, max_tokens=2048)
-        return response.content[-1].text
-
-    return run_tool_agent
+    return make_tool_agent(client, tracing.decorate("TOOL"), tracing.decorate("AGENT"), model=MODEL)
 
 
 def scenario_s4(client: Any, tracing: Tracing, gathers: int, warmup: int, uri: str) -> Measured:
@@ -725,6 +697,12 @@ def capture_agent_events(client: Any, traces: int) -> list[bytes]:
     return captured
 
 
+def _default_experiment() -> str:
+    from mlflow.tracking.fluent import _get_experiment_id
+
+    return _get_experiment_id() or "0"
+
+
 def prebuilt_batches(captured: list[bytes], batch: int) -> list[tuple[str, list[Any]]]:
     """The captured events folded into MLflow spans ahead of time: (experiment, spans) per store call."""
     from spanline import _runtime
@@ -738,10 +716,12 @@ def prebuilt_batches(captured: list[bytes], batch: int) -> list[tuple[str, list[
         assembler.add(events.decode(item))
     units = assembler.take()
     sink = MlflowSink(lambda: None)
+    default = _default_experiment()
     out = []
     for i in range(0, len(units), batch):
         chunk = units[i : i + batch]
-        out.append((sink.experiment_for(chunk[0]), [to_mlflow_span(r) for u in chunk for r in u.spans]))
+        experiment = sink.experiment_for(chunk[0], lambda: default)
+        out.append((experiment, [to_mlflow_span(r) for u in chunk for r in u.spans]))
     return out
 
 

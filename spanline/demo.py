@@ -14,12 +14,12 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 DEFAULT_CITIES: tuple[str, ...] = ("Tokyo", "Paris", "Sydney")
 DEFAULT_EXPERIMENT = "spanline-demo"
-MODEL = "claude-sonnet-4-5"
+MODEL = "claude-sonnet-4-6"  # a current model: the SDK warns about deprecated ones
 FLUSH_TIMEOUT = 60.0
 UI_PORT = 5000
 # A root-span attribute named mlflow.traceTag.<key> becomes a trace tag (DESIGN.md 7): it marks the
@@ -67,11 +67,16 @@ def _make_client() -> tuple[Any, str]:
     )
 
 
-async def _run_agents(client: Any, cities: Sequence[str], run_id: str) -> list[str]:
-    """The seed's tool-calling agent, decorated with spanline instead of mlflow."""
-    import spanline
+def make_tool_agent(
+    client: Any, tool_decorator: Callable, agent_decorator: Callable, model: str = MODEL
+) -> Callable[[str], Awaitable[str]]:
+    """The tool-calling agent of MLflow's Anthropic tracing page, with the decorators passed in.
 
-    @spanline.trace(span_type="TOOL")
+    ``client`` is an ``AsyncAnthropic``; the decorators are ``spanline.trace(...)`` or ``mlflow.trace(...)``
+    (or anything of their shape). The demo and ``spanline bench`` both run this one agent.
+    """
+
+    @tool_decorator
     async def get_weather(city: str) -> str:
         if city == "Tokyo":
             return "sunny"
@@ -81,13 +86,13 @@ async def _run_agents(client: Any, cities: Sequence[str], run_id: str) -> list[s
 
     tool_functions = {"get_weather": get_weather}
 
-    @spanline.trace(span_type="AGENT", attributes={f"mlflow.traceTag.{RUN_TAG}": run_id})
+    @agent_decorator
     async def run_tool_agent(question: str) -> str:
         messages: list[dict[str, Any]] = [{"role": "user", "content": question}]
 
         # Invoke the model with the given question and available tools
         ai_msg = await client.messages.create(
-            model=MODEL,
+            model=model,
             messages=messages,
             tools=TOOLS,
             max_tokens=2048,
@@ -117,13 +122,25 @@ async def _run_agents(client: Any, cities: Sequence[str], run_id: str) -> list[s
 
         # Send the tool results to the model and get a new response
         response = await client.messages.create(
-            model=MODEL,
+            model=model,
             messages=messages,
             max_tokens=2048,
         )
 
         return response.content[-1].text
 
+    return run_tool_agent
+
+
+async def _run_agents(client: Any, cities: Sequence[str], run_id: str) -> list[str]:
+    """The seed's agent, decorated with spanline instead of mlflow, one question per city."""
+    import spanline
+
+    run_tool_agent = make_tool_agent(
+        client,
+        spanline.trace(span_type="TOOL"),
+        spanline.trace(span_type="AGENT", attributes={f"mlflow.traceTag.{RUN_TAG}": run_id}),
+    )
     questions = [f"What's the weather like in {city} today?" for city in cities]
     try:
         return list(await asyncio.gather(*(run_tool_agent(q) for q in questions)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import mlflow
@@ -36,3 +37,77 @@ def attr_json(span, key: str) -> Any:
 def token_usage(trace) -> dict | None:
     raw = trace.info.trace_metadata.get("mlflow.trace.tokenUsage")
     return None if raw is None else json.loads(raw)
+
+
+# --- the seed's tool-calling agent (MLflow's Anthropic tracing page), shared by the tests ----------------
+
+SEED_MODEL = "claude-3-5-sonnet-20241022"
+TOOLS = [
+    {
+        "name": "get_weather",
+        "description": "Returns the weather condition of a given city.",
+        "input_schema": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    }
+]
+CITIES = ["Tokyo", "Paris", "Sydney"]
+WEATHER = {"Tokyo": "sunny", "Paris": "rainy", "Sydney": "unknown"}
+
+
+def make_agent(client: Any, decorate_tool: Callable, decorate_agent: Callable) -> Callable:
+    """The seed's tool-calling agent, verbatim in shape, with the decorators passed in."""
+
+    @decorate_tool
+    async def get_weather(city: str) -> str:
+        if city == "Tokyo":
+            return "sunny"
+        elif city == "Paris":
+            return "rainy"
+        return "unknown"
+
+    _tool_functions = {"get_weather": get_weather}
+
+    @decorate_agent
+    async def run_tool_agent(question: str):
+        messages = [{"role": "user", "content": question}]
+
+        ai_msg = await client.messages.create(
+            model=SEED_MODEL,
+            messages=messages,
+            tools=TOOLS,
+            max_tokens=2048,
+        )
+        messages.append({"role": "assistant", "content": ai_msg.content})
+
+        tool_calls = [c for c in ai_msg.content if c.type == "tool_use"]
+        for tool_call in tool_calls:
+            if tool_func := _tool_functions.get(tool_call.name):
+                tool_result = await tool_func(**tool_call.input)
+            else:
+                raise RuntimeError("An invalid tool is returned from the assistant!")
+
+            messages.append(
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": tool_call.id,
+                            "content": tool_result,
+                        }
+                    ],
+                }
+            )
+
+        response = await client.messages.create(
+            model=SEED_MODEL,
+            messages=messages,
+            max_tokens=2048,
+        )
+
+        return response.content[-1].text
+
+    return run_tool_agent

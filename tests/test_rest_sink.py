@@ -12,33 +12,17 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import mlflow
 import pytest
-from helpers import attr_json, children_of, root_of, token_usage
+from helpers import CITIES, WEATHER, attr_json, children_of, make_agent, root_of, token_usage
 from mlflow.entities import SpanType, TraceState
 
 import spanline
 from spanline.fake_anthropic import FakeAnthropicAPI
 
 MODEL = "claude-3-5-sonnet-20241022"
-CITIES = ["Tokyo", "Paris", "Sydney"]
-WEATHER = {"Tokyo": "sunny", "Paris": "rainy", "Sydney": "unknown"}
 FLUSH_TIMEOUT = 60
-
-TOOLS = [
-    {
-        "name": "get_weather",
-        "description": "Returns the weather condition of a given city.",
-        "input_schema": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    }
-]
-
 
 @pytest.fixture
 def rest_traced(mlflow_server_uri: tuple[str, str]) -> Iterator[str]:
@@ -60,62 +44,6 @@ def stored_traces(experiment_id: str) -> list:
     mlflow.flush_trace_async_logging()
     found = mlflow.search_traces(experiment_ids=[experiment_id], return_type="list")
     return [mlflow.get_trace(t.info.trace_id) for t in found]
-
-
-def make_agent(client: Any, decorate: Callable[[str], Callable]) -> Callable:
-    """The seed's agent; ``decorate(span_type)`` is ``mlflow.trace`` or ``spanline.trace`` with that type."""
-
-    @decorate(SpanType.TOOL)
-    async def get_weather(city: str) -> str:
-        if city == "Tokyo":
-            return "sunny"
-        elif city == "Paris":
-            return "rainy"
-        return "unknown"
-
-    tool_functions = {"get_weather": get_weather}
-
-    @decorate(SpanType.AGENT)
-    async def run_tool_agent(question: str):
-        messages = [{"role": "user", "content": question}]
-
-        ai_msg = await client.messages.create(
-            model=MODEL,
-            messages=messages,
-            tools=TOOLS,
-            max_tokens=2048,
-        )
-        messages.append({"role": "assistant", "content": ai_msg.content})
-
-        tool_calls = [c for c in ai_msg.content if c.type == "tool_use"]
-        for tool_call in tool_calls:
-            if tool_func := tool_functions.get(tool_call.name):
-                tool_result = await tool_func(**tool_call.input)
-            else:
-                raise RuntimeError("An invalid tool is returned from the assistant!")
-
-            messages.append(
-                {
-                    "role": "user",
-                    "content": [
-                        {
-                            "type": "tool_result",
-                            "tool_use_id": tool_call.id,
-                            "content": tool_result,
-                        }
-                    ],
-                }
-            )
-
-        response = await client.messages.create(
-            model=MODEL,
-            messages=messages,
-            max_tokens=2048,
-        )
-
-        return response.content[-1].text
-
-    return run_tool_agent
 
 
 def run_agent_on_cities(agent: Callable) -> list[str]:
@@ -179,7 +107,7 @@ def check_agent_traces(experiment_id: str, answers: list[str]) -> list:
 
 def test_seed_tool_agent_with_mlflow_trace(rest_traced: str, fake: FakeAnthropicAPI) -> None:
     client = fake.async_client()
-    agent = make_agent(client, lambda span_type: mlflow.trace(span_type=span_type))
+    agent = make_agent(client, mlflow.trace(span_type=SpanType.TOOL), mlflow.trace(span_type=SpanType.AGENT))
 
     answers = run_agent_on_cities(agent)
 
@@ -189,7 +117,7 @@ def test_seed_tool_agent_with_mlflow_trace(rest_traced: str, fake: FakeAnthropic
 
 def test_seed_tool_agent_with_spanline_trace(rest_traced: str, fake: FakeAnthropicAPI) -> None:
     client = fake.async_client()
-    agent = make_agent(client, lambda span_type: spanline.trace(span_type=str(span_type)))
+    agent = make_agent(client, spanline.trace(span_type="TOOL"), spanline.trace(span_type="AGENT"))
 
     answers = run_agent_on_cities(agent)
 

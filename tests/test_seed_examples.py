@@ -13,7 +13,7 @@ import anyio
 import httpx2
 import mlflow
 import pytest
-from helpers import attr_json, children_of, root_of, token_usage, traces_in
+from helpers import CITIES, WEATHER, attr_json, children_of, make_agent, root_of, token_usage, traces_in
 from mlflow.entities import SpanType
 
 import spanline
@@ -67,77 +67,6 @@ async def test_async_example(traced, fake):
     assert span.span_type == SpanType.CHAT_MODEL
     assert span.outputs["content"][0]["text"] == response.content[0].text
     assert trace.info.request_preview == "Hello, Claude"
-
-
-TOOLS = [
-    {
-        "name": "get_weather",
-        "description": "Returns the weather condition of a given city.",
-        "input_schema": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    }
-]
-CITIES = ["Tokyo", "Paris", "Sydney"]
-WEATHER = {"Tokyo": "sunny", "Paris": "rainy", "Sydney": "unknown"}
-
-
-def make_agent(client, decorate_tool, decorate_agent):
-    """The seed's tool-calling agent, verbatim in shape, with the decorators passed in."""
-
-    @decorate_tool
-    async def get_weather(city: str) -> str:
-        if city == "Tokyo":
-            return "sunny"
-        elif city == "Paris":
-            return "rainy"
-        return "unknown"
-
-    _tool_functions = {"get_weather": get_weather}
-
-    @decorate_agent
-    async def run_tool_agent(question: str):
-        messages = [{"role": "user", "content": question}]
-
-        ai_msg = await client.messages.create(
-            model=MODEL,
-            messages=messages,
-            tools=TOOLS,
-            max_tokens=2048,
-        )
-        messages.append({"role": "assistant", "content": ai_msg.content})
-
-        tool_calls = [c for c in ai_msg.content if c.type == "tool_use"]
-        for tool_call in tool_calls:
-            if tool_func := _tool_functions.get(tool_call.name):
-                tool_result = await tool_func(**tool_call.input)
-            else:
-                raise RuntimeError("An invalid tool is returned from the assistant!")
-
-            messages.append(
-                {
-                    "role": "user",
-                    "content": [
-                        {
-                            "type": "tool_result",
-                            "tool_use_id": tool_call.id,
-                            "content": tool_result,
-                        }
-                    ],
-                }
-            )
-
-        response = await client.messages.create(
-            model=MODEL,
-            messages=messages,
-            max_tokens=2048,
-        )
-
-        return response.content[-1].text
-
-    return run_tool_agent
 
 
 DECORATORS = {
