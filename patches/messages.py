@@ -12,12 +12,13 @@ import functools
 import time
 from typing import Any
 
+from spanline.pipeline.context import current, mlflow_parent
 from spanline.pipeline.convert import to_json_bytes
 from spanline.pipeline.events import ApiCall, encode
 from spanline.pipeline.stats import report_internal_error
 
 from spanline import _runtime
-from spanline.tracing import child_of, failure, resolve_parent
+from spanline.tracing import child_of, failure
 
 from . import patch
 from .http_capture import bodies, inflight
@@ -65,8 +66,7 @@ def _skip(kwargs: dict[str, Any]) -> bool:
     # ``inflight`` is already set when this wrapper runs inside another spanline wrapper (patched twice
     # through another library's wrapper in between): the outer one records the call.
     return (
-        not _runtime.recording
-        or kwargs.get("stream") is True
+        kwargs.get("stream") is True
         or inflight.get() is not None
         or (bool(_mlflow_integrations) and _mlflow_records_it())
     )
@@ -136,9 +136,9 @@ def _emit(self: Any, kwargs: dict, parent: Any, start: int, slot: list, result: 
 def _wrap_sync(original: Any) -> Any:
     @functools.wraps(original)
     def create(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if _skip(kwargs):
+        if not _runtime.recording or _skip(kwargs):
             return original(self, *args, **kwargs)
-        parent = resolve_parent()
+        parent = current.get() or mlflow_parent()
         slot: list[Any] = []
         token = inflight.set(slot)
         start = time.time_ns()
@@ -164,9 +164,9 @@ def _wrap_sync(original: Any) -> Any:
 def _wrap_async(original: Any) -> Any:
     @functools.wraps(original)
     async def create(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if _skip(kwargs):
+        if not _runtime.recording or _skip(kwargs):
             return await original(self, *args, **kwargs)
-        parent = resolve_parent()
+        parent = current.get() or mlflow_parent()
         slot: list[Any] = []
         token = inflight.set(slot)
         start = time.time_ns()
