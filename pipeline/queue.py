@@ -47,8 +47,8 @@ class EventQueue:
             # events, and on every append above half full, hand the GIL over.
             time.sleep(0)
         items.append(event)
-        if n + 1 == self.batch_size:
-            # Crossing the batch threshold is the only time the caller wakes the worker.
+        if n + 1 == self.high_water:
+            # The worker ticks every flush interval; the caller wakes it early only when half full.
             self.wake.set()
 
     def _wait_for_room(self, timeout: float = 30.0) -> bool:

@@ -25,7 +25,6 @@ from .stats import Counters, DropReason, Stats, report_internal_error
 
 _MAX_DRAIN = 5_000  # events per round, so a marker is never starved by a producer that never pauses
 _WRITE_ATTEMPTS = 5
-_QUIET_GAP = 0.02  # seconds without a new event that count as "the program is not busy"
 _MAX_DEFERRALS = 10  # flush intervals a busy program can postpone the worker's writes
 
 
@@ -55,7 +54,6 @@ class Pipeline:
         self._stopping = False
         self._start_lock = threading.Lock()
         self._pending: list[Unit] = []
-        self._pending_since = 0.0
         self._seen_depth = 0
         self._deferring_since = 0.0
         self._flush_requests = 0  # flushes waiting: the worker never defers while one is
@@ -175,15 +173,12 @@ class Pipeline:
 
     def _run(self) -> None:
         wake = self.queue.wake
-        timeout = self.options.flush_interval
         while True:
-            wake.wait(timeout)
+            wake.wait(self.options.flush_interval)
             wake.clear()
             stopping = self._stopping
             if not stopping and self._defer():
-                timeout = _QUIET_GAP
                 continue
-            timeout = self.options.flush_interval
             try:
                 self._round(final=stopping)
             except Exception as exc:  # the worker must survive anything; count it and go on
@@ -194,17 +189,17 @@ class Pipeline:
     def _defer(self) -> bool:
         """Whether to leave the queue for now because the program is busy emitting.
 
-        The worker shares the GIL: every millisecond it spends in the store is taken from the program's
-        own threads. While events keep arriving, it waits for a quiet gap (``_QUIET_GAP`` without a new
-        event) and works then, unless ``flush()`` asked, the queue is half full, or it has waited
-        ``_MAX_DEFERRALS`` flush intervals already. Bursts are stored right after they end; a steady load
-        is stored at least every ``_MAX_DEFERRALS * flush_interval`` seconds.
+        The worker shares the GIL: every millisecond it spends in the store (and every time it merely
+        wakes) is taken from the program's own threads. So while events arrive fast (a batch or more per
+        flush interval) it leaves them queued and looks again an interval later, unless ``flush()`` asked,
+        the queue is half full, or it has waited ``_MAX_DEFERRALS`` intervals already. A burst is stored
+        within an interval or two of its end; a steady load at least every ``_MAX_DEFERRALS`` intervals.
         """
         depth = len(self.queue.items)
-        arrived = depth != self._seen_depth
+        busy = depth - self._seen_depth >= self.queue.batch_size
         self._seen_depth = depth
         now = time.monotonic()
-        if not arrived or self._flush_requests or depth * 2 >= self.queue.capacity:
+        if not busy or self._flush_requests or depth * 2 >= self.queue.capacity:
             self._deferring_since = 0.0
             return False
         if not self._deferring_since:
@@ -222,11 +217,8 @@ class Pipeline:
             markers = self._drain(items)
             if final and not items:
                 self.assembler.close_all()
-            ready = self.assembler.take()
-            if ready and not self._pending:
-                self._pending_since = time.monotonic()
-            self._pending.extend(ready)
-            if self._pending and (markers or final or self._batch_due()):
+            self._pending.extend(self.assembler.take())
+            if self._pending:
                 self._write_pending()
             if markers:
                 dropped = self.counters.dropped_total()
@@ -234,6 +226,7 @@ class Pipeline:
                     marker.lost = dropped != marker.dropped_before
                     marker.done.set()
             if not items:
+                self._seen_depth = 0
                 return
 
     def _drain(self, items) -> list[FlushMarker]:
@@ -255,11 +248,6 @@ class Pipeline:
                 counters.drop(DropReason.DECODE_ERROR)
                 report_internal_error(counters, "assembler", exc)
         return markers
-
-    def _batch_due(self) -> bool:
-        if len(self._pending) >= self.options.batch_size:
-            return True
-        return time.monotonic() - self._pending_since >= self.options.flush_interval
 
     def _write_pending(self) -> None:
         pending, self._pending = self._pending, []
