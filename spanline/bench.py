@@ -54,13 +54,15 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from spanline.demo import MODEL, TOOLS  # the seed's tool, and a current model (the SDK warns about old ones)
+
 CONFIGS = ("untraced", "spanline", "mlflow_async", "mlflow_sync")
 # A diagnostic configuration for S1: spanline whose worker does everything but the store's write (it
 # still converts every span to MLflow's), to tell the worker's own share from the store's.
 NOSTORE = "spanline_nostore"
 S1_CONFIGS = ("untraced", "spanline", NOSTORE, "mlflow_async", "mlflow_sync")
 SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "TW", "MEM")
-MODEL = "claude-sonnet-4-6"  # a current model: the SDK warns (per call) about deprecated ones
+
 CONCURRENCY = 100  # S2: calls per asyncio.gather
 AGENTS_PER_GATHER = 3  # S4: the seed asks about three cities at once
 SPANS_PER_AGENT = 4  # AGENT, CHAT_MODEL, TOOL, CHAT_MODEL
@@ -68,18 +70,6 @@ CITIES = ("Tokyo", "Paris", "Sydney")
 FLUSH_TIMEOUT = 900.0
 EXPERIMENT = "spanline-bench"
 SERVER_STARTUP_TIMEOUT = 90.0
-
-TOOLS: list[dict[str, Any]] = [
-    {
-        "name": "get_weather",
-        "description": "Returns the weather condition of a given city.",
-        "input_schema": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    }
-]
 
 # S1 / S5: a realistic small chat request.
 CHAT_KWARGS: dict[str, Any] = {
