@@ -2,8 +2,8 @@
 
 In: the ``EventQueue`` (encoded events and flush markers). Out: ``MlflowSink.write`` calls, counters.
 
-It wakes when the caller crosses the batch threshold, when ``flush()`` posts a marker, or every
-``flush_interval``. A marker is honoured only after everything queued before it has been written (or
+It ticks every ``flush_interval``, and wakes early when ``flush()`` posts a marker or the queue is half
+full; while the program emits fast it defers (see ``_defer``), because it shares the GIL. A marker is honoured only after everything queued before it has been written (or
 accounted for), so ``flush()`` means "stored". Store errors are retried with backoff; what still fails is
 counted as dropped with its reason, never silently lost. After ``fork`` the child gets a fresh queue and
 its own worker; the parent's pending events stay the parent's.
@@ -210,7 +210,7 @@ class Pipeline:
         return True
 
     def _round(self, final: bool) -> None:
-        """Drain everything queued now (in slices), assemble, write what is due, release markers."""
+        """Drain everything queued now (in slices), assemble, write what is complete, release markers."""
         items = self.queue.items
         self.counters.queue_peak = max(self.counters.queue_peak, len(items))
         while True:
