@@ -3,10 +3,11 @@
 In: the ``EventQueue`` (encoded events and flush markers). Out: ``MlflowSink.write`` calls, counters.
 
 It ticks every ``flush_interval``, and wakes early when ``flush()`` posts a marker or the queue is half
-full; while the program emits fast it defers (see ``_defer``), because it shares the GIL. A marker is honoured only after everything queued before it has been written (or
-accounted for), so ``flush()`` means "stored". Store errors are retried with backoff; what still fails is
-counted as dropped with its reason, never silently lost. After ``fork`` the child gets a fresh queue and
-its own worker; the parent's pending events stay the parent's.
+full; while the program emits fast it defers (see ``_defer``), because it shares the GIL. A marker is
+honoured only after everything queued before it has been written (or accounted for), so ``flush()`` means
+"stored". Store errors are retried with backoff; what still fails is counted as dropped with its reason,
+never silently lost. After ``fork`` the child gets a fresh queue and its own worker; the parent's pending
+events stay the parent's.
 """
 
 from __future__ import annotations
