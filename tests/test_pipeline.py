@@ -324,3 +324,13 @@ def test_busy_program_defers_writes_but_not_forever(traced):
         assert spanline.stats().traces_stored - before == calls
     finally:
         spanline.configure(flush_interval=0.5)
+
+
+def test_importing_spanline_imports_neither_mlflow_nor_anthropic():
+    import subprocess
+    import sys
+
+    code = "import sys, spanline; print(sorted(m for m in ('mlflow', 'anthropic') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
