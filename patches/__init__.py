@@ -43,11 +43,3 @@ def unpatch_all() -> list[str]:
         del _installed[(owner, attribute)]
     return left
 
-
-def installed() -> list[tuple[type, str]]:
-    return list(_installed)
-
-
-def original_of(owner: type, attribute: str) -> Any:
-    entry = _installed.get((owner, attribute))
-    return entry[0] if entry else owner.__dict__.get(attribute)

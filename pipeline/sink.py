@@ -13,7 +13,6 @@ imports mlflow.
 from __future__ import annotations
 
 import functools
-import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -73,15 +72,3 @@ class MlflowSink:
         for (tracking_uri, experiment), spans in groups.items():
             _get_store(tracking_uri or None).log_spans(experiment, spans)
 
-
-def backoff_delays(attempts: int, first: float = 0.05, cap: float = 2.0) -> list[float]:
-    """Delays between write attempts: exponential, capped, so a blip costs little and an outage backs off."""
-    return [min(cap, first * 2**i) for i in range(attempts - 1)]
-
-
-def sleep_until(deadline: float | None, delay: float) -> bool:
-    """Sleep ``delay`` unless that passes ``deadline``; False when there is no time left to retry."""
-    if deadline is not None and time.monotonic() + delay > deadline:
-        return False
-    time.sleep(delay)
-    return True

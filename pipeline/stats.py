@@ -28,7 +28,6 @@ class DropReason:
     SHUTDOWN = "shutdown"
     DECODE_ERROR = "decode_error"
     ORPHANED = "orphaned"
-    INTERNAL = "internal_error"
 
 
 @dataclass(frozen=True)
