@@ -4,7 +4,7 @@ In: the caller's thread, at every span start. Out: a ``Parent`` (or None for a n
 
 One ContextVar holds the current spanline span, so nesting follows ``await``, tasks (asyncio and trio
 copy the context into each task), and threads given ``contextvars.copy_context()``. Ids are per-process
-counters added to a random base drawn at import and again in a forked child, so allocating one is a
+counters from a random base drawn at import and again in a forked child, so allocating one is a
 ``next()`` and never a syscall.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import NamedTuple
 
@@ -34,39 +35,31 @@ class Parent(NamedTuple):
 current: ContextVar[Parent | None] = ContextVar("spanline_current_span", default=None)
 
 
-class _Ids:
-    def __init__(self) -> None:
-        self.reset()
+def _reset_ids() -> None:
+    """Draw this process's id space: at import, and again in a forked child.
 
-    def reset(self) -> None:
-        rng = random.SystemRandom()
-        # A random per-process prefix makes trace ids from different processes (and forked children)
-        # distinct; the low half is a counter, so ids stay unique within the process.
-        self.trace_prefix = rng.getrandbits(64) | 1
-        self._span_base = rng.getrandbits(64)
-        self._next_trace = itertools.count(1).__next__
-        self._next_span = itertools.count(1).__next__
-
-    def trace(self) -> int:
-        return self._next_trace()
-
-    def span(self) -> int:
-        # Span ids must be non-zero 64-bit values; the base keeps them unique across processes too.
-        return ((self._span_base + self._next_span()) & _MASK64) or 1
+    A random per-process prefix makes trace ids from different processes distinct; their low half is a
+    counter. Span ids count up from a random 62-bit base, so they are non-zero, fit in 64 bits and do not
+    repeat across processes in practice. Both counters are ``itertools.count``: taking an id is one C
+    call. Callers read ``context.new_span_id`` at call time, so the rebinding after a fork reaches them.
+    """
+    global trace_prefix, new_trace_number, new_span_id
+    rng = random.SystemRandom()
+    trace_prefix = rng.getrandbits(64) | 1
+    new_trace_number = itertools.count(1).__next__
+    new_span_id = itertools.count(rng.getrandbits(62) + 1).__next__
 
 
-ids = _Ids()
-new_trace_number = ids.trace
-new_span_id = ids.span
-
-
-# The bound methods above read the counters through ``ids``, so resetting it in place is enough.
-os.register_at_fork(after_in_child=ids.reset)
+trace_prefix: int
+new_trace_number: Callable[[], int]
+new_span_id: Callable[[], int]
+_reset_ids()
+os.register_at_fork(after_in_child=_reset_ids)
 
 
 def mlflow_trace_id(trace_number: int) -> str:
     """MLflow's trace id for a spanline-owned trace: ``tr-`` and the 128-bit OTel trace id in hex."""
-    return f"tr-{ids.trace_prefix:016x}{trace_number & _MASK64:016x}"
+    return f"tr-{trace_prefix:016x}{trace_number & _MASK64:016x}"
 
 
 # --- joining MLflow's own spans, and MLflow's destination ----------------------------------------------
