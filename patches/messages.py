@@ -90,47 +90,51 @@ def _fallback_request(kwargs: dict[str, Any]) -> bytes:
 
 def _emit(self: Any, kwargs: dict, parent: Any, start: int, slot: list, result: Any,
           exc: BaseException | None) -> None:
-    ctx, parent_id = child_of(parent)
-    if not ctx.sampled:
-        return
-    if exc is not None:
-        response = getattr(exc, "response", None)
-        request_body, response_body = bodies(response)
+    """Record one finished call. Never raises: a failure here is counted, and the caller's call goes on."""
+    try:
+        ctx, parent_id = child_of(parent)
+        if not ctx.sampled:
+            return
+        if exc is not None:
+            response = getattr(exc, "response", None)
+            request_body, response_body = bodies(response)
+            if not request_body:
+                request = getattr(exc, "request", None)
+                request_body = getattr(request, "content", b"") if request is not None else b""
+            request_id = getattr(exc, "request_id", None) or ""
+            error = failure(exc)
+        else:
+            request_body, response_body = bodies(slot[-1] if slot else None)
+            request_id = getattr(result, "_request_id", None) or getattr(result, "request_id", None) or ""
+            error = None
         if not request_body:
-            request = getattr(exc, "request", None)
-            request_body = getattr(request, "content", b"") if request is not None else b""
-        request_id = getattr(exc, "request_id", None) or ""
-        error = failure(exc)
-    else:
-        request_body, response_body = bodies(slot[-1] if slot else None)
-        request_id = getattr(result, "_request_id", None) or getattr(result, "request_id", None) or ""
-        error = None
-    if not request_body:
-        request_body = _fallback_request(kwargs)
-    pipeline = _runtime.pipeline
-    if pipeline._thread is None:
-        pipeline.start()
-    pipeline.emit(
-        encode(
-            ApiCall(
-                ctx.trace,
-                ctx.span,
-                parent_id,
-                ctx.root,
-                _span_name(type(self)),
-                "messages",
-                start,
-                time.time_ns(),
-                request_body,
-                response_body,
-                request_id if isinstance(request_id, str) else "",
-                error,
-                ctx.ext_trace,
-                ctx.experiment,
-                ctx.tracking_uri,
+            request_body = _fallback_request(kwargs)
+        pipeline = _runtime.pipeline
+        if pipeline._thread is None:
+            pipeline.start()
+        pipeline.emit(
+            encode(
+                ApiCall(
+                    ctx.trace,
+                    ctx.span,
+                    parent_id,
+                    ctx.root,
+                    _span_name(type(self)),
+                    "messages",
+                    start,
+                    time.time_ns(),
+                    request_body,
+                    response_body,
+                    request_id if isinstance(request_id, str) else "",
+                    error,
+                    ctx.ext_trace,
+                    ctx.experiment,
+                    ctx.tracking_uri,
+                )
             )
         )
-    )
+    except Exception as internal:
+        report_internal_error(_runtime.pipeline.counters, "messages.create", internal)
 
 
 def _wrap_sync(original: Any) -> Any:
@@ -146,16 +150,10 @@ def _wrap_sync(original: Any) -> Any:
             result = original(self, *args, **kwargs)
         except BaseException as exc:
             inflight.reset(token)
-            try:
-                _emit(self, kwargs, parent, start, slot, None, exc)
-            except Exception as internal:
-                report_internal_error(_runtime.pipeline.counters, "messages.create", internal)
+            _emit(self, kwargs, parent, start, slot, None, exc)
             raise
         inflight.reset(token)
-        try:
-            _emit(self, kwargs, parent, start, slot, result, None)
-        except Exception as internal:
-            report_internal_error(_runtime.pipeline.counters, "messages.create", internal)
+        _emit(self, kwargs, parent, start, slot, result, None)
         return result
 
     return create
@@ -174,16 +172,10 @@ def _wrap_async(original: Any) -> Any:
             result = await original(self, *args, **kwargs)
         except BaseException as exc:
             inflight.reset(token)
-            try:
-                _emit(self, kwargs, parent, start, slot, None, exc)
-            except Exception as internal:
-                report_internal_error(_runtime.pipeline.counters, "messages.create", internal)
+            _emit(self, kwargs, parent, start, slot, None, exc)
             raise
         inflight.reset(token)
-        try:
-            _emit(self, kwargs, parent, start, slot, result, None)
-        except Exception as internal:
-            report_internal_error(_runtime.pipeline.counters, "messages.create", internal)
+        _emit(self, kwargs, parent, start, slot, result, None)
         return result
 
     return create
