@@ -77,30 +77,35 @@ class Assembler:
 
     # --- folding ------------------------------------------------------------------------------------
 
-    def _start(self, ev: SpanStart) -> None:
-        attrs = {
-            "mlflow.traceRequestId": "",  # filled below, kept first like MLflow's
-            "mlflow.spanType": convert.dumps(ev.span_type),
-        }
-        if ev.attributes:
-            for key, value in convert.load(ev.attributes).items():
-                attrs[key] = convert.dumps(value)
+    @staticmethod
+    def _record(ev: SpanStart | ApiCall, span_type: str) -> SpanRecord:
+        """A span from the fields both kinds of opening event carry; MLflow's first two attributes set."""
         trace_id = ev.ext_trace or context.mlflow_trace_id(ev.trace)
-        attrs["mlflow.traceRequestId"] = convert.dumps(trace_id)
-        rec = SpanRecord(
+        return SpanRecord(
             trace_id=trace_id,
             span=ev.span,
             parent=ev.parent,
             root=ev.root,
             name=ev.name,
-            span_type=ev.span_type,
+            span_type=span_type,
             start_ns=ev.start_ns,
-            attributes=attrs,
+            attributes={"mlflow.traceRequestId": convert.dumps(trace_id), "mlflow.spanType": convert.dumps(span_type)},
             experiment=ev.experiment,
             tracking_uri=ev.tracking_uri,
             in_mlflow_trace=bool(ev.ext_trace),
             is_trace_root=ev.parent == 0,
         )
+
+    @staticmethod
+    def _merge_attributes(rec: SpanRecord, raw: bytes) -> None:
+        # User attributes arrive as one JSON object; MLflow stores each value as JSON text.
+        for key, value in convert.load(raw).items():
+            rec.attributes[key] = convert.dumps(value)
+
+    def _start(self, ev: SpanStart) -> None:
+        rec = self._record(ev, ev.span_type)
+        if ev.attributes:
+            self._merge_attributes(rec, ev.attributes)
         if ev.inputs:
             self._set_payload(rec, "mlflow.spanInputs", ev.inputs)
         if len(self.open) >= MAX_OPEN_SPANS:
@@ -121,8 +126,7 @@ class Assembler:
         rec.end_ns = ev.end_ns
         rec.event_count = 2
         if ev.attributes:
-            for key, value in convert.load(ev.attributes).items():
-                rec.attributes[key] = convert.dumps(value)
+            self._merge_attributes(rec, ev.attributes)
         if ev.inputs:
             self._set_payload(rec, "mlflow.spanInputs", ev.inputs)
         if ev.outputs:
@@ -142,30 +146,10 @@ class Assembler:
         rec.attributes[key] = convert.bounded(text, policy.max_content_bytes)
 
     def _api_call(self, ev: ApiCall) -> SpanRecord:
-        trace_id = ev.ext_trace or context.mlflow_trace_id(ev.trace)
-        attrs = {
-            "mlflow.traceRequestId": convert.dumps(trace_id),
-            "mlflow.spanType": '"CHAT_MODEL"',
-        }
-        attrs.update(
-            convert.messages_attributes(
-                ev.request, ev.response, ev.request_id, ev.error is not None, self.policy()
-            )
-        )
-        rec = SpanRecord(
-            trace_id=trace_id,
-            span=ev.span,
-            parent=ev.parent,
-            root=ev.root,
-            name=ev.name,
-            span_type="CHAT_MODEL",
-            start_ns=ev.start_ns,
-            end_ns=ev.end_ns,
-            attributes=attrs,
-            experiment=ev.experiment,
-            tracking_uri=ev.tracking_uri,
-            in_mlflow_trace=bool(ev.ext_trace),
-            is_trace_root=ev.parent == 0,
+        rec = self._record(ev, "CHAT_MODEL")
+        rec.end_ns = ev.end_ns
+        rec.attributes.update(
+            convert.messages_attributes(ev.request, ev.response, ev.request_id, ev.error is not None, self.policy())
         )
         self._set_outcome(rec, ev.error)
         return rec
