@@ -40,7 +40,6 @@ import resource
 import select
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -48,10 +47,9 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from spanline.demo import MODEL, TOOLS  # the seed's tool, and a current model (the SDK warns about old ones)
@@ -1045,51 +1043,13 @@ def _tail(path: str, limit: int = 2000) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @contextlib.contextmanager
 def mlflow_server(workdir: str) -> Iterator[str]:
-    """``mlflow server`` on 127.0.0.1 and a free port, one worker, sqlite backend, job execution off;
-    its process group (the server and its workers) is killed at the end, whatever happens."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    exe = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "mlflow"]
-    db = os.path.join(workdir, "server.db")
-    cmd += ["server", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--workers", "1", "--default-artifact-root", os.path.join(workdir, "server-artifacts")]
-    env = _bench_env()
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    with open(os.path.join(workdir, "mlflow-server.log"), "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, start_new_session=True)
-        try:
-            deadline = time.monotonic() + SERVER_STARTUP_TIMEOUT
-            while not _healthy(url):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mlflow server did not start:\n{_tail(log.name)}")
-                time.sleep(0.25)
-            yield url
-        finally:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    """A local ``mlflow server`` (``spanline.mlflow_server``) for the TW scenario; yields its URL."""
+    from spanline.mlflow_server import run_mlflow_server
+
+    with run_mlflow_server(Path(workdir), timeout=SERVER_STARTUP_TIMEOUT) as server:
+        yield server.url
 
 
 # ---------------------------------------------------------------------------------------------------
