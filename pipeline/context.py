@@ -3,9 +3,9 @@
 In: the caller's thread, at every span start. Out: a ``Parent`` (or None for a new trace) and fresh ids.
 
 One ContextVar holds the current spanline span, so nesting follows ``await``, tasks (asyncio and trio
-copy the context into each task), and threads given ``contextvars.copy_context()``. Ids are per-process
-counters from a random base drawn at import and again in a forked child, so allocating one is a
-``next()`` and never a syscall.
+copy the context into each task), and threads given ``contextvars.copy_context()``. Span ids come from a
+per-process counter with a random base drawn at import and again in a forked child, so allocating one is a
+``next()`` and never a syscall. A trace is numbered by its root span's id.
 """
 
 from __future__ import annotations
@@ -38,20 +38,19 @@ current: ContextVar[Parent | None] = ContextVar("spanline_current_span", default
 def _reset_ids() -> None:
     """Draw this process's id space: at import, and again in a forked child.
 
-    A random per-process prefix makes trace ids from different processes distinct; their low half is a
-    counter. Span ids count up from a random 62-bit base, so they are non-zero, fit in 64 bits and do not
-    repeat across processes in practice. Both counters are ``itertools.count``: taking an id is one C
-    call. Callers read ``context.new_span_id`` at call time, so the rebinding after a fork reaches them.
+    Span ids count up from a random 62-bit base, so they are non-zero, fit in 64 bits and do not repeat
+    across processes in practice; the counter is an ``itertools.count``, so taking an id is one C call.
+    A trace's number is its root span's id; a random per-process prefix makes the 128-bit trace ids of
+    different processes distinct. Callers read ``context.new_span_id`` at call time, so the rebinding
+    after a fork reaches them.
     """
-    global trace_prefix, new_trace_number, new_span_id
+    global trace_prefix, new_span_id
     rng = random.SystemRandom()
     trace_prefix = rng.getrandbits(64) | 1
-    new_trace_number = itertools.count(1).__next__
     new_span_id = itertools.count(rng.getrandbits(62) + 1).__next__
 
 
 trace_prefix: int
-new_trace_number: Callable[[], int]
 new_span_id: Callable[[], int]
 _reset_ids()
 os.register_at_fork(after_in_child=_reset_ids)

@@ -9,8 +9,8 @@ that are already JSON text (a request body as the SDK sent it, a response body a
 encoded once) travel as opaque ``bytes`` fields, so encoding an event is a memcpy for them, never a
 re-serialisation.
 
-Ids: ``trace`` is a per-process trace number and ``span`` a per-process span number (both fit in 64
-bits); the worker turns them into MLflow's 128-bit trace id and 64-bit span id. ``root`` names the
+Ids: ``span`` is a per-process span number and ``trace`` the span number of the trace's root (both fit
+in 64 bits); the worker turns them into MLflow's 128-bit trace id and 64-bit span id. ``root`` names the
 span whose end completes a unit of spans (the outermost spanline span of the tree); ``ext_trace`` is
 set when the unit hangs under a span that MLflow's own tracer opened, whose trace MLflow owns.
 ``experiment`` and ``tracking_uri`` are MLflow's active ones when the trace began, as MLflow's own tracer

@@ -21,7 +21,7 @@ from spanline import _runtime
 from spanline.pipeline import context
 from spanline.pipeline.context import Parent, current
 from spanline.pipeline.convert import to_json_bytes
-from spanline.pipeline.events import Failure, SpanEnd, SpanStart, encode
+from spanline.pipeline.events import Event, Failure, SpanEnd, SpanStart, encode
 from spanline.pipeline.stats import report_internal_error
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -55,26 +55,36 @@ def resolve_parent() -> Parent | None:
 # NamedTuple's own __new__ is a Python function (~250 ns); building the tuple directly is a C call.
 _new_parent = tuple.__new__
 
+# (trace, span, parent span, root, sampled, ext_trace, experiment, tracking_uri)
+Placement = tuple[int, int, int, int, bool, str, str, str]
 
-def child_of(parent: Parent | None) -> tuple[Parent, int]:
-    """A new span's context and its parent's span id (0 for a new trace)."""
+
+def placement(parent: Parent | None) -> Placement:
+    """Where a new span goes, as a flat tuple the caller's path unpacks in one step.
+
+    A new trace is numbered by its root span's id (unique in the process, so one counter serves both),
+    is sampled now, and is bound now to MLflow's active experiment and store, as MLflow's own tracer does.
+    Under an MLflow span (``root`` 0) the new span roots a unit inside MLflow's trace; any other child
+    goes where its root goes, even if it outlives the root and is stored on its own.
+    """
     span = context.new_span_id()
     if parent is None:
         rate = _runtime.sample_rate
         sampled = _runtime.log_traces and (rate >= 1.0 or random.random() < rate)
         experiment, tracking_uri = context.destination()
-        fields = (context.new_trace_number(), span, span, sampled, "", experiment, tracking_uri)
-        return _new_parent(Parent, fields), 0
-    if parent.root == 0:  # an MLflow span: this span roots a unit inside MLflow's trace
-        fields = (0, span, span, True, parent.ext_trace, parent.experiment, parent.tracking_uri)
-        return _new_parent(Parent, fields), parent.span
-    # A child goes where its root goes, even if it outlives the root and is stored on its own.
-    fields = (parent.trace, span, parent.root, parent.sampled, parent.ext_trace, parent.experiment,
-              parent.tracking_uri)
-    return _new_parent(Parent, fields), parent.span
+        return span, span, 0, span, sampled, "", experiment, tracking_uri
+    trace, parent_span, root, sampled, ext_trace, experiment, tracking_uri = parent
+    return trace, span, parent_span, root or span, sampled, ext_trace, experiment, tracking_uri
 
 
-def _emit(event: SpanStart | SpanEnd) -> None:
+def child_of(parent: Parent | None) -> tuple[Parent, int]:
+    """A new span's context (to become the current span) and its parent's span id (0 for a new trace)."""
+    trace, span, parent_span, root, sampled, ext_trace, experiment, tracking_uri = placement(parent)
+    return _new_parent(Parent, (trace, span, root, sampled, ext_trace, experiment, tracking_uri)), parent_span
+
+
+def emit(event: Event) -> None:
+    """Encode one event and append it to the queue (starting the worker on the first)."""
     pipeline = _runtime.pipeline
     if pipeline._thread is None:
         pipeline.start()
@@ -132,7 +142,7 @@ class Span:
             if ctx.sampled:
                 attrs = static_attributes or (to_json_bytes(self._attributes) if self._attributes else b"")
                 self._attributes.clear()
-                _emit(
+                emit(
                     SpanStart(
                         ctx.trace,
                         ctx.span,
@@ -167,7 +177,7 @@ class Span:
         if not ctx.sampled:
             return
         try:
-            _emit(
+            emit(
                 SpanEnd(
                     ctx.trace,
                     ctx.span,
