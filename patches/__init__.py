@@ -31,6 +31,12 @@ def patch(owner: type, attribute: str, make_wrapper: Callable[[Any], Any]) -> No
     _installed[key] = (original, wrapper)
 
 
+def original(owner: type, attribute: str) -> Any:
+    """The function spanline replaced at ``owner.attribute`` (what is there now, if spanline has not)."""
+    entry = _installed.get((owner, attribute))
+    return entry[0] if entry is not None else owner.__dict__[attribute]
+
+
 def unpatch_all() -> list[str]:
     """Restore every original. Where someone else has replaced or wrapped spanline's function since,
     restoring would remove theirs: that one is left as it is (inert while recording is off) and named."""

@@ -18,3 +18,22 @@ def test_bench_worker_throughput_scenario_runs():
     assert "## Worker throughput" in table
     assert "error" not in table.lower(), table
     assert "| sqlite (in-process) | 100 |" in table
+
+
+def test_untraced_twin_runs_the_sdk_as_shipped(traced, experiment):
+    """The caller-path benchmark compares a traced client with its untraced twin while the patches stay in
+    place: the twin must record nothing and answer as the SDK does, and the traced client must still record."""
+    from helpers import traces_in
+
+    import spanline
+    from spanline.bench import CHAT_KWARGS, fake_clients, interleaved_overhead, untraced_twin
+
+    client = fake_clients()[0]
+    twin = untraced_twin(fake_clients()[0])
+    answer = twin.messages.create(**CHAT_KWARGS)
+    assert answer.content[0].text == client.messages.create(**CHAT_KWARGS).content[0].text
+    assert answer._request_id
+    result = interleaved_overhead(client, twin, blocks=2, calls=3)
+    assert spanline.flush(timeout=60)
+    assert len(traces_in(experiment)) == 1 + 2 * 3  # the traced client's calls only
+    assert len(result["diff_ns"]) == 2 and len(result["samples_ns"][False]) == 6

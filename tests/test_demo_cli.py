@@ -114,6 +114,7 @@ def test_bench_missing_module_is_a_clear_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setitem(sys.modules, "spanline.bench", None)  # makes the import fail
+    monkeypatch.delattr(spanline, "bench", raising=False)  # imported by an earlier test
     assert cli.main(["bench", "--traces", "10"]) == 2
     assert "spanline.bench is not available" in capsys.readouterr().err
 
