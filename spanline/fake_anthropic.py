@@ -386,6 +386,16 @@ def _validate_messages_body(body: Any, *, need_max_tokens: bool) -> str | None:
 # --------------------------------------------------------------------------------------------------
 
 
+def _client_defaults(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The fake's defaults under a client's keyword arguments: a fake key (unless the caller gives a key
+    or a token), the fake base URL, and ``max_retries=0`` so injected faults surface immediately."""
+    if "api_key" not in kwargs and "auth_token" not in kwargs:
+        kwargs["api_key"] = FAKE_API_KEY
+    kwargs.setdefault("base_url", FAKE_BASE_URL)
+    kwargs.setdefault("max_retries", 0)
+    return kwargs
+
+
 class FakeAnthropicAPI:
     """An in-memory Anthropic API: ``handle()`` maps an ``httpx2.Request`` to the response the real
     Messages API would send, with a canned, deterministic "model".
@@ -667,25 +677,17 @@ class FakeAnthropicAPI:
         faults surface immediately instead of being retried)."""
         import anthropic
 
-        if "api_key" not in kwargs and "auth_token" not in kwargs:
-            kwargs["api_key"] = FAKE_API_KEY
-        kwargs.setdefault("base_url", FAKE_BASE_URL)
-        kwargs.setdefault("max_retries", 0)
         if kwargs.get("http_client") is None:
             kwargs["http_client"] = httpx2.Client(transport=self.transport())
-        return anthropic.Anthropic(**kwargs)
+        return anthropic.Anthropic(**_client_defaults(kwargs))
 
     def async_client(self, **kwargs: Any) -> anthropic.AsyncAnthropic:
         """The ``anthropic.AsyncAnthropic`` counterpart of :meth:`client`, on :meth:`async_transport`."""
         import anthropic
 
-        if "api_key" not in kwargs and "auth_token" not in kwargs:
-            kwargs["api_key"] = FAKE_API_KEY
-        kwargs.setdefault("base_url", FAKE_BASE_URL)
-        kwargs.setdefault("max_retries", 0)
         if kwargs.get("http_client") is None:
             kwargs["http_client"] = httpx2.AsyncClient(transport=self.async_transport())
-        return anthropic.AsyncAnthropic(**kwargs)
+        return anthropic.AsyncAnthropic(**_client_defaults(kwargs))
 
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> FakeServer:
         """Serve this fake over real loopback HTTP until the returned server is closed.
