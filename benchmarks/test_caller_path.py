@@ -17,6 +17,7 @@ failure handling, wrong under threads and tasks: it is not spanline, it shows wh
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -49,15 +50,14 @@ def _measure(benchmark: Any, name: str, traced: Any, untraced: Any) -> None:
     pairs: list[dict[str, Any]] = []
     benchmark.group = "S1 caller's path: one pair of interleaved blocks (see extra_info)"
     benchmark.pedantic(lambda: pairs.append(interleaved_overhead(traced, untraced, 1, CALLS)), rounds=BLOCKS)
-    # Pool the blocks of all rounds, as interleaved_overhead does for its own.
-    on = sorted(x for p in pairs for x in p["samples_ns"][True])
-    off = sorted(x for p in pairs for x in p["samples_ns"][False])
-    diffs = sorted(d for p in pairs for d in p["diff_ns"])
+    # Pool the blocks of all rounds, with the same medians interleaved_overhead takes of its own.
+    on = statistics.median(x for p in pairs for x in p["samples_ns"][True])
+    off = statistics.median(x for p in pairs for x in p["samples_ns"][False])
     info = {
-        "traced_median_us": on[len(on) // 2] / 1e3,
-        "untraced_median_us": off[len(off) // 2] / 1e3,
-        "overhead_us": (on[len(on) // 2] - off[len(off) // 2]) / 1e3,
-        "paired_overhead_us": diffs[len(diffs) // 2] / 1e3,
+        "traced_median_us": on / 1e3,
+        "untraced_median_us": off / 1e3,
+        "overhead_us": (on - off) / 1e3,
+        "paired_overhead_us": statistics.median(d for p in pairs for d in p["diff_ns"]) / 1e3,
         "blocks": BLOCKS,
         "calls_per_block": CALLS,
     }
