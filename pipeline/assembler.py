@@ -49,6 +49,8 @@ class Unit:
     experiment: str
     tracking_uri: str
     spans: list[SpanRecord]
+    # The producing process's environment metadata (``producer.describe()``), shared by all its units.
+    producer: dict[str, str] = field(default_factory=dict)
 
     @property
     def event_count(self) -> int:
@@ -56,9 +58,15 @@ class Unit:
 
 
 class Assembler:
-    def __init__(self, counters: Counters, policy: Callable[[], convert.ContentPolicy]) -> None:
+    def __init__(
+        self,
+        counters: Counters,
+        policy: Callable[[], convert.ContentPolicy],
+        producer: dict[str, str] | None = None,
+    ) -> None:
         self.counters = counters
         self.policy = policy
+        self.producer = producer if producer is not None else {}
         self.open: dict[int, SpanRecord] = {}
         self.waiting: dict[int, list[SpanRecord]] = {}  # root span -> its ended descendants
         self.ready: list[Unit] = []
@@ -177,12 +185,12 @@ class Assembler:
         if rec.span == root:
             spans = self.waiting.pop(root, [])
             spans.append(rec)
-            self.ready.append(Unit(rec.trace_id, rec.experiment, rec.tracking_uri, spans))
+            self.ready.append(Unit(rec.trace_id, rec.experiment, rec.tracking_uri, spans, self.producer))
             return
         siblings = self.waiting.get(root)
         if siblings is None:
             # The root already ended: this span outlived it. Store it on its own; the store merges it.
-            self.ready.append(Unit(rec.trace_id, rec.experiment, rec.tracking_uri, [rec]))
+            self.ready.append(Unit(rec.trace_id, rec.experiment, rec.tracking_uri, [rec], self.producer))
         else:
             siblings.append(rec)
 
