@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import mlflow
 
@@ -37,6 +40,42 @@ def attr_json(span, key: str) -> Any:
 def token_usage(trace) -> dict | None:
     raw = trace.info.trace_metadata.get("mlflow.trace.tokenUsage")
     return None if raw is None else json.loads(raw)
+
+
+# --- what reaches the disk --------------------------------------------------------------------------
+
+
+def store_files(tracking_uri: str, experiment_ids: Iterable[str] = ()) -> list[Path]:
+    """Every file a sqlite tracking store may write: the database, its ``-wal``, ``-shm`` and ``-journal``
+    siblings (whichever exist), and the artifact directories of ``experiment_ids`` (local ones)."""
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    paths = [db] + [p for p in (Path(f"{db}{suffix}") for suffix in ("-wal", "-shm", "-journal")) if p.exists()]
+    mlflow.set_tracking_uri(tracking_uri)
+    for experiment_id in experiment_ids:
+        location = mlflow.get_experiment(experiment_id).artifact_location
+        parsed = urlparse(location)
+        if parsed.scheme in ("", "file"):
+            path = Path(url2pathname(parsed.path) if parsed.scheme else location)
+            if path.exists():
+                paths.append(path)
+    return paths
+
+
+def scan_for(paths: Iterable[Path | str], needles: Iterable[bytes]) -> dict[bytes, list[str]]:
+    """Which files hold which needles: each needle maps to the files (directories are walked) whose raw
+    bytes contain it; an empty list means found nowhere. A scan for secrets needs a positive control (a
+    needle known to be stored), so that it notices when storage moves out of sight of the scan."""
+    needles = list(needles)
+    files: list[Path] = []
+    for path in map(Path, paths):
+        files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
+    found: dict[bytes, list[str]] = {needle: [] for needle in needles}
+    for file in files:
+        data = file.read_bytes()
+        for needle in needles:
+            if needle in data:
+                found[needle].append(str(file))
+    return found
 
 
 # --- the seed's tool-calling agent (MLflow's Anthropic tracing page), shared by the tests ----------------

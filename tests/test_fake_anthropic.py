@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import time
 from typing import Any
 
 import anthropic
@@ -390,22 +389,26 @@ def test_streaming_raw_events_via_create(fake: FakeAnthropicAPI) -> None:
 # Errors
 # --------------------------------------------------------------------------------------------------
 
-ERRORS: list[tuple[int, type[anthropic.APIStatusError], str]] = [
-    (400, anthropic.BadRequestError, "invalid_request_error"),
-    (401, anthropic.AuthenticationError, "authentication_error"),
-    (403, anthropic.PermissionDeniedError, "permission_error"),
-    (404, anthropic.NotFoundError, "not_found_error"),
-    (413, anthropic.RequestTooLargeError, "request_too_large"),
-    (429, anthropic.RateLimitError, "rate_limit_error"),
-    (500, anthropic.InternalServerError, "api_error"),
-    (529, anthropic.InternalServerError, "overloaded_error"),
+# (status, SDK exception, error type, message): the error bodies the real API sends for these statuses
+# (the messages as it words them), written out here rather than read from the fake.
+ERRORS: list[tuple[int, type[anthropic.APIStatusError], str, str]] = [
+    (400, anthropic.BadRequestError, "invalid_request_error", "Invalid request."),
+    (401, anthropic.AuthenticationError, "authentication_error", "invalid x-api-key"),
+    (403, anthropic.PermissionDeniedError, "permission_error",
+     "Your API key does not have permission to use the specified resource."),
+    (404, anthropic.NotFoundError, "not_found_error", "The requested resource could not be found."),
+    (413, anthropic.RequestTooLargeError, "request_too_large", "Request exceeds the maximum allowed number of bytes."),
+    (429, anthropic.RateLimitError, "rate_limit_error",
+     "Number of request tokens has exceeded your per-minute rate limit."),
+    (500, anthropic.InternalServerError, "api_error", "Internal server error."),
+    (529, anthropic.InternalServerError, "overloaded_error", "Overloaded"),
 ]
 
 
-@pytest.mark.parametrize(("status", "exc_class", "error_type"), ERRORS)
+@pytest.mark.parametrize(("status", "exc_class", "error_type", "message"), ERRORS)
 @pytest.mark.parametrize("how", ["fail_next", "model"])
 def test_error_statuses(
-    fake: FakeAnthropicAPI, status: int, exc_class: type[Exception], error_type: str, how: str
+    fake: FakeAnthropicAPI, status: int, exc_class: type[Exception], error_type: str, message: str, how: str
 ) -> None:
     model = MODEL
     if how == "fail_next":
@@ -421,10 +424,9 @@ def test_error_statuses(
     assert err.status_code == status
     assert err.request_id == "req_fake_0001" == err.response.headers["request-id"]
     assert err.type == error_type
-    body = err.body
-    assert body == {
+    assert err.body == {
         "type": "error",
-        "error": {"type": error_type, "message": body["error"]["message"]},
+        "error": {"type": error_type, "message": message},
         "request_id": "req_fake_0001",
     }
     assert err.response.headers["content-type"] == "application/json"
@@ -563,34 +565,43 @@ async def test_async_streaming_matches(fake: FakeAnthropicAPI, name: str) -> Non
     assert _without_ids(final) == _without_ids(reference)
 
 
-@pytest.mark.anyio
-async def test_async_latency_does_not_block_the_loop() -> None:
+def test_async_latency_does_not_block_the_loop() -> None:
+    """Six concurrent calls, five at 0.2 s and one at 0.3 s: on trio's virtual clock (which moves only when
+    every task waits) they take exactly 0.3 s. A blocking sleep would not move it at all, serial awaits
+    would take 1.3 s. (The same in real seconds: benchmarks/test_timing.py.)"""
+    import trio
+    import trio.testing
+
     fake = FakeAnthropicAPI(latency=0.2, model_latency={"slow": 0.3})
-    async with fake.async_client() as client:
 
-        async def call(model: str) -> None:
-            await client.messages.create(model=model, max_tokens=5, messages=_user("hi"))
+    async def main() -> float:
+        async with fake.async_client() as client:
 
-        start = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for _ in range(5):
-                tg.start_soon(call, MODEL)
-            tg.start_soon(call, "slow")
-        elapsed = time.perf_counter() - start
-    assert 0.3 <= elapsed < 0.9  # concurrent: ~0.3 s, not the 1.3 s that blocking sleeps would take
+            async def call(model: str) -> None:
+                await client.messages.create(model=model, max_tokens=5, messages=_user("hi"))
+
+            start = trio.current_time()
+            async with anyio.create_task_group() as tg:
+                for _ in range(5):
+                    tg.start_soon(call, MODEL)
+                tg.start_soon(call, "slow")
+            return trio.current_time() - start
+
+    elapsed = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert elapsed == pytest.approx(0.3, abs=1e-9)
     assert len(fake.requests) == 6
 
 
-def test_sync_latency() -> None:
+def test_sync_latency(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``model_latency`` delays that model's calls only (the sleeps the sync transport takes, recorded)."""
+    slept: list[float] = []
+    monkeypatch.setattr(fake_anthropic, "time", type("Clock", (), {"sleep": staticmethod(slept.append)}))
     fake = FakeAnthropicAPI(model_latency={"slow": 0.1})
     with fake.client() as client:
-        start = time.perf_counter()
         client.messages.create(model=MODEL, max_tokens=5, messages=_user("hi"))
-        fast = time.perf_counter() - start
-        start = time.perf_counter()
+        assert slept == []
         client.messages.create(model="slow", max_tokens=5, messages=_user("hi"))
-        slow = time.perf_counter() - start
-    assert slow >= 0.1 > fast
+    assert slept == [0.1]
 
 
 # --------------------------------------------------------------------------------------------------

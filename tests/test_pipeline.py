@@ -11,7 +11,7 @@ import time
 import anthropic
 import mlflow
 import pytest
-from helpers import traces_in
+from helpers import scan_for, store_files, traces_in
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spanline.pipeline import events
@@ -102,17 +102,26 @@ def test_log_traces_false_records_nothing(experiment, fake):
         spanline.autolog(disable=True)
 
 
-def test_mlflow_autolog_alongside_traces_each_call_once(experiment, fake, caplog):
+def test_mlflow_autolog_alongside_traces_each_call_once(experiment, fake, caplog, monkeypatch):
+    from spanline.patches import messages
+
+    monkeypatch.setattr(messages, "_warned_mlflow", False)  # the warning is once per process
     spanline.autolog()
     mlflow.anthropic.autolog()
+
+    def warnings():
+        return sum("mlflow.anthropic.autolog() is enabled too" in r.message for r in caplog.records)
+
     try:
+        deferred = spanline.stats().deferred_to_mlflow
         with caplog.at_level(logging.WARNING, logger="spanline"):
             _ask(fake.client(), "one")
+            assert warnings() == 1
             _ask(fake.client(), "two")
+            assert warnings() == 1, "warned once: the second call adds none"
         assert spanline.flush(30)
         assert len(traces_in(experiment)) == 2
-        assert sum("mlflow.anthropic.autolog() is enabled too" in r.message for r in caplog.records) <= 1
-        assert spanline.stats().deferred_to_mlflow >= 2
+        assert spanline.stats().deferred_to_mlflow - deferred == 2
     finally:
         mlflow.anthropic.autolog(disable=True)
         spanline.autolog(disable=True)
@@ -230,16 +239,17 @@ def test_shutdown_is_idempotent_and_tracing_resumes(traced, fake):
 
 def test_no_secret_is_stored(traced, fake, tracking_uri):
     client = fake.client(api_key="sk-ant-api03-SECRET-KEY-123")
-    _ask(client, "hello", extra_headers={"x-api-key": "sk-ant-EXTRA-SECRET", "Authorization": "Bearer TOKEN-SECRET"})
+    _ask(client, "control-prompt-3f9a", extra_headers={"x-api-key": "sk-ant-EXTRA-SECRET",
+                                                       "Authorization": "Bearer TOKEN-SECRET"})
     with pytest.raises(TypeError):
         client.messages.create(model=MODEL, max_tokens=8, messages=[], extra_headers={"x-api-key": "sk-LEAK"},
                                unknown_argument=object())
     assert spanline.flush(30)
     traces_in(traced)
-    with open(tracking_uri.removeprefix("sqlite:///"), "rb") as db:
-        stored = db.read()
-    for secret in (b"SECRET-KEY-123", b"EXTRA-SECRET", b"TOKEN-SECRET", b"sk-LEAK"):
-        assert secret not in stored
+    found = scan_for(store_files(tracking_uri, [traced]), [b"control-prompt-3f9a", b"SECRET-KEY-123",
+                                                          b"EXTRA-SECRET", b"TOKEN-SECRET", b"sk-LEAK"])
+    assert found.pop(b"control-prompt-3f9a"), "positive control: the scan sees what the store holds"
+    assert found == {secret: [] for secret in found}
 
 
 class Opaque:
@@ -311,15 +321,17 @@ def test_busy_program_defers_writes_but_not_forever(traced):
         client = FakeAnthropicAPI(latency=0.002).client()
         before = spanline.stats().traces_stored
         stored_during_load = calls = 0
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
+        # The load goes on until something is stored (how soon is benchmarks/test_timing.py's business);
+        # the guard keeps a broken worker from hanging the suite (the half-full wake alone would take ~100 s).
+        guard = time.monotonic() + 60.0
+        while stored_during_load == 0 and time.monotonic() < guard:
             _ask(client, "steady")
             calls += 1
             stored_during_load = spanline.stats().traces_stored - before
         assert stored_during_load > 0, "a steady load must not postpone storage indefinitely"
-        # After the load stops, the rest is stored within a quiet gap plus an interval: no flush needed.
-        settle = time.monotonic() + 10.0
-        while spanline.stats().traces_stored - before < calls and time.monotonic() < settle:
+        # After the load stops, the rest is stored without a flush.
+        guard = time.monotonic() + 120.0
+        while spanline.stats().traces_stored - before < calls and time.monotonic() < guard:
             time.sleep(0.02)
         assert spanline.stats().traces_stored - before == calls
     finally:
