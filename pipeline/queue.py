@@ -20,6 +20,10 @@ from collections import deque
 
 from .stats import Counters
 
+# How long on_full="block" waits for room before dropping the event. A module constant, read at each
+# wait, so a test can shorten it.
+BLOCK_TIMEOUT = 30.0
+
 
 class EventQueue:
     def __init__(self, counters: Counters, capacity: int, batch_size: int, block: bool) -> None:
@@ -51,10 +55,10 @@ class EventQueue:
             # The worker ticks every flush interval; the caller wakes it early only when half full.
             self.wake.set()
 
-    def _wait_for_room(self, timeout: float = 30.0) -> bool:
+    def _wait_for_room(self) -> bool:
         # on_full="block": the user chose back-pressure over drops. Poll rather than lock, and give up
-        # (counting a drop) if the worker makes no room for ``timeout`` seconds, e.g. a dead store.
-        deadline = time.monotonic() + timeout
+        # (counting a drop) if the worker makes no room for BLOCK_TIMEOUT seconds, e.g. a dead store.
+        deadline = time.monotonic() + BLOCK_TIMEOUT
         self.wake.set()
         while len(self.items) >= self.capacity:
             if time.monotonic() > deadline:

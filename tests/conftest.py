@@ -53,6 +53,16 @@ def traced(experiment: str):
     spanline.autolog(disable=True)
 
 
+@pytest.fixture
+def restore_options():
+    """Whatever options a test configures, the next test starts from the ones in force before it."""
+    from spanline import _runtime
+
+    saved = _runtime.options
+    yield
+    _runtime.set_options(saved)
+
+
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return request.param
