@@ -11,6 +11,7 @@ import json
 import uuid
 
 import anthropic
+import anyio
 import mlflow
 import pytest
 from helpers import traces_in
@@ -30,12 +31,16 @@ TOOLS = [
 _ALWAYS_DIFFERENT = {"mlflow.traceRequestId"}
 
 
-def _basic(client):
-    return client.messages.create(model=MODEL, max_tokens=1024, messages=[{"role": "user", "content": "Hello, Claude"}])
+# Each scenario is written once against an async ``create``: for the sync client it wraps
+# ``client.messages.create`` (still called synchronously), for the async one it is the SDK's own coroutine.
 
 
-def _with_tools(client):
-    return client.messages.create(
+async def _basic(create):
+    return await create(model=MODEL, max_tokens=1024, messages=[{"role": "user", "content": "Hello, Claude"}])
+
+
+async def _with_tools(create):
+    return await create(
         model=MODEL,
         max_tokens=2048,
         system="You are terse.",
@@ -47,11 +52,11 @@ def _with_tools(client):
     )
 
 
-def _follow_up(client):
+async def _follow_up(create):
     """A second turn whose messages hold the SDK's own response objects, as the seed agent sends them."""
-    first = _with_tools(client)
+    first = await _with_tools(create)
     tool_use = next(b for b in first.content if b.type == "tool_use")
-    return client.messages.create(
+    return await create(
         model=MODEL,
         max_tokens=2048,
         tools=TOOLS,
@@ -63,8 +68,8 @@ def _follow_up(client):
     )
 
 
-def _thinking(client):
-    return client.messages.create(
+async def _thinking(create):
+    return await create(
         model=MODEL,
         max_tokens=4096,
         thinking={"type": "enabled", "budget_tokens": 1024},
@@ -72,14 +77,27 @@ def _thinking(client):
     )
 
 
-def _not_found(client):
-    return client.messages.create(model="fake-error-404", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+async def _not_found(create):
+    return await create(model="fake-error-404", max_tokens=10, messages=[{"role": "user", "content": "x"}])
 
 
-def _record(call, recorder: str):
+def _run(call, fake: FakeAnthropicAPI, client_kind: str) -> None:
+    if client_kind == "sync":
+        client = fake.client()
+
+        async def create(**kwargs):
+            return client.messages.create(**kwargs)
+
+        anyio.run(call, create, backend="asyncio")
+    else:
+        anyio.run(call, fake.async_client().messages.create, backend=client_kind)
+
+
+def _record(call, recorder: str, client_kind: str = "sync"):
     """Run ``call`` traced by ``recorder`` into a fresh experiment; return the last stored trace.
 
-    Each run gets a fresh fake backend, so both see the same message ids."""
+    Each run gets a fresh fake backend, so both see the same message ids. ``client_kind`` is ``sync``
+    (``Messages.create``) or the event loop running ``AsyncMessages.create`` (``asyncio``, ``trio``)."""
     fake = FakeAnthropicAPI()
     experiment = mlflow.set_experiment(f"parity-{recorder}-{uuid.uuid4().hex[:8]}").experiment_id
     if recorder == "mlflow":
@@ -90,7 +108,7 @@ def _record(call, recorder: str):
         spanline.autolog()
     try:
         with contextlib.suppress(anthropic.APIStatusError):
-            call(fake.client())
+            _run(call, fake, client_kind)
         assert spanline.flush(30)
     finally:
         mlflow.anthropic.autolog(disable=True)
@@ -112,11 +130,23 @@ def _span_view(span) -> dict:
     }
 
 
-@pytest.mark.parametrize("call", [_basic, _with_tools, _follow_up, _thinking, _not_found], ids=lambda f: f.__name__)
-def test_spanline_stores_what_mlflow_autolog_stores(experiment, call):
-    theirs = _record(call, "mlflow")
-    ours = _record(call, "spanline")
+CALLS = [_basic, _with_tools, _follow_up, _thinking, _not_found]
 
+
+@pytest.mark.parametrize("call", CALLS, ids=lambda f: f.__name__)
+def test_spanline_stores_what_mlflow_autolog_stores(experiment, call):
+    _assert_same(_record(call, "mlflow"), _record(call, "spanline"))
+
+
+@pytest.mark.parametrize("call", CALLS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_async_client_parity(experiment, call, loop):
+    theirs, ours = _record(call, "mlflow", loop), _record(call, "spanline", loop)
+    assert ours.data.spans[0].name == "AsyncMessages.create"
+    _assert_same(theirs, ours)
+
+
+def _assert_same(theirs, ours) -> None:
     their_span, our_span = _span_view(theirs.data.spans[0]), _span_view(ours.data.spans[0])
     assert len(ours.data.spans) == len(theirs.data.spans) == 1
     for key in ("name", "type", "status", "events"):
