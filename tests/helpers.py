@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -40,6 +44,14 @@ def attr_json(span, key: str) -> Any:
 def token_usage(trace) -> dict | None:
     raw = trace.info.trace_metadata.get("mlflow.trace.tokenUsage")
     return None if raw is None else json.loads(raw)
+
+
+def run_script(code: str, tracking_uri: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter against ``tracking_uri`` (offline), with ``env`` added; it is
+    killed if it outlives the timeout, so no process outlives the test."""
+    full_env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_MODEL_CATALOG_URI": "", **(env or {})}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env, capture_output=True,
+                          text=True, timeout=120)
 
 
 # --- what reaches the disk --------------------------------------------------------------------------

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
 
 import mlflow
 import pytest
-from helpers import traces_in
+from helpers import run_script, traces_in
 from spanline.pipeline import options as options_module
 
 import spanline
@@ -108,15 +105,9 @@ def test_environment_variables_set_options():
     assert opts.max_content_bytes is None and opts.experiment_id == "42"
 
 
-def _run_script(code: str, tracking_uri: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_MODEL_CATALOG_URI": ""}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True,
-                          text=True, timeout=120)
-
-
 def test_process_exit_stores_everything_without_a_flush(tmp_path):
     uri = f"sqlite:///{tmp_path}/exit.db"
-    done = _run_script(
+    done = run_script(
         """
         import mlflow, spanline
         from spanline.fake_anthropic import FakeAnthropicAPI
@@ -138,7 +129,7 @@ def test_process_exit_stores_everything_without_a_flush(tmp_path):
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
 def test_forked_child_traces_with_its_own_worker(tmp_path):
     uri = f"sqlite:///{tmp_path}/fork.db"
-    done = _run_script(
+    done = run_script(
         """
         import os, mlflow, spanline
         from spanline.fake_anthropic import FakeAnthropicAPI

@@ -8,11 +8,12 @@ import json
 import logging
 import threading
 import traceback
+import uuid
 
 import anthropic
 import mlflow
 import pytest
-from helpers import children_of, root_of, scan_for, store_files, traces_in
+from helpers import children_of, root_of, run_script, scan_for, store_files, traces_in
 from spanline.pipeline import queue as queue_module
 from spanline.pipeline import stats as stats_module
 
@@ -315,3 +316,48 @@ async def test_exception_reraised_unchanged_from_every_shape(traced, shape):
     (event,) = span.events
     assert event.name == "exception" and event.attributes["exception.type"] == "Boom"
     assert "raise error" in event.attributes["exception.stacktrace"]
+
+
+# --- SPANLINE_* environment variables, in a fresh process --------------------------------------------
+
+_ENV_SCRIPT = """
+    import json, os, mlflow, spanline
+    from spanline.fake_anthropic import FakeAnthropicAPI
+    mlflow.set_experiment(os.environ["TEST_ACTIVE_EXPERIMENT"])
+    spanline.autolog()
+    FakeAnthropicAPI().client().messages.create(
+        model="claude-fake-1", max_tokens=8, messages=[{"role": "user", "content": os.environ["TEST_PROMPT"]}])
+    assert spanline.flush(60)
+    print(json.dumps({"emitted": spanline.stats().events_emitted}))
+"""
+
+
+def _run_env_script(tracking_uri: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """Run the script in a fresh process (the session's store: already migrated); returns (events
+    emitted, the active experiment's id, the prompt sent)."""
+    tag = uuid.uuid4().hex[:8]
+    active, prompt = f"active-{tag}", f"env-prompt-{tag}"
+    done = run_script(_ENV_SCRIPT, tracking_uri, {"TEST_ACTIVE_EXPERIMENT": active, "TEST_PROMPT": prompt, **env})
+    assert done.returncode == 0, done.stderr
+    mlflow.set_tracking_uri(tracking_uri)
+    emitted = json.loads(done.stdout.splitlines()[-1])["emitted"]
+    return emitted, mlflow.get_experiment_by_name(active).experiment_id, prompt
+
+
+def test_environment_reaches_autolog_content_and_experiment(experiment, tracking_uri):
+    routed = mlflow.create_experiment(f"routed-{uuid.uuid4().hex[:8]}")
+    emitted, active, prompt = _run_env_script(
+        tracking_uri, {"SPANLINE_CAPTURE_CONTENT": "metadata", "SPANLINE_EXPERIMENT_ID": routed})
+    assert emitted == 1
+    (trace,) = traces_in(routed)
+    assert trace.data.spans[0].inputs == {"model": "claude-fake-1", "max_tokens": 8}
+    assert traces_in(active) == []
+    message_id = trace.data.spans[0].outputs["id"].encode()
+    found = scan_for(store_files(tracking_uri, [routed]), [message_id, prompt.encode()])
+    assert found[message_id] and found[prompt.encode()] == []
+
+
+def test_environment_sample_rate_zero_records_nothing(experiment, tracking_uri):
+    emitted, active, _ = _run_env_script(tracking_uri, {"SPANLINE_SAMPLE_RATE": "0"})
+    assert emitted == 0
+    assert traces_in(active) == []
