@@ -29,6 +29,7 @@ PRELOAD = (
     "mlflow.tracing",
     "spanline",
     "spanline.pipeline.sink",
+    "spanline.fake_anthropic",
 )
 
 
@@ -38,8 +39,6 @@ def _preload() -> None:
 
     for name in PRELOAD:
         importlib.import_module(name)
-    with contextlib.suppress(ImportError):
-        importlib.import_module("spanline.fake_anthropic")
 
 
 def _wait_child(pid: int, timeout: float) -> int | None:
