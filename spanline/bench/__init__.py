@@ -31,7 +31,7 @@ Figures are facts of this run, not assertions.
 
 from __future__ import annotations
 
-from .caller_path import interleaved_overhead, untraced_twin
+from .caller_path import floor_client, interleaved_overhead, untraced_twin
 from .cli import main
 from .workload import CHAT_KWARGS, MODEL, STREAM_KWARGS, TOOLS, fake_clients
 
@@ -41,6 +41,7 @@ __all__ = [
     "STREAM_KWARGS",
     "TOOLS",
     "fake_clients",
+    "floor_client",
     "interleaved_overhead",
     "main",
     "untraced_twin",
