@@ -171,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     return _write_report(sizes, results, meta, outputs, failed)
 
 
+OUTPUT_FILES = {"markdown": "md", "json": "json", "png": "png"}  # --out DIR writes DIR/bench.<ext>
+
+
 def _outputs(args: argparse.Namespace) -> dict[str, str | None]:
     """Where the Markdown, JSON and PNG go: ``--out DIR`` names all three, each ``--markdown/--json/--png``
     overrides its own; the Markdown is printed on stdout in any case."""
@@ -182,9 +185,6 @@ def _outputs(args: argparse.Namespace) -> dict[str, str | None]:
         if getattr(args, kind):
             out[kind] = getattr(args, kind)
     return out
-
-
-OUTPUT_FILES = {"markdown": "md", "json": "json", "png": "png"}
 
 
 def _write_report(

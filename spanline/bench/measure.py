@@ -1,5 +1,5 @@
-"""What a job's process measures about itself: traces and spans in its store, RSS, spanline's counters,
-and percentiles of its samples."""
+"""What a job's process measures about itself: CPU (the process's and the calling thread's), traces and
+spans in its store, RSS, spanline's counters, and percentiles of its samples."""
 
 from __future__ import annotations
 

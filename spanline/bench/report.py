@@ -1,5 +1,16 @@
-"""The report: per-scenario rows aggregated over rounds, ratios against ``untraced`` of the same run,
-the targets as met / not met, rendered as Markdown; and the JSON payload."""
+"""The report: the jobs' results turned into figures of this run, rendered as Markdown.
+
+In: (job, result) pairs from the runner, the run sizes and the machine's description. Out: Markdown (an
+"At a glance" table of ratios first, then the caller's path in one process, one section per scenario, the
+worker's throughput, memory, and the targets as met / not met), plus ``summary`` and ``targets`` filled
+on the way, which the JSON file and the picture (``figure``) are drawn from.
+
+Every figure is put against the same run's untraced call or MLflow's autolog, never shown alone. CPU is
+split by where it runs: the application's calling thread, its background threads (spanline's worker,
+MLflow's export) and a writer process. A scenario that runs a writer process (the event log's, to come)
+fills the writer's column by adding ``writer_cpu_s`` (its CPU over the timed section) and ``lag_s``
+(per-trace seconds from a call's end to its trace stored) to its result; until then they show "–".
+"""
 
 from __future__ import annotations
 
@@ -493,8 +504,10 @@ class Report:
             f"interleaved): {pct:.2f}%, {'met' if goal_met else 'not met'}.",
             f"- where it goes: {floor_added:,.2f} µs of spanline's {added:,.2f} µs is the floor, what any Python "
             "patch that captures both bodies pays (two wrappers, two clock reads, an id, encoding and keeping the "
-            f"event); the other {rest:,.2f} µs is spanline's own (its context variable, its checks, the "
-            "event's fields and the failure guard).",
+            f"event); the other {rest:,.2f} µs is spanline's own (`patches/messages.py`): its checks (recording, "
+            "streaming, MLflow's own autolog), the parent lookup (its ContextVar, then MLflow's active span), the "
+            "ContextVar slot that catches the HTTP exchange, the trace's destination and sampling, and the event's "
+            "fifteen fields, all inside a guard that keeps a failure away from the call.",
             "",
         ]
         return out
