@@ -1,23 +1,51 @@
-"""`spanline bench` runs end to end (one small scenario), so the benchmark cannot rot unnoticed."""
+"""`spanline bench` runs end to end (tiny counts) and writes its outputs, so the benchmark cannot rot unnoticed."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
+import pytest
 
-def test_bench_worker_throughput_scenario_runs():
+
+def test_bench_runs_end_to_end_and_writes_markdown_json_and_picture(tmp_path):
+    """A tiny run of every kind of job (the scenario processes, the one-process caller path, the worker's
+    throughput, the stalled store) prints its report and writes it as Markdown, JSON and a PNG."""
     env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": ""}
+    out = tmp_path / "bench"
     done = subprocess.run(
-        [sys.executable, "-m", "spanline.bench", "--quick", "--scenarios", "TW", "--rounds", "1", "--no-progress"],
-        env=env, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "spanline.bench", "--smoke", "--scenarios", "S1,S5,TW,MEM", "--no-progress",
+         "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     table = done.stdout
-    assert "## Worker throughput" in table
-    assert "error" not in table.lower(), table
+    for heading in ("## At a glance", "## Caller's path, in one process", "## S1 ", "## S5 ",
+                    "## Worker throughput", "## Memory", "## Targets"):
+        assert heading in table, heading
+    assert "error:" not in table and "failed" not in table, table
     assert "| sqlite (in-process) | 100 |" in table
+    assert (out / "bench.md").read_text().strip() == table.strip()
+
+    payload = json.loads((out / "bench.json").read_text())
+    summary = payload["summary"]
+    caller = summary["caller_path"]
+    assert caller["untraced_us"] > 0 and caller["pct_of_untraced_call"] == pytest.approx(
+        100 * caller["spanline_added_us"] / caller["untraced_us"])
+    s1 = summary["S1"]
+    assert {"untraced", "spanline", "mlflow_async", "mlflow_sync"} <= set(s1)
+    assert 0 < s1["spanline"]["caller_cpu_per_trace_us"] <= s1["spanline"]["cpu_per_trace_us"]
+    assert summary["S5"]["spanline"]["stored"] == summary["S5"]["spanline"]["made"] == 100
+    assert summary["glance"][0]["figure"].startswith("caller's path")
+    assert all(run["result"]["ok"] for run in payload["runs"])
+
+    import matplotlib.image
+
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width = matplotlib.image.imread(out / "bench.png").shape[:2]
+    assert width >= 1200 and height >= 800
 
 
 def test_untraced_twin_runs_the_sdk_as_shipped(traced, experiment):
@@ -37,3 +65,22 @@ def test_untraced_twin_runs_the_sdk_as_shipped(traced, experiment):
     assert spanline.flush(timeout=60)
     assert len(traces_in(experiment)) == 1 + 2 * 3  # the traced client's calls only
     assert len(result["diff_ns"]) == 2 and len(result["samples_ns"][False]) == 6
+
+
+def test_bench_talks_to_the_one_fake_anthropic_api():
+    """The bench measures the SDK against ``spanline.fake_anthropic``, the fake the tests and the demo use, not a
+    second fake of its own: answers carry that fake's ids, and no module of the package defines a handler."""
+    import pkgutil
+
+    import spanline.bench
+    from spanline.bench import CHAT_KWARGS, fake_clients
+
+    client, _, which = fake_clients()
+    answer = client.messages.create(**CHAT_KWARGS)
+    assert answer.id.startswith("msg_fake_") and answer._request_id.startswith("req_fake_")
+    assert "spanline.fake_anthropic" in which
+    for info in pkgutil.iter_modules(spanline.bench.__path__, "spanline.bench."):
+        if info.name.endswith("__main__"):  # importing it runs the bench
+            continue
+        module = __import__(info.name, fromlist=["_"])
+        assert not [name for name in vars(module) if name.startswith("_fallback")], info.name
