@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import struct
 import time
 import zlib
@@ -155,8 +156,24 @@ def _valid_at(buf: memoryview, pos: int) -> int:
     return end - pos
 
 
+_CANDIDATE = re.compile(rb"(?s)(?=.{8}[EPTZ])")  # where a record could start: its kind byte is 9th
+
+
+def _next_valid(view: memoryview, buf: bytes, start: int) -> int:
+    """The first offset >= ``start`` where a whole, valid record starts, or -1."""
+    for match in _CANDIDATE.finditer(buf, start):
+        if _valid_at(view, match.start()) > 0:
+            return match.start()
+    return -1
+
+
 def parse(buf: bytes, base: int) -> ReadResult:
-    """Every whole record in ``buf`` (which starts at file offset ``base``)."""
+    """Every whole record in ``buf`` (which starts at file offset ``base``).
+
+    An incomplete record is the end of what can be read now (an append in progress, or a torn tail) unless
+    a valid record follows it: then it was damage (say, a flipped length byte), skipped and counted like a
+    checksum mismatch, and reading resumes at that next valid record.
+    """
     view = memoryview(buf)
     out = ReadResult(end=base)
     pos = 0
@@ -169,26 +186,16 @@ def parse(buf: bytes, base: int) -> ReadResult:
             pos += n
             out.end = base + pos
             continue
-        if n == 0 and not _complete_garbage(view, pos):
-            out.partial = True
-            break
-        # A bad record: resynchronise at the next offset where a whole, valid record starts.
+        nxt = _next_valid(view, buf, pos + 1)
+        if nxt < 0:
+            if n == 0:
+                out.partial = True
+                break
+            nxt = size  # garbage to the end: skipped
         out.corrupt += 1
-        nxt = pos + 1
-        while nxt < size and _valid_at(view, nxt) <= 0:
-            nxt += 1
         pos = nxt
         out.end = base + pos
     return out
-
-
-def _complete_garbage(view: memoryview, pos: int) -> bool:
-    # An incomplete record at the end is normally an append in progress. But if its length field is
-    # impossible, it is garbage and must not stall the reader forever.
-    if pos + _RECORD.size > len(view):
-        return False
-    length, _, kind = _RECORD.unpack_from(view, pos)
-    return kind not in _KIND_CRC or length > MAX_RECORD
 
 
 def read_records(fd: int, offset: int, limit: int = 32 * 1024 * 1024) -> ReadResult:

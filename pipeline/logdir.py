@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -111,8 +110,19 @@ def writer_pid(directory: str) -> int | None:
         return None
 
 
-_spawned: dict[str, subprocess.Popen] = {}  # log dir -> the writer this process started there
+_spawned: dict[str, int] = {}  # log dir -> pid of the writer this process started there
 _spawn_lock = threading.Lock()
+
+
+def _reap() -> None:
+    """Collect writers this process started that have exited (no zombies), forget them."""
+    for key, pid in list(_spawned.items()):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not our child (we are a forked copy of its parent)
+            done = pid
+        if done:
+            del _spawned[key]
 
 
 def ensure_writer(directory: str) -> bool:
@@ -121,34 +131,35 @@ def ensure_writer(directory: str) -> bool:
     Two processes racing here may both start one: the second finds the lock taken and exits at once.
     """
     with _spawn_lock:
-        for key, proc in list(_spawned.items()):  # reap writers we started that have exited (no zombies)
-            if proc.poll() is not None:
-                del _spawned[key]
+        _reap()
         if directory in _spawned or writer_running(directory):
             return False  # ours is still starting (or running), or another holds the lock
-        log = open(os.path.join(directory, WRITER_LOG), "ab")  # noqa: SIM115 - handed to the child
-        try:
-            os.chmod(log.name, 0o600)
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "spanline.writer", "--log-dir", directory, "--exit-when-idle"],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,  # outlives the application; no signal of its terminal reaches it
-                close_fds=True,
-                cwd=directory,
-            )
-        finally:
-            log.close()
-        _spawned[directory] = proc
+        log = os.path.join(directory, WRITER_LOG)
+        # posix_spawn, not subprocess: no Popen object to outlive (and warn about) at exit; its own session,
+        # so it outlives the application and no signal of the application's terminal reaches it.
+        pid = os.posix_spawn(
+            sys.executable,
+            [sys.executable, "-m", "spanline.writer", "--log-dir", directory, "--exit-when-idle"],
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+                (os.POSIX_SPAWN_DUP2, 1, 2),
+            ],
+            setsid=True,
+        )
+        _spawned[directory] = pid
         return True
 
 
-def ask_writer(directory: str, request: dict[str, Any], deadline: float | None) -> dict[str, Any] | None:
+def ask_writer(
+    directory: str, request: dict[str, Any], deadline: float | None, autostart: bool = True
+) -> dict[str, Any] | None:
     """Send ``request`` to the directory's writer and wait for its answer (None on timeout).
 
-    Starts a writer when none answers. The writer answers a flush request only once the data is stored,
-    so this waits on a socket read: no polling, and the request itself wakes the writer.
+    Starts a writer when none answers (unless ``autostart`` is False: then waits for one to appear). The
+    writer answers a flush request only once the data is stored, so this waits on a socket read: no
+    polling, and the request itself wakes the writer.
     """
     path = socket_path(directory)
     delay = 0.01
@@ -172,7 +183,8 @@ def ask_writer(directory: str, request: dict[str, Any], deadline: float | None) 
             return None
         finally:
             sock.close()
-        ensure_writer(directory)
+        if autostart:
+            ensure_writer(directory)
         # Only while a writer is starting (it binds its socket before importing mlflow): short waits.
         wait = delay if remaining is None else min(delay, max(0.0, deadline - time.monotonic()))
         time.sleep(wait)

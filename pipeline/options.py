@@ -31,6 +31,7 @@ class Options:
     durability: Literal["page_cache", "fsync", "memory"] = "page_cache"
     max_log_bytes: int = 1024**3
     segment_bytes: int = 64 * 1024**2
+    writer_autostart: bool = True  # False: a writer is run by hand or under a supervisor
 
     @property
     def policy(self) -> ContentPolicy:
@@ -47,6 +48,8 @@ def _parse_env(name: str, text: str) -> Any:
         return int(text)
     if name == "max_content_bytes":
         return None if text.lower() in ("", "none", "0") else int(text)
+    if name == "writer_autostart":
+        return text.strip().lower() not in ("0", "false", "no", "off", "")
     if name == "redact":
         raise ValueError("redact cannot be set from the environment; pass a callable to configure()")
     return text or None if name in ("log_dir", "experiment_id") else text

@@ -23,6 +23,7 @@ import atexit
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -101,6 +102,10 @@ class Pipeline:
 
     def configure(self, options: Options) -> None:
         self.options = options
+        if options.durability == "memory":
+            self._mode = "in_process"
+        elif self._mode == "in_process" and not self.counters.log_fallbacks:
+            self._mode = "log"
         self.queue.configure(options.queue_size, options.batch_size, options.on_full == "block")
         if options.policy != self._applied.policy or options.experiment_id != self._applied.experiment_id:
             # In order with the events: calls made before this keep the policy they were made under.
@@ -173,7 +178,8 @@ class Pipeline:
         directory, segment, offset = position
         before = sum(self._writer_counters.get("dropped", {}).values())
         try:
-            reply = logdir.ask_writer(directory, {"segment": segment, "offset": offset}, deadline)
+            reply = logdir.ask_writer(directory, {"segment": segment, "offset": offset}, deadline,
+                                      autostart=self.options.writer_autostart)
         except Exception as exc:
             report_internal_error(self.counters, "flush", exc)
             return False
@@ -230,6 +236,11 @@ class Pipeline:
         self._reset_state()
         self._thread = None
         self._start_lock = threading.Lock()
+        mp_util = sys.modules.get("multiprocessing.util")
+        if mp_util is not None:
+            # A multiprocessing worker ends with os._exit, skipping atexit but running these finalizers:
+            # its last events go to the log there.
+            mp_util.Finalize(None, self._at_exit, exitpriority=100)
         if was_running:
             self.start()
 
@@ -359,7 +370,7 @@ class Pipeline:
 
     def _check_writer(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._writer_checked < _WRITER_CHECK_EVERY:
+        if not self.options.writer_autostart or (not force and now - self._writer_checked < _WRITER_CHECK_EVERY):
             return
         self._writer_checked = now
         try:

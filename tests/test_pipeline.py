@@ -138,7 +138,8 @@ def test_two_thousand_sequential_calls_are_all_stored(traced, fake):
 
 
 def test_full_queue_drops_newest_and_counts_it(experiment, fake):
-    spanline.autolog(queue_size=5, batch_size=5)
+    # In-process (durability="memory"), where a stalled store is what fills the queue.
+    spanline.autolog(queue_size=5, batch_size=5, durability="memory")
     pipeline = _runtime.pipeline
     entered, gate = threading.Event(), threading.Event()
     real_sink = pipeline._sink
@@ -167,7 +168,7 @@ def test_full_queue_drops_newest_and_counts_it(experiment, fake):
         gate.set()
         pipeline.set_sink(real_sink)
         spanline.autolog(disable=True)
-        spanline.configure(queue_size=100_000, batch_size=100)
+        spanline.configure(queue_size=100_000, batch_size=100, durability="page_cache")
 
 
 @pytest.mark.provokes_internal_errors
@@ -182,7 +183,7 @@ def test_store_failures_are_retried_then_counted(experiment, fake):
             raise ConnectionError("store unreachable")
         real_sink(units)
 
-    spanline.autolog()
+    spanline.autolog(durability="memory")  # the in-process store's retries; the writer's: test_writer.py
     pipeline.set_sink(flaky)
     try:
         before = spanline.stats()
@@ -202,7 +203,7 @@ def test_store_failures_are_retried_then_counted(experiment, fake):
         assert "store gone" in spanline.stats().last_error
     finally:
         pipeline.set_sink(real_sink)
-        spanline.autolog(disable=True)
+        spanline.autolog(disable=True, durability="page_cache")
 
 
 def test_flush_inside_a_running_event_loop(traced, fake):
@@ -303,24 +304,24 @@ def test_a_trace_stays_in_the_experiment_and_store_it_began_in(traced, fake, tra
     assert [t.info.request_preview for t in traces_in(traced)] == ["made in the first experiment"]
 
 
-def test_busy_program_defers_writes_but_not_forever(traced):
-    """While calls keep coming the worker stays out of the GIL; a steady load is still stored."""
-    spanline.configure(flush_interval=0.05)  # so at most 10 x 0.05 s of deferral
+def test_a_steady_load_is_stored_while_it_runs(traced):
+    """The worker appends every tick and the writer stores as it goes: no flush needed, nothing deferred."""
+    spanline.configure(flush_interval=0.05)
     try:
         # 2 ms of network per call: a very fast API, yet one whose calls wait on I/O, like real ones.
         client = FakeAnthropicAPI(latency=0.002).client()
         before = spanline.stats().traces_stored
         stored_during_load = calls = 0
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:
             _ask(client, "steady")
             calls += 1
             stored_during_load = spanline.stats().traces_stored - before
-        assert stored_during_load > 0, "a steady load must not postpone storage indefinitely"
-        # After the load stops, the rest is stored within a quiet gap plus an interval: no flush needed.
-        settle = time.monotonic() + 10.0
+        assert stored_during_load > 0, "a steady load must be stored while it runs"
+        # After the load stops, the rest is stored without a flush (the writer's status says so).
+        settle = time.monotonic() + 20.0
         while spanline.stats().traces_stored - before < calls and time.monotonic() < settle:
-            time.sleep(0.02)
+            time.sleep(0.05)
         assert spanline.stats().traces_stored - before == calls
     finally:
         spanline.configure(flush_interval=0.5)
