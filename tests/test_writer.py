@@ -249,25 +249,28 @@ def test_a_store_outage_is_waited_out_and_every_trace_stored_once(tmp_path, own_
     n = 300
     server_dir = tmp_path / "server"
     server_dir.mkdir()
-    with run_mlflow_server(server_dir) as server:
-        url, port = server.url, int(server.url.rsplit(":", 1)[1])
-        mlflow.set_tracking_uri(url)
-        mlflow.create_experiment("outage")
-        code = APP.replace("for i in range", "import time\nfor i in range") + textwrap.dedent("""
-            print("first half done", flush=True)
-            sys.stdin.readline()
-            for i in range(int(os.environ["TEST_CALLS"]), 2 * int(os.environ["TEST_CALLS"])):
-                agent(i)
-            assert spanline.flush(300)
-        """)
-        app = subprocess.Popen([sys.executable, "-c", code], env=_env(url, "outage", n // 2),
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    code = APP + textwrap.dedent("""
+        assert spanline.flush(120)
+        print("first half stored", flush=True)
+        sys.stdin.readline()  # the server is down now
+        for i in range(int(os.environ["TEST_CALLS"]), 2 * int(os.environ["TEST_CALLS"])):
+            agent(i)
+        assert spanline.flush(300)
+    """)
+    app = None
     try:
-        # The server is down now (the with-block killed it); the app keeps making calls meanwhile.
-        assert app.stdout.readline().strip() == "first half done", app.stderr.read()[-3000:]
+        with run_mlflow_server(server_dir) as server:
+            url, port = server.url, int(server.url.rsplit(":", 1)[1])
+            # MLflow's own HTTP retries off (the writer inherits the app's environment): the writer's retry
+            # loop is what waits the outage out.
+            env = _env(url, "outage", n // 2, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+            app = subprocess.Popen([sys.executable, "-c", code], env=env,
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert app.stdout.readline().strip() == "first half stored", app.stderr.read()[-3000:]
         app.stdin.write("go\n")
         app.stdin.flush()
         time.sleep(8)
+        assert app.poll() is None, "flush() waits for the store to come back"
         with run_mlflow_server(server_dir, port=port):
             _, err = app.communicate(timeout=300)
             assert app.returncode == 0, err[-3000:]
@@ -275,9 +278,10 @@ def test_a_store_outage_is_waited_out_and_every_trace_stored_once(tmp_path, own_
             assert status["retries"] >= 1, "the writer did meet the outage"
             _assert_each_once(_stored(url, "outage"), n)
     finally:
-        if app.poll() is None:
-            app.kill()
-            app.wait(10)
+        if app is not None:
+            if app.poll() is None:
+                app.kill()
+            app.communicate(timeout=10)
 
 
 # --- what the application sees ------------------------------------------------------------------------------
