@@ -69,7 +69,7 @@ class Producer:
     done: tuple[int, int] = (-1, 0)  # (seq, offset): everything before is stored (or dropped, counted)
     dead: bool = False
     counters: dict[str, Any] = field(default_factory=lambda: {"traces_stored": 0, "spans_stored": 0, "dropped": {}})
-    last_tick_ns: int = 0
+    oldest_tick_ns: int = 0  # append time of the oldest record read since the last commit
 
     def drop(self, reason: str, n: int) -> None:
         if n:
@@ -407,8 +407,8 @@ class Writer:
                     self.last_error = f"assembler: {type(exc).__name__}: {exc}"
             elif kind == eventlog.POLICY:
                 producer.policy = json.loads(payload)
-            elif kind == eventlog.TICK:
-                producer.last_tick_ns = int.from_bytes(payload, "little", signed=True)
+            elif kind == eventlog.TICK and not producer.oldest_tick_ns:
+                producer.oldest_tick_ns = int.from_bytes(payload, "little", signed=True)
             elif kind == eventlog.SEAL:
                 seg.sealed = True
         self.uncommitted.add(producer.pid)
@@ -470,8 +470,10 @@ class Writer:
             producer.done = read_pos
             checkpoint = min(producer.first_pos.values(), default=read_pos)
             self._checkpoint(producer, checkpoint)
-            if producer.last_tick_ns:
-                self.lags.append(max(0.0, (now_ns - producer.last_tick_ns) / 1e9))
+            if producer.oldest_tick_ns:
+                # Lag: from the append of the oldest record of this round to now, when it is stored.
+                self.lags.append(max(0.0, (now_ns - producer.oldest_tick_ns) / 1e9))
+                producer.oldest_tick_ns = 0
         self.uncommitted = set()
         for pid, producer in list(self.producers.items()):
             if producer.dead and not producer.first_pos and not any(
