@@ -56,9 +56,10 @@ _reset_ids()
 os.register_at_fork(after_in_child=_reset_ids)
 
 
-def mlflow_trace_id(trace_number: int) -> str:
-    """MLflow's trace id for a spanline-owned trace: ``tr-`` and the 128-bit OTel trace id in hex."""
-    return f"tr-{trace_prefix:016x}{trace_number & _MASK64:016x}"
+def mlflow_trace_id(trace_number: int, prefix: int | None = None) -> str:
+    """MLflow's trace id for a spanline-owned trace: ``tr-`` and the 128-bit OTel trace id in hex.
+    ``prefix``: another process's ``trace_prefix`` (the writer assembles events of other processes)."""
+    return f"tr-{trace_prefix if prefix is None else prefix:016x}{trace_number & _MASK64:016x}"
 
 
 # --- joining MLflow's own spans, and MLflow's destination ----------------------------------------------

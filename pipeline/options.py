@@ -24,9 +24,14 @@ class Options:
     on_full: Literal["drop", "block"] = "drop"
     batch_size: int = 100
     flush_interval: float = 0.5
-    spool_dir: str | None = None
     experiment_id: str | None = None
     shutdown_timeout: float = 15.0
+    # The event log (pipeline/eventlog.py) and its writer process (pipeline/writer.py).
+    log_dir: str | None = None  # None: per user and tracking store, see pipeline/logdir.py
+    durability: Literal["page_cache", "fsync", "memory"] = "page_cache"
+    max_log_bytes: int = 1024**3
+    segment_bytes: int = 64 * 1024**2
+    writer_autostart: bool = True  # False: a writer is run by hand or under a supervisor
 
     @property
     def policy(self) -> ContentPolicy:
@@ -39,13 +44,15 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Options)}
 def _parse_env(name: str, text: str) -> Any:
     if name in ("sample_rate", "flush_interval", "shutdown_timeout"):
         return float(text)
-    if name in ("queue_size", "batch_size"):
+    if name in ("queue_size", "batch_size", "max_log_bytes", "segment_bytes"):
         return int(text)
     if name == "max_content_bytes":
         return None if text.lower() in ("", "none", "0") else int(text)
+    if name == "writer_autostart":
+        return text.strip().lower() not in ("0", "false", "no", "off", "")
     if name == "redact":
         raise ValueError("redact cannot be set from the environment; pass a callable to configure()")
-    return text or None if name in ("spool_dir", "experiment_id") else text
+    return text or None if name in ("log_dir", "experiment_id") else text
 
 
 def from_env(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
@@ -67,6 +74,10 @@ def build(base: Options, changes: Mapping[str, Any]) -> Options:
         raise ValueError(f"sample_rate must be within 0..1, got {opts.sample_rate!r}")
     if opts.capture_content not in ("full", "metadata"):
         raise ValueError(f"capture_content must be 'full' or 'metadata', got {opts.capture_content!r}")
+    if opts.durability not in ("page_cache", "fsync", "memory"):
+        raise ValueError(f"durability must be 'page_cache', 'fsync' or 'memory', got {opts.durability!r}")
+    if opts.segment_bytes < 4096 or opts.max_log_bytes < opts.segment_bytes:
+        raise ValueError("segment_bytes must be at least 4096, and max_log_bytes at least segment_bytes")
     if opts.on_full not in ("drop", "block"):
         raise ValueError(f"on_full must be 'drop' or 'block', got {opts.on_full!r}")
     if opts.redact is not None and not callable(opts.redact):

@@ -28,6 +28,11 @@ class DropReason:
     SHUTDOWN = "shutdown"
     DECODE_ERROR = "decode_error"
     ORPHANED = "orphaned"
+    LOG_ERROR = "log_error"  # the log could not be appended to (disk full, I/O error)
+    # Counted by the writer process, reported back to the producer whose events they were:
+    LOG_FULL = "log_full"  # oldest segments dropped past max_log_bytes
+    CORRUPT_RECORD = "corrupt_record"  # a record whose checksum did not match
+    TORN_TAIL = "torn_tail"  # a producer died mid-append
 
 
 @dataclass(frozen=True)
@@ -41,8 +46,6 @@ class Stats:
     batches: int
     retries: int
     dropped: dict[str, int]
-    spooled: int
-    replayed: int
     queue_depth: int
     queue_peak: int
     open_spans: int
@@ -50,6 +53,16 @@ class Stats:
     last_error: str | None
     deferred_to_mlflow: int = 0
     worker_alive: bool = field(default=False)
+    # The event log: "log" (appended to disk, stored by the writer process) or "in_process" (stored by
+    # this process's worker: durability="memory", or the log directory could not be written).
+    mode: str = "log"
+    log_dir: str | None = None
+    log_segments: int = 0  # segment files in the log directory (every producer's), not yet stored
+    log_bytes: int = 0
+    log_lag_s: float | None = None  # the writer's p99 append-to-stored lag, recent
+    writer_pid: int | None = None
+    writer_state: str = "none"  # "running", "retrying" (store failing), "stopped", "none"
+    log_fallbacks: int = 0  # times the log could not be opened and this process stored in-process
 
     @property
     def events_dropped(self) -> int:
@@ -68,8 +81,7 @@ class Counters:
         self.traces_stored = 0
         self.batches = 0
         self.retries = 0
-        self.spooled = 0
-        self.replayed = 0
+        self.log_fallbacks = 0
         self.queue_peak = 0
         self.worker_dropped: dict[str, int] = {}
         self.last_error: str | None = None

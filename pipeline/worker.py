@@ -1,71 +1,115 @@
-"""The one background thread: drain the queue, fold events into units, write them in batches.
+"""The one background thread: drain the queue and append the events to the log (or store them in-process).
 
-In: the ``EventQueue`` (encoded events and flush markers). Out: ``MlflowSink.write`` calls, counters.
+In: the ``EventQueue`` (encoded events, policy markers from ``configure()``, flush markers from ``flush()``).
+Out: records appended to this process's segment of the event log (pipeline/eventlog.py), every
+``flush_interval``; the writer process (pipeline/writer.py) stores them. With ``durability="memory"``, or
+when the log directory cannot be written (counted in ``stats().log_fallbacks``, logged once), it stores them
+itself as before: assembler, ``MlflowSink.write`` in batches, retries with backoff, drops counted.
 
-It ticks every ``flush_interval``, and wakes early when ``flush()`` posts a marker or the queue is half
-full; while the program emits fast it defers (see ``_defer``), because it shares the GIL. A marker is
-honoured only after everything queued before it has been written (or accounted for), so ``flush()`` means
-"stored". Store errors are retried with backoff; what still fails is counted as dropped with its reason,
-never silently lost. After ``fork`` the child gets a fresh queue and its own worker; the parent's pending
-events stay the parent's.
+Events are appended as the same bytes the caller encoded. Only when ``redact`` or
+``capture_content="metadata"`` is in force does the worker decode an event, apply the policy and re-encode it
+(pipeline/policy.py), so the prompt that must not be stored never reaches the disk. The policy applied is the
+one in force when the call was made: ``configure()`` posts it into the queue, in order with the events.
+
+``flush()`` means "stored": its marker is released once everything before it is appended, with the log
+position; the flushing thread then waits for the writer to answer that its checkpoint covers that position.
+After ``fork`` the child gets a fresh queue, its own worker and its own segment; the parent's stay the
+parent's.
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
 import os
+import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
 
-from . import events
+from . import eventlog, events, logdir, policy
 from .assembler import Assembler, Unit
 from .options import Options
 from .queue import EventQueue
 from .stats import Counters, DropReason, Stats, report_internal_error
 
+logger = logging.getLogger("spanline")
+
 _MAX_DRAIN = 5_000  # events per round, so a marker is never starved by a producer that never pauses
 _WRITE_ATTEMPTS = 5
-_MAX_DEFERRALS = 10  # flush intervals a busy program can postpone the worker's writes
+# An event under a span of MLflow's own tracer carries that trace's id ("tr-" and 32 hex digits) as a
+# msgpack str8 of 35 bytes. JSON payloads are UTF-8 and cannot contain byte 0xd9 followed by "#": no false hit.
+_JOINED_MLFLOW = b"\xd9#tr-"
+_WRITER_CHECK_EVERY = 2.0  # seconds between checks that a writer holds the log (a lost writer is restarted)
 
 
 class FlushMarker:
-    """Posted by ``flush()``; released by the worker once everything before it is written or dropped.
-    ``lost`` tells the waiter whether anything was dropped meanwhile (then flush returns False)."""
+    """Posted by ``flush()``; released by the worker once everything before it is appended (log mode) or
+    written or dropped (in-process). ``lost`` tells the waiter whether anything was dropped meanwhile."""
 
-    __slots__ = ("done", "dropped_before", "lost")
+    __slots__ = ("done", "dropped_before", "joins", "lost", "position")
 
     def __init__(self, dropped_before: int) -> None:
         self.done = threading.Event()
         self.dropped_before = dropped_before
         self.lost = False
+        self.position: tuple[str, str, int] | None = None  # (log dir, segment file, end offset)
+        self.joins = 0  # events under MLflow's own spans processed so far
+
+
+class PolicyMarker:
+    """Posted by ``configure()``: the options in force for every event queued after it."""
+
+    __slots__ = ("options",)
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
 
 
 class Pipeline:
-    """The process's tracing pipeline: queue, worker thread, assembler and sink."""
+    """The process's tracing pipeline: queue, worker thread, and the log (or the in-process store)."""
 
     def __init__(self, options: Options) -> None:
         self.options = options
         self.counters = Counters()
         self.queue = EventQueue(self.counters, options.queue_size, options.batch_size, options.on_full == "block")
         self.emit = self.queue.emit
-        self.assembler = Assembler(self.counters, lambda: self.options.policy)
+        self._reset_state()
         self._sink: Callable[[list[Unit]], None] | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._start_lock = threading.Lock()
-        self._pending: list[Unit] = []
-        self._seen_depth = 0
-        self._deferring_since = 0.0
-        self._flush_requests = 0  # flushes waiting: the worker never defers while one is
+        self._flush_requests = 0
         self._atexit_registered = False
         os.register_at_fork(after_in_child=self._after_fork_in_child)
+
+    def _reset_state(self) -> None:
+        # The options whose content policy applies to the events drained so far (the call-time policy).
+        self._applied = self.options
+        self._rewrite = policy.needed(self.options.policy)
+        self.assembler = Assembler(self.counters, lambda: self._applied.policy)
+        self._pending: list[Unit] = []
+        self._log: eventlog.Appender | None = None
+        self._log_dir: str | None = None
+        self._mode = "in_process" if self.options.durability == "memory" else "log"
+        self._writer_checked = 0.0
+        self._writer_counters: dict = {}  # this producer's counters, as the writer last reported them
+        self._joins = 0
+        self._joins_flushed = 0
 
     # --- lifecycle (user threads) --------------------------------------------------------------------
 
     def configure(self, options: Options) -> None:
         self.options = options
+        if options.durability == "memory":
+            self._mode = "in_process"
+        elif self._mode == "in_process" and not self.counters.log_fallbacks:
+            self._mode = "log"
         self.queue.configure(options.queue_size, options.batch_size, options.on_full == "block")
+        if options.policy != self._applied.policy or options.experiment_id != self._applied.experiment_id:
+            # In order with the events: calls made before this keep the policy they were made under.
+            self.queue.put_marker(PolicyMarker(options))
 
     def set_sink(self, sink: Callable[[list[Unit]], None]) -> None:
         self._sink = sink
@@ -80,35 +124,77 @@ class Pipeline:
             if self._sink is None:
                 from .sink import MlflowSink  # imports mlflow: done here, on a user thread, once
 
-                self._sink = MlflowSink(lambda: self.options.experiment_id).write
+                self._sink = MlflowSink(lambda: self._applied.experiment_id).write
             self._stopping = False
             self._thread = threading.Thread(target=self._run, name="spanline-worker", daemon=True)
             self._thread.start()
             if not self._atexit_registered:
                 # Registered after mlflow is imported, so it runs before MLflow's own exit handlers.
-                atexit.register(self.shutdown)
+                atexit.register(self._at_exit)
                 self._atexit_registered = True
 
-    def flush(self, timeout: float | None = None) -> bool:
-        """Block until everything emitted before this call is stored. False on timeout, or when some of it
-        could not be stored (it is counted in ``stats().dropped``)."""
+    def _has_events(self) -> bool:
+        return any(type(item) is bytes for item in self.queue.items) or bool(self._pending)
+
+    def flush(self, timeout: float | None = None, wait_for_store: bool = True) -> bool:
+        """Block until everything emitted before this call is stored (``wait_for_store=False``: appended to
+        the log). False on timeout, or when some of it could not be stored (counted in ``stats().dropped``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         if self._thread is None or not self._thread.is_alive():
-            if not self.queue.items and not self._pending:
-                return True
+            if not self._has_events() and self._log is None:
+                return self._drain_mlflow()
             self.start()
         marker = FlushMarker(self.counters.dropped_total())
         with self._start_lock:
             self._flush_requests += 1
         try:
             self.queue.put_marker(marker)
-            return marker.done.wait(timeout) and not marker.lost
+            if not marker.done.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
+                return False
         finally:
             with self._start_lock:
                 self._flush_requests -= 1
+        ok = not marker.lost
+        if marker.joins > self._joins_flushed:
+            # Spans under @mlflow.trace: MLflow exports its own part of those traces asynchronously.
+            self._joins_flushed = marker.joins
+            ok = self._drain_mlflow(force=True) and ok
+        if marker.position is not None and wait_for_store:
+            ok = self._wait_for_writer(marker.position, deadline) and ok
+        return ok
 
-    def shutdown(self, timeout: float | None = None) -> bool:
+    def _drain_mlflow(self, force: bool = False) -> bool:
+        if not force:
+            return True
+        try:
+            import mlflow
+
+            mlflow.flush_trace_async_logging()
+        except Exception as exc:
+            report_internal_error(self.counters, "mlflow flush", exc)
+        return True
+
+    def _wait_for_writer(self, position: tuple[str, str, int], deadline: float | None) -> bool:
+        directory, segment, offset = position
+        before = sum(self._writer_counters.get("dropped", {}).values())
+        try:
+            reply = logdir.ask_writer(directory, {"segment": segment, "offset": offset}, deadline,
+                                      autostart=self.options.writer_autostart)
+        except Exception as exc:
+            report_internal_error(self.counters, "flush", exc)
+            return False
+        if reply is None:
+            return False
+        if not reply.get("ok"):
+            self.counters.last_error = f"writer: {reply.get('error')}"
+            return False
+        self._writer_counters = reply
+        return sum(reply.get("dropped", {}).values()) == before
+
+    def shutdown(self, timeout: float | None = None, wait_for_store: bool = True) -> bool:
         """Flush within ``timeout`` (default: the ``shutdown_timeout`` option), then stop the worker.
-        Whatever could not be stored in time is counted as dropped (reason ``shutdown``)."""
+        ``wait_for_store=False``: only until everything is appended to the log (the writer stores it after).
+        Whatever could not be stored (or appended) in time is counted as dropped (reason ``shutdown``)."""
         if timeout is None:
             timeout = self.options.shutdown_timeout
         thread = self._thread
@@ -116,7 +202,8 @@ class Pipeline:
             self._account_leftovers()
             return True
         deadline = time.monotonic() + timeout
-        flushed = self.flush(timeout)
+        # In-process, nothing else will ever store what is left: the store is always waited for.
+        flushed = self.flush(timeout, wait_for_store=wait_for_store or self._mode != "log")
         self._stopping = True
         self.queue.wake.set()
         thread.join(max(0.0, deadline - time.monotonic()))
@@ -128,6 +215,10 @@ class Pipeline:
         self._account_leftovers()
         return flushed
 
+    def _at_exit(self) -> None:
+        # At exit the events only need to be on disk (milliseconds): the writer outlives this process.
+        self.shutdown(wait_for_store=False)
+
     def _account_leftovers(self) -> None:
         left = sum(1 for item in self.queue.items if type(item) is bytes)
         if left:
@@ -135,15 +226,21 @@ class Pipeline:
             self.queue.items.clear()
 
     def _after_fork_in_child(self) -> None:
-        # The parent's worker owns what is queued; the child starts clean and restarts its own worker.
+        # The parent's worker owns what is queued; the child starts clean, with its own segment and worker.
         was_running = self._thread is not None
+        if self._log is not None:
+            self._log.abandon_after_fork()
         self.queue.items.clear()
         self.queue.wake = threading.Event()
         self.counters = self.queue.counters = Counters()
-        self.assembler = Assembler(self.counters, lambda: self.options.policy)
-        self._pending = []
+        self._reset_state()
         self._thread = None
         self._start_lock = threading.Lock()
+        mp_util = sys.modules.get("multiprocessing.util")
+        if mp_util is not None:
+            # A multiprocessing worker ends with os._exit, skipping atexit but running these finalizers:
+            # its last events go to the log there.
+            mp_util.Finalize(None, self._at_exit, exitpriority=100)
         if was_running:
             self.start()
 
@@ -151,16 +248,15 @@ class Pipeline:
         c = self.counters
         depth = len(self.queue.items)
         dropped = c.dropped()
+        stored = {"spans_stored": c.spans_stored, "traces_stored": c.traces_stored, "batches": c.batches,
+                  "retries": c.retries}
+        log = {"mode": self._mode, "log_dir": self._log_dir, "log_fallbacks": c.log_fallbacks}
+        if self._log is not None and self._log_dir is not None:
+            log.update(self._log_stats(stored, dropped))
         return Stats(
             events_emitted=c.events_processed + depth + dropped.get(DropReason.QUEUE_FULL, 0),
             events_processed=c.events_processed,
-            spans_stored=c.spans_stored,
-            traces_stored=c.traces_stored,
-            batches=c.batches,
-            retries=c.retries,
             dropped=dropped,
-            spooled=c.spooled,
-            replayed=c.replayed,
             queue_depth=depth,
             queue_peak=max(c.queue_peak, depth),
             open_spans=self.assembler.open_spans,
@@ -168,7 +264,41 @@ class Pipeline:
             last_error=c.last_error,
             deferred_to_mlflow=c.deferred_count(),
             worker_alive=self._thread is not None and self._thread.is_alive(),
+            **stored,
+            **log,
         )
+
+    def _log_stats(self, stored: dict, dropped: dict) -> dict:
+        """The log's part of ``stats()``: the directory, and the writer's status file (written twice a
+        second) merged with its last answer to a flush of ours."""
+        assert self._log is not None and self._log_dir is not None
+        segments, size = eventlog.total_bytes(self._log_dir)
+        status = logdir.read_status(self._log_dir)
+        mine = dict(self._writer_counters)
+        reported = (status.get("producers") or {}).get(self._log.producer_id) or (
+            status.get("finished_producers") or {}
+        ).get(self._log.producer_id)
+        if reported and reported.get("traces_stored", 0) >= mine.get("traces_stored", 0):
+            mine = reported
+        stored["spans_stored"] += mine.get("spans_stored", 0)
+        stored["traces_stored"] += mine.get("traces_stored", 0)
+        stored["batches"] += status.get("batches", 0)
+        stored["retries"] += status.get("retries", 0)
+        for reason, n in (mine.get("dropped") or {}).items():
+            dropped[reason] = dropped.get(reason, 0) + n
+        pid = status.get("pid")
+        state = status.get("state", "none")
+        if state != "stopped" and not _alive(pid):
+            state = "none"
+        if status.get("last_error"):
+            stored.setdefault("last_error", None)
+        return {
+            "log_segments": segments,
+            "log_bytes": size,
+            "log_lag_s": status.get("lag_p99_s"),
+            "writer_pid": pid if state != "none" else None,
+            "writer_state": state,
+        }
 
     # --- the worker thread ---------------------------------------------------------------------------
 
@@ -178,40 +308,143 @@ class Pipeline:
             wake.wait(self.options.flush_interval)
             wake.clear()
             stopping = self._stopping
-            if not stopping and self._defer():
-                continue
             try:
-                self._round(final=stopping)
+                if self._mode == "log":
+                    self._append_round()
+                if self._mode != "log":
+                    self._store_round(final=stopping)
             except Exception as exc:  # the worker must survive anything; count it and go on
                 report_internal_error(self.counters, "worker", exc)
             if stopping and not self.queue.items:
                 return
 
-    def _defer(self) -> bool:
-        """Whether to leave the queue for now because the program is busy emitting.
+    def _set_applied(self, options: Options) -> None:
+        self._applied = options
+        self._rewrite = policy.needed(options.policy)
 
-        The worker shares the GIL: every millisecond it spends in the store (and every time it merely
-        wakes) is taken from the program's own threads. So while events arrive fast (a batch or more per
-        flush interval) it leaves them queued and looks again an interval later, unless ``flush()`` asked,
-        the queue is half full, or it has waited ``_MAX_DEFERRALS`` intervals already. A burst is stored
-        within an interval or two of its end; a steady load at least every ``_MAX_DEFERRALS`` intervals.
-        """
-        depth = len(self.queue.items)
-        busy = depth - self._seen_depth >= self.queue.batch_size
-        self._seen_depth = depth
-        now = time.monotonic()
-        if not busy or self._flush_requests or depth * 2 >= self.queue.capacity:
-            self._deferring_since = 0.0
+    def _policy_record(self) -> dict:
+        # What the writer applies itself: everything but ``redact``, which ran here already.
+        opts = self._applied
+        return {"capture_content": opts.capture_content, "max_content_bytes": opts.max_content_bytes,
+                "experiment_id": opts.experiment_id}
+
+    # --- log mode -------------------------------------------------------------------------------------
+
+    def _open_log(self) -> bool:
+        """Open this process's segment; on failure fall back to storing in-process (counted, logged once)."""
+        from . import context, producer
+
+        directory = None
+        try:
+            uri = logdir.resolved_tracking_uri()
+            directory = self.options.log_dir or logdir.default_dir(uri)
+            eventlog.ensure_dir(directory)
+            header = {
+                "pid": os.getpid(),
+                "start_ns": time.time_ns(),
+                "host": socket.gethostname(),
+                "producer": producer.describe(),
+                "trace_prefix": context.trace_prefix,
+                "tracking_uri": uri,
+                "cwd": os.getcwd(),
+                "experiment": _default_experiment(),
+                "max_log_bytes": self.options.max_log_bytes,
+            }
+            appender = eventlog.Appender(directory, header, self.options.segment_bytes,
+                                         self.options.durability == "fsync", self._policy_record())
+        except OSError as exc:
+            self._fall_back(directory, exc)
             return False
-        if not self._deferring_since:
-            self._deferring_since = now
-        if now - self._deferring_since >= _MAX_DEFERRALS * self.options.flush_interval:
-            self._deferring_since = 0.0
-            return False
+        self._log, self._log_dir = appender, directory
+        self._check_writer(force=True)
         return True
 
-    def _round(self, final: bool) -> None:
+    def _fall_back(self, directory: str | None, exc: BaseException) -> None:
+        self._mode = "in_process"
+        self.counters.log_fallbacks += 1
+        self.counters.last_error = f"log: {type(exc).__name__}: {exc}"
+        logger.warning(
+            "spanline: the event log at %s cannot be written (%s); this process stores its traces itself",
+            directory, exc,
+        )
+
+    def _check_writer(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.options.writer_autostart or (not force and now - self._writer_checked < _WRITER_CHECK_EVERY):
+            return
+        self._writer_checked = now
+        try:
+            logdir.ensure_writer(self._log_dir)
+        except Exception as exc:  # the log still fills; a later check (or a flush) starts a writer
+            report_internal_error(self.counters, "writer start", exc)
+
+    def _append_round(self) -> None:
+        """Append everything queued now (in slices) to the log; release flush markers with the position."""
+        items = self.queue.items
+        counters = self.counters
+        counters.queue_peak = max(counters.queue_peak, len(items))
+        if not items:
+            return
+        if self._log is None and not self._open_log():
+            return  # now in-process; the caller's _run stores the queue
+        log = self._log
+        assert log is not None
+        frame = eventlog.event_frame
+        apply = policy.apply
+        while True:
+            frames = [eventlog.tick_frame()]
+            n = 0
+            marker = None
+            for _ in range(_MAX_DRAIN):
+                if not items:
+                    break
+                item = items.popleft()
+                kind = type(item)
+                if kind is bytes:
+                    counters.events_processed += 1
+                    if self._rewrite:
+                        try:
+                            item = apply(item, self._applied.policy)
+                        except Exception as exc:  # a redact that raises, an undecodable event: counted
+                            counters.drop(DropReason.DECODE_ERROR)
+                            report_internal_error(counters, "content policy", exc)
+                            continue
+                    if _JOINED_MLFLOW in item:
+                        self._joins += 1
+                    frames.append(frame(item))
+                    n += 1
+                elif kind is PolicyMarker:
+                    self._set_applied(item.options)  # type: ignore[attr-defined]
+                    frames.append(log.set_policy(self._policy_record()))
+                else:
+                    marker = item
+                    break
+            try:
+                if len(frames) > 1:
+                    segment, offset = log.append(b"".join(frames), n)
+                else:
+                    segment, offset = os.path.basename(log.path), log.offset
+            except OSError as exc:
+                counters.drop(DropReason.LOG_ERROR, n)
+                report_internal_error(counters, "log append", exc)
+                segment, offset = os.path.basename(log.path), log.offset
+            if marker is not None:
+                marker.position = (self._log_dir, segment, offset)  # type: ignore[attr-defined]
+                marker.joins = self._joins  # type: ignore[attr-defined]
+                marker.lost = counters.dropped_total() != marker.dropped_before  # type: ignore[attr-defined]
+                marker.done.set()  # type: ignore[attr-defined]
+            if not items:
+                break
+        self._check_writer()
+
+    # --- in-process mode (durability="memory", or no writable log) -------------------------------------
+
+    def _store_round(self, final: bool) -> None:
         """Drain everything queued now (in slices), assemble, write what is complete, release markers."""
+        if self._sink is None:
+            from .sink import MlflowSink
+
+            self._sink = MlflowSink(lambda: self._applied.experiment_id).write
         items = self.queue.items
         self.counters.queue_peak = max(self.counters.queue_peak, len(items))
         while True:
@@ -227,7 +460,6 @@ class Pipeline:
                     marker.lost = dropped != marker.dropped_before
                     marker.done.set()
             if not items:
-                self._seen_depth = 0
                 return
 
     def _drain(self, items) -> list[FlushMarker]:
@@ -239,10 +471,17 @@ class Pipeline:
             if not items:
                 break
             item = items.popleft()
+            if type(item) is PolicyMarker:
+                # Events are assembled (and the policy applied) as they are drained: in call order.
+                self._set_applied(item.options)
+                continue
             if type(item) is not bytes:
+                item.joins = self._joins  # type: ignore[attr-defined]
                 markers.append(item)  # type: ignore[arg-type]
                 break  # write what came before the marker, then honour it
             counters.events_processed += 1  # counted as it leaves the queue, so stats() never misses it
+            if _JOINED_MLFLOW in item:
+                self._joins += 1
             try:
                 add(decode(item))
             except Exception as exc:
@@ -275,5 +514,27 @@ class Pipeline:
             self.counters.spans_stored += sum(len(u.spans) for u in units)
             self.counters.traces_stored += sum(1 for u in units if any(s.is_trace_root for s in u.spans))
             return
-        # The spool (spool_dir) is where these will go; until then they are counted, not hidden.
+        # In-process there is nowhere else to keep them: counted, not hidden.
         self.counters.drop(DropReason.SINK_ERROR, sum(u.event_count for u in units))
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _default_experiment() -> str:
+    """MLflow's experiment for traces that name none, resolved in this process (its environment)."""
+    try:
+        from mlflow.tracking.fluent import _get_experiment_id
+
+        return _get_experiment_id() or ""
+    except Exception:
+        return ""

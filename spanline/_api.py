@@ -19,8 +19,9 @@ def configure(**options: Any) -> None:
     """Change options without re-patching. Unknown or invalid options raise ``TypeError``/``ValueError``.
 
     Options: ``sample_rate``, ``capture_content``, ``redact``, ``max_content_bytes``, ``queue_size``,
-    ``on_full``, ``batch_size``, ``flush_interval``, ``spool_dir``, ``experiment_id``,
-    ``shutdown_timeout``; each also reads ``SPANLINE_<NAME>`` from the environment at import.
+    ``on_full``, ``batch_size``, ``flush_interval``, ``experiment_id``, ``shutdown_timeout``, ``log_dir``,
+    ``durability``, ``max_log_bytes``, ``segment_bytes``; each also reads ``SPANLINE_<NAME>`` from the
+    environment at import (``redact`` excepted). Content options apply to calls made after this returns.
     """
     _runtime.set_options(_options.build(_runtime.options, options))
 
@@ -62,10 +63,13 @@ def autolog(disable: bool = False, log_traces: bool = True, silent: bool = False
 
 
 def flush(timeout: float | None = None) -> bool:
-    """Block until every event emitted before this call is stored in MLflow; ``False`` on timeout.
+    """Block until every event emitted before this call is stored in MLflow; ``False`` on timeout, or when
+    some of it was dropped (see ``stats().dropped``).
 
-    Safe from any thread. Inside a running event loop it works too, but blocks the loop while the store
-    writes: prefer ``await spanline.aflush()`` there.
+    The worker appends what it holds to the event log, then this waits for the writer process to answer
+    that its checkpoint covers it (starting a writer if none runs). Spans that joined an ``@mlflow.trace``
+    trace since the last flush also drain MLflow's own asynchronous export. Safe from any thread. Inside a
+    running event loop it works too, but blocks the loop: prefer ``await spanline.aflush()`` there.
     """
     return _runtime.pipeline.flush(timeout)
 
@@ -77,13 +81,15 @@ async def aflush(timeout: float | None = None) -> bool:
     return await anyio.to_thread.run_sync(_runtime.pipeline.flush, timeout)
 
 
-def shutdown(timeout: float | None = None) -> bool:
+def shutdown(timeout: float | None = None, wait_for_store: bool = True) -> bool:
     """Flush (within ``timeout``, default the ``shutdown_timeout`` option), then stop the worker.
 
-    Registered with ``atexit``; idempotent. Events that could not be stored in time are counted in
+    ``wait_for_store=True`` (the default when called): return once everything is stored. ``False``: once it
+    is in the event log on disk (milliseconds); the writer process stores it afterwards. The ``atexit``
+    handler uses ``False``. Idempotent. Events that could not be handled in time are counted in
     ``stats().dropped["shutdown"]``. Tracing restarts the worker if spans are emitted afterwards.
     """
-    return _runtime.pipeline.shutdown(timeout)
+    return _runtime.pipeline.shutdown(timeout, wait_for_store=wait_for_store)
 
 
 def stats() -> Stats:

@@ -1,8 +1,9 @@
-"""The ``spanline`` command: ``spanline demo``, ``spanline bench``, ``spanline --version``."""
+"""The ``spanline`` command: ``demo``, ``bench``, ``writer``, ``status``, ``--version``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import spanline
@@ -48,6 +49,28 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated cities to ask about (default: Tokyo,Paris,Sydney)",
     )
 
+    writer = sub.add_parser(
+        "writer",
+        help="store a log directory's events in MLflow (started automatically; run it by hand or supervised)",
+        description=(
+            "Tail every segment of an event-log directory, assemble the events into traces and store them with "
+            "log_spans, checkpointing after each write. One writer per directory (a lock file)."
+        ),
+    )
+    _log_location(writer)
+    writer.add_argument("--once", action="store_true", help="store what the log holds now, then exit")
+    writer.add_argument(
+        "--exit-when-idle",
+        action="store_true",
+        help="exit once no producer is alive and the log is stored (how the automatic writer runs)",
+    )
+    writer.add_argument("--idle-exit", type=float, default=5.0, help="seconds idle before --exit-when-idle exits")
+    writer.add_argument("--poll", type=float, default=0.2, help="seconds between looks for new records")
+
+    status = sub.add_parser("status", help="print an event log's state: segments, lag, writer, producers")
+    _log_location(status)
+    status.add_argument("--json", action="store_true", help="print the writer's status file as JSON")
+
     sub.add_parser(
         "bench",
         help="run spanline's benchmark (arguments go to spanline.bench)",
@@ -70,8 +93,90 @@ def main(argv: list[str] | None = None) -> int:
         from spanline import demo
 
         return demo.run(tracking_uri=args.tracking_uri, experiment=args.experiment, cities=args.cities)
+    if args.command == "writer":
+        return _writer(args)
+    if args.command == "status":
+        return _status(args)
     parser.print_help()
     return 2
+
+
+def _log_location(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--log-dir", default=None, help="the log directory (default: the tracking store's)")
+    sub.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="find the default log directory of this store (default: $MLFLOW_TRACKING_URI / MLflow's default)",
+    )
+
+
+def _log_dir(args: argparse.Namespace) -> str:
+    from spanline.pipeline import logdir
+
+    if args.log_dir:
+        return args.log_dir
+    if os.environ.get("SPANLINE_LOG_DIR"):
+        return os.environ["SPANLINE_LOG_DIR"]
+    if args.tracking_uri:
+        return logdir.default_dir(logdir.absolute_uri(args.tracking_uri))
+    return logdir.default_dir(logdir.resolved_tracking_uri())
+
+
+def _writer(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from spanline.pipeline.writer import Writer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s spanline-writer[%(process)d] %(message)s")
+    # SIGTERM (a supervisor, a test's teardown): leave through the loop's cleanup. What was read but not
+    # checkpointed is stored again by the next writer, once (log_spans is idempotent).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    os.environ.setdefault("MLFLOW_MODEL_CATALOG_URI", "")  # offline, MLflow would stall ~7 s per process
+    writer = Writer(
+        _log_dir(args),
+        once=args.once,
+        exit_when_idle=args.exit_when_idle,
+        idle_exit=args.idle_exit,
+        poll=args.poll,
+    )
+    return writer.run()
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from spanline.pipeline import eventlog, logdir
+
+    directory = _log_dir(args)
+    status = logdir.read_status(directory)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    segments, size = eventlog.total_bytes(directory)
+    running = logdir.writer_running(directory)
+    print(f"log directory: {directory}")
+    print(f"segments:      {segments} ({size:,} bytes)")
+    if running:
+        print(f"writer:        pid {logdir.writer_pid(directory)}, {status.get('state', 'starting')}")
+    else:
+        print("writer:        not running (the next traced process starts one)")
+    if status:
+        age = time.time() - status.get("updated", 0)
+        lag = status.get("lag_p99_s")
+        print(f"stored:        {status.get('traces_stored', 0):,} traces, {status.get('spans_stored', 0):,} spans "
+              f"in {status.get('batches', 0):,} batches ({status.get('retries', 0)} retries)")
+        print(f"lag (p99):     {'-' if lag is None else f'{lag:.3f} s'}   (status {age:.1f} s old)")
+        print(f"dropped:       {status.get('dropped') or 'none'}")
+        for pid, p in (status.get("producers") or {}).items():
+            print(f"producer {pid}: pid {p.get('pid')}, {'alive' if p.get('alive') else 'gone'}, "
+                  f"{p.get('segments')} segment(s), {p.get('bytes_pending', 0):,} bytes unread, "
+                  f"{p.get('traces_stored', 0):,} traces stored, open spans {p.get('open_spans', 0)}")
+        for name, message in (status.get("bad_segments") or {}).items():
+            print(f"left in place: {name}: {message}")
+        print(f"last error:    {status.get('last_error') or 'none'}")
+    return 0
 
 
 def _bench(rest: list[str]) -> int:

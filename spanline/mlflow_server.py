@@ -78,9 +78,12 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def run_mlflow_server(tmp: Path, timeout: float = STARTUP_TIMEOUT) -> Iterator[MlflowServer]:
-    """Start ``mlflow server`` in ``tmp``, wait for ``/health``, yield it, and kill it afterwards."""
-    port = _free_port()
+def run_mlflow_server(
+    tmp: Path, timeout: float = STARTUP_TIMEOUT, port: int | None = None
+) -> Iterator[MlflowServer]:
+    """Start ``mlflow server`` in ``tmp``, wait for ``/health``, yield it, and kill it afterwards.
+    ``port``: a given one (a server restarted on the same address, same store), else a free one."""
+    port = port or _free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = tmp / "server.log"
     env = dict(os.environ)

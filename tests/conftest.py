@@ -7,11 +7,17 @@ Anthropic SDK is real; only its network is fake (spanline.fake_anthropic).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 
 # Offline, MLflow fetches a model price catalog on its first LLM span and stalls ~7 s per process.
 os.environ.setdefault("MLFLOW_MODEL_CATALOG_URI", "")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "true")
+
+# The event logs of this session (one per tracking store, under $XDG_CACHE_HOME/spanline) live in a temp dir
+# of their own, not in the user's cache; the writers started by the tests are stopped with it (logwriters.py).
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="spanline-test-cache-")
 
 import mlflow
 import pytest
@@ -19,7 +25,16 @@ import pytest
 import spanline
 from spanline.fake_anthropic import FakeAnthropicAPI
 
-pytest_plugins = ["mlflow_server"]
+pytest_plugins = ["mlflow_server", "logwriters", "postgres"]
+_CACHE = os.environ["XDG_CACHE_HOME"]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from logwriters import stop_writers_under
+
+    spanline.shutdown(10, wait_for_store=False)  # this process's last events on disk before the log goes
+    stop_writers_under(_CACHE)
+    shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import mlflow
 import pytest
@@ -105,7 +107,14 @@ def test_environment_variables_set_options():
     assert opts.max_content_bytes is None and opts.experiment_id == "42"
 
 
-def test_process_exit_stores_everything_without_a_flush(tmp_path):
+def _writer_once(tracking_uri: str) -> None:
+    """``spanline writer --once`` for a store: drains its log (asking the running writer, if any)."""
+    done = subprocess.run([sys.executable, "-m", "spanline.writer", "--once", "--tracking-uri", tracking_uri],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_process_exit_stores_everything_without_a_flush(tmp_path, own_cache):
     uri = f"sqlite:///{tmp_path}/exit.db"
     done = run_script(
         """
@@ -116,18 +125,19 @@ def test_process_exit_stores_everything_without_a_flush(tmp_path):
         client = FakeAnthropicAPI().client()
         for i in range(50):
             client.messages.create(model="claude-fake-1", max_tokens=8, messages=[{"role": "user", "content": str(i)}])
-        # no flush: the exit handler must store all 50
+        # no flush: the exit handler puts all 50 in the log, the writer stores them
         """,
         uri,
     )
     assert done.returncode == 0, done.stderr
+    _writer_once(uri)
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name("exit").experiment_id
     assert len(mlflow.search_traces(locations=[experiment], return_type="list", max_results=100)) == 50
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
-def test_forked_child_traces_with_its_own_worker(tmp_path):
+def test_forked_child_traces_with_its_own_worker(tmp_path, own_cache):
     uri = f"sqlite:///{tmp_path}/fork.db"
     done = run_script(
         """

@@ -1,0 +1,336 @@
+"""The event log on disk: append-only segment files of checksummed records, one producer per file.
+
+In: encoded events (the queue's bytes, unchanged) and a few control records, from the application's worker
+thread (``Appender``). Out: ``(offset, kind, payload)`` records, read by the writer process (``read_records``).
+
+A segment is ``<producer>.<seq>.seg`` in the log directory, where ``<producer>`` is ``<start time>-<pid>``
+(so names sort by age). It opens with a header, then records::
+
+    header:  MAGIC(8) | version u16 | length u32 | crc32 u32 | JSON object (pid, start_ns, producer, ...)
+    record:  length u32 | crc32(kind + payload) u32 | kind u8 | payload
+
+Kinds: ``E`` an event (msgpack bytes, opaque here), ``P`` the content policy in force from here on (JSON),
+``T`` the wall time of an append (8 bytes, for the writer's lag), ``Z`` the seal at rotation (the segment is
+complete). The producer holds an exclusive ``flock`` on its open segment for as long as it lives, so a free
+lock on an unsealed segment means its producer died. Files are 0600 in a 0700 directory: they hold prompts.
+
+A reader stops at an incomplete record at the end (the producer is mid-append, or died mid-append: a torn
+tail), skips a record whose checksum does not match (counted), and refuses a segment of a newer format
+version with ``NewerFormatError``, leaving the file in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMAT_VERSION = 1
+MAGIC = b"SPNLOG\r\n"
+_HEADER = struct.Struct("<8sHII")
+_RECORD = struct.Struct("<IIB")
+MAX_RECORD = 256 * 1024 * 1024  # larger lengths can only be corruption
+
+EVENT, POLICY, TICK, SEAL = b"E"[0], b"P"[0], b"T"[0], b"Z"[0]
+_KINDS = (EVENT, POLICY, TICK, SEAL)
+_KIND_CRC = {k: zlib.crc32(bytes([k])) for k in _KINDS}
+SUFFIX = ".seg"
+CHECKPOINT_SUFFIX = ".ckpt"
+
+
+class NewerFormatError(Exception):
+    """A segment written by a newer spanline: left in place for a writer that understands it."""
+
+
+class BadSegmentError(Exception):
+    """A file that is not a segment (bad magic or a corrupt header)."""
+
+
+def frame(kind: int, payload: bytes) -> bytes:
+    """One record: length, checksum, kind, payload."""
+    return _RECORD.pack(len(payload), zlib.crc32(payload, _KIND_CRC[kind]), kind) + payload
+
+
+def event_frame(payload: bytes, _pack=_RECORD.pack, _crc=zlib.crc32, _seed=_KIND_CRC[EVENT]) -> bytes:
+    """``frame(EVENT, payload)``, without the dict look-up: run once per event on the worker."""
+    return _pack(len(payload), _crc(payload, _seed), EVENT) + payload
+
+
+def tick_frame() -> bytes:
+    return frame(TICK, struct.pack("<q", time.time_ns()))
+
+
+def policy_frame(policy: dict[str, Any]) -> bytes:
+    return frame(POLICY, json.dumps(policy, sort_keys=True).encode())
+
+
+def segment_name(producer_id: str, seq: int) -> str:
+    return f"{producer_id}.{seq:06d}{SUFFIX}"
+
+
+def parse_name(name: str) -> tuple[str, int] | None:
+    """``(producer_id, seq)`` of a segment file name, or None for any other file."""
+    if not name.endswith(SUFFIX):
+        return None
+    stem = name[: -len(SUFFIX)]
+    producer, _, seq = stem.rpartition(".")
+    if not producer or not seq.isdigit():
+        return None
+    return producer, int(seq)
+
+
+def ensure_dir(path: str) -> None:
+    """Create the log directory, private to this user (0700); raise if it cannot be written."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.stat(path)
+    if st.st_uid == os.getuid() and st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(f"log directory {path} is not writable")
+
+
+@dataclass
+class Header:
+    version: int
+    fields: dict[str, Any]
+    size: int  # bytes before the first record
+
+    @property
+    def producer_id(self) -> str:
+        return self.fields["producer_id"]
+
+
+def encode_header(fields: dict[str, Any]) -> bytes:
+    body = json.dumps(fields, sort_keys=True).encode()
+    return _HEADER.pack(MAGIC, FORMAT_VERSION, len(body), zlib.crc32(body)) + body
+
+
+def read_header(fd: int) -> Header | None:
+    """The header of an open segment; None while it is still being written (a just-created file)."""
+    head = os.pread(fd, _HEADER.size, 0)
+    if len(head) < _HEADER.size:
+        return None
+    magic, version, length, crc = _HEADER.unpack(head)
+    if magic != MAGIC:
+        raise BadSegmentError("not a spanline segment (bad magic)")
+    if version > FORMAT_VERSION:
+        raise NewerFormatError(
+            f"segment format version {version} is newer than this spanline's ({FORMAT_VERSION}): "
+            "upgrade spanline to store it; the file is left in place"
+        )
+    body = os.pread(fd, length, _HEADER.size)
+    if len(body) < length:
+        return None
+    if zlib.crc32(body) != crc:
+        raise BadSegmentError("segment header checksum mismatch")
+    return Header(version, json.loads(body), _HEADER.size + length)
+
+
+@dataclass
+class ReadResult:
+    records: list[tuple[int, int, bytes]] = field(default_factory=list)  # (offset, kind, payload)
+    end: int = 0  # offset just past the last whole record read
+    corrupt: int = 0  # records skipped for a checksum mismatch (or unreadable framing)
+    partial: bool = False  # an incomplete record follows ``end`` (mid-append, or a torn tail)
+
+
+def _valid_at(buf: memoryview, pos: int) -> int:
+    """Length of a whole, valid record at ``pos`` in ``buf``, or -1 (invalid) or 0 (incomplete)."""
+    if pos + _RECORD.size > len(buf):
+        return 0
+    length, crc, kind = _RECORD.unpack_from(buf, pos)
+    if kind not in _KIND_CRC or length > MAX_RECORD:
+        return -1
+    end = pos + _RECORD.size + length
+    if end > len(buf):
+        return 0
+    if zlib.crc32(buf[pos + _RECORD.size : end], _KIND_CRC[kind]) != crc:
+        return -1
+    return end - pos
+
+
+_CANDIDATE = re.compile(rb"(?s)(?=.{8}[EPTZ])")  # where a record could start: its kind byte is 9th
+
+
+def _next_valid(view: memoryview, buf: bytes, start: int) -> int:
+    """The first offset >= ``start`` where a whole, valid record starts, or -1."""
+    for match in _CANDIDATE.finditer(buf, start):
+        if _valid_at(view, match.start()) > 0:
+            return match.start()
+    return -1
+
+
+def parse(buf: bytes, base: int) -> ReadResult:
+    """Every whole record in ``buf`` (which starts at file offset ``base``).
+
+    An incomplete record is the end of what can be read now (an append in progress, or a torn tail) unless
+    a valid record follows it: then it was damage (say, a flipped length byte), skipped and counted like a
+    checksum mismatch, and reading resumes at that next valid record.
+    """
+    view = memoryview(buf)
+    out = ReadResult(end=base)
+    pos = 0
+    size = len(buf)
+    while pos < size:
+        n = _valid_at(view, pos)
+        if n > 0:
+            kind = view[pos + 8]
+            out.records.append((base + pos, kind, bytes(view[pos + _RECORD.size : pos + n])))
+            pos += n
+            out.end = base + pos
+            continue
+        nxt = _next_valid(view, buf, pos + 1)
+        if nxt < 0:
+            if n == 0:
+                out.partial = True
+                break
+            nxt = size  # garbage to the end: skipped
+        out.corrupt += 1
+        pos = nxt
+        out.end = base + pos
+    return out
+
+
+def read_records(fd: int, offset: int, limit: int = 32 * 1024 * 1024) -> ReadResult:
+    """Whole records from ``offset`` on (at most about ``limit`` bytes of them)."""
+    buf = os.pread(fd, limit, offset)
+    result = parse(buf, offset)
+    if not result.records and result.partial and len(buf) == limit:
+        # One record larger than ``limit``: read exactly it.
+        length = _RECORD.unpack_from(buf, 0)[0]
+        return parse(os.pread(fd, _RECORD.size + length, offset), offset)
+    return result
+
+
+def scan(path: str) -> tuple[Header, ReadResult]:
+    """Header and every record of a whole segment file (tests, ``spanline status``, drop accounting)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        header = read_header(fd)
+        if header is None:
+            raise BadSegmentError("segment header incomplete")
+        size = os.fstat(fd).st_size
+        return header, parse(os.pread(fd, size - header.size, header.size), header.size)
+    finally:
+        os.close(fd)
+
+
+def read_checkpoint(segment_path: str) -> int | None:
+    try:
+        with open(segment_path + CHECKPOINT_SUFFIX) as f:
+            return int(f.read().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def write_checkpoint(segment_path: str, offset: int) -> None:
+    """Record that everything before ``offset`` in this segment is stored (atomic replace)."""
+    tmp = f"{segment_path}{CHECKPOINT_SUFFIX}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, str(offset).encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, segment_path + CHECKPOINT_SUFFIX)
+
+
+def remove_segment(path: str) -> None:
+    for p in (path, path + CHECKPOINT_SUFFIX):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(p)
+
+
+class Appender:
+    """The producer's side: one open segment at a time, rotated by size. Run by the worker thread only."""
+
+    def __init__(
+        self, directory: str, header: dict[str, Any], segment_bytes: int, fsync: bool, policy: dict[str, Any]
+    ) -> None:
+        self.directory = directory
+        self.header = dict(header)
+        self.producer_id = f"{time.time_ns():x}-{os.getpid()}"
+        self.segment_bytes = segment_bytes
+        self.fsync = fsync
+        self.policy = policy
+        self.seq = -1
+        self.fd = -1
+        self.path = ""
+        self.offset = 0
+        self.records = 0
+        self._open_next()
+
+    def _open_next(self) -> None:
+        old_fd = self.fd
+        self.seq += 1
+        self.path = os.path.join(self.directory, segment_name(self.producer_id, self.seq))
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        # Held for the producer's life: the writer reads a free lock on an unsealed segment as "it died".
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        head = encode_header({**self.header, "producer_id": self.producer_id, "seq": self.seq})
+        first = head + (policy_frame(self.policy) if self.policy else b"")
+        os.write(fd, first)
+        if old_fd >= 0:
+            # Sealed only once its successor exists and is locked: the newest segment of a live producer is
+            # always locked, so the writer never mistakes a rotation for a death.
+            os.write(old_fd, frame(SEAL, json.dumps({"records": self.records}).encode()))
+            if self.fsync:
+                os.fdatasync(old_fd)
+            os.close(old_fd)
+        self.fd, self.offset, self.records = fd, len(first), 0
+
+    def set_policy(self, policy: dict[str, Any]) -> bytes:
+        """The record announcing ``policy``; also repeated at the top of every later segment."""
+        self.policy = policy
+        return policy_frame(policy)
+
+    def append(self, data: bytes, records: int) -> tuple[str, int]:
+        """Write ``data`` (whole records) at the end; returns ``(segment file name, end offset)``."""
+        if self.offset + len(data) > self.segment_bytes and self.records:
+            self.rotate()
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+        if self.fsync:
+            os.fdatasync(self.fd)
+        self.offset += len(data)
+        self.records += records
+        return os.path.basename(self.path), self.offset
+
+    def rotate(self) -> None:
+        self._open_next()
+
+    def close(self) -> None:
+        """Close without sealing: the segment stays 'live' until the writer sees the lock freed."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def abandon_after_fork(self) -> None:
+        # A forked child shares the parent's open file (and its lock); it must not write to it or keep
+        # the parent looking alive, so it only drops its descriptor.
+        self.close()
+
+
+def total_bytes(directory: str) -> tuple[int, int]:
+    """(segment count, bytes) in a log directory."""
+    count = size = 0
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return 0, 0
+    for entry in entries:
+        if entry.name.endswith(SUFFIX):
+            try:
+                size += entry.stat().st_size
+                count += 1
+            except FileNotFoundError:
+                pass
+    return count, size

@@ -1,0 +1,219 @@
+"""Where a log lives, and how an application reaches the writer process that stores it.
+
+In: a tracking URI (or an explicit ``log_dir``), from the application's worker thread or ``flush()``'s caller.
+Out: the log directory, a running writer (started detached when none holds the directory's lock), and the
+answer to "is everything up to this offset stored?" over the writer's UNIX socket.
+
+One log per user and per tracking store: ``$XDG_CACHE_HOME/spanline/<hash of the resolved URI>`` (default
+``~/.cache``; the system temp directory if that cannot be written). Two programs writing to one store
+share one directory and one writer. Files in the directory:
+
+    <producer>.<seq>.seg[.ckpt]  segments and their checkpoints (pipeline/eventlog.py)
+    writer.lock                  held (flock) by the one writer; holds its pid
+    writer.sock                  the writer's socket: flush requests, answered once stored
+    status.json                  the writer's counters, for ``spanline status`` and ``stats()``
+    writer.log                   the auto-started writer's own log
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+LOCK = "writer.lock"
+STATUS = "status.json"
+WRITER_LOG = "writer.log"
+_SOCK = "writer.sock"
+_MAX_SOCK_PATH = 100  # sun_path is 108 bytes on Linux
+
+
+def absolute_uri(uri: str, cwd: str | None = None) -> str:
+    """``uri`` with a relative sqlite or file path made absolute (against ``cwd``), so a writer started
+    elsewhere finds the same store."""
+    cwd = cwd or os.getcwd()
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///") :]
+        if path and not path.startswith("/") and not path.startswith(":memory:"):
+            return "sqlite:///" + os.path.normpath(os.path.join(cwd, path))
+        return uri
+    if "://" not in uri and not uri.startswith("databricks"):
+        return "file://" + os.path.normpath(os.path.join(cwd, uri))
+    return uri
+
+
+def resolved_tracking_uri() -> str:
+    """MLflow's tracking URI as this process resolves it now (imports mlflow)."""
+    import mlflow
+
+    return absolute_uri(mlflow.get_tracking_uri())
+
+
+def default_dir(tracking_uri: str) -> str:
+    key = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    candidate = os.path.join(base, "spanline", key)
+    try:
+        os.makedirs(candidate, mode=0o700, exist_ok=True)
+        if os.access(candidate, os.W_OK | os.X_OK):
+            return candidate
+    except OSError:
+        pass
+    return os.path.join(tempfile.gettempdir(), f"spanline-{os.getuid()}", key)
+
+
+def socket_path(directory: str) -> str:
+    path = os.path.join(directory, _SOCK)
+    if len(path) <= _MAX_SOCK_PATH:
+        return path
+    key = hashlib.sha256(os.path.abspath(directory).encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"spanline-{os.getuid()}-{key}.sock")
+
+
+def read_status(directory: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(directory, STATUS)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def writer_running(directory: str) -> bool:
+    """Whether a writer holds the directory's lock (one non-blocking ``flock`` attempt)."""
+    try:
+        fd = os.open(os.path.join(directory, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the lock if we took it
+    return False
+
+
+def writer_pid(directory: str) -> int | None:
+    try:
+        with open(os.path.join(directory, LOCK)) as f:
+            text = f.read().strip()
+        return int(text) if text else None
+    except (OSError, ValueError):
+        return None
+
+
+_spawned: dict[str, int] = {}  # log dir -> pid of the writer this process started there
+_spawn_lock = threading.Lock()
+
+
+def _reap() -> None:
+    """Collect writers this process started that have exited (no zombies), forget them."""
+    for key, pid in list(_spawned.items()):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not our child (we are a forked copy of its parent)
+            done = pid
+        if done:
+            del _spawned[key]
+
+
+def ensure_writer(directory: str) -> bool:
+    """Start a detached writer for ``directory`` unless one holds its lock; True if one was started.
+
+    Two processes racing here may both start one: the second finds the lock taken and exits at once.
+    """
+    with _spawn_lock:
+        _reap()
+        if directory in _spawned or writer_running(directory):
+            return False  # ours is still starting (or running), or another holds the lock
+        log = os.path.join(directory, WRITER_LOG)
+        # posix_spawn, not subprocess: no Popen object to outlive (and warn about) at exit; its own session,
+        # so it outlives the application and no signal of the application's terminal reaches it.
+        pid = os.posix_spawn(
+            sys.executable,
+            [sys.executable, "-m", "spanline.writer", "--log-dir", directory, "--exit-when-idle"],
+            os.environ,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+                (os.POSIX_SPAWN_DUP2, 1, 2),
+            ],
+            setsid=True,
+        )
+        _spawned[directory] = pid
+        return True
+
+
+def ask_writer(
+    directory: str, request: dict[str, Any], deadline: float | None, autostart: bool = True
+) -> dict[str, Any] | None:
+    """Send ``request`` to the directory's writer and wait for its answer (None on timeout).
+
+    Starts a writer when none answers (unless ``autostart`` is False: then waits for one to appear). The
+    writer answers a flush request only once the data is stored, so this waits on a socket read: no
+    polling, and the request itself wakes the writer.
+    """
+    path = socket_path(directory)
+    delay = 0.01
+    payload = (json.dumps(request) + "\n").encode()
+    while True:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(remaining)
+            sock.connect(path)
+            sock.sendall(payload)
+            reply = _read_line(sock)
+            if reply:
+                return json.loads(reply)
+            # The writer went away mid-request (killed, or exiting idle): start another and ask again.
+        except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, BrokenPipeError):
+            pass
+        except TimeoutError:
+            return None
+        finally:
+            sock.close()
+        if autostart:
+            ensure_writer(directory)
+        # Only while a writer is starting (it binds its socket before importing mlflow): short waits.
+        wait = delay if remaining is None else min(delay, max(0.0, deadline - time.monotonic()))
+        time.sleep(wait)
+        delay = min(delay * 2, 0.2)
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        if chunk.endswith(b"\n"):
+            return b"".join(chunks)
+
+
+@contextlib.contextmanager
+def held_lock(directory: str):
+    """The writer's lock: yields True if this process now holds it (kept until the block ends)."""
+    fd = os.open(os.path.join(directory, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield True
+    finally:
+        os.close(fd)

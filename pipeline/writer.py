@@ -1,0 +1,649 @@
+"""The writer process: turns a log directory's segments into MLflow traces.
+
+In: segment files (pipeline/eventlog.py) of any number of producer processes, and flush requests on the
+directory's UNIX socket. Out: ``MlflowSink.write`` calls (``log_spans``), checkpoints, deleted segments, the
+status file, and answers to flush requests. One thread runs everything, in one loop (``Writer.run``).
+
+Each producer (a process that appended to the log) gets its own ``Assembler`` with the producer's metadata,
+trace-id prefix and content policy from its segments, so traces are what the producer would have stored
+itself. A round reads new records of every producer, assembles, writes the complete units in batches, and
+only then checkpoints: a crash anywhere replays from the last checkpoint, and since ``log_spans`` is
+idempotent (DESIGN §7) the replay leaves no duplicate. The checkpoint is the earliest record of a trace that
+is not stored yet, so an open span's start survives a restart too.
+
+A producer is alive while it holds the lock on its newest segment. Once it is gone and its segments are
+read, its open spans are closed as unfinished (like ``Assembler.close_all`` at shutdown), stored, and its
+segments deleted. Store failures are retried with backoff and jitter, forever, while the log is within
+``max_log_bytes``; past it the oldest segments are dropped and counted. Where a unit goes: its own tracking
+URI and experiment when its events carry them (the store and experiment active when the trace began), else
+those the producer resolved when it opened its segment (in the segment header).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import random
+import selectors
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import eventlog, events, logdir
+from .assembler import Assembler, Unit
+from .convert import ContentPolicy
+from .stats import Counters, DropReason
+
+logger = logging.getLogger("spanline.writer")
+
+_BATCH_UNITS = 200  # units per log_spans round trip
+_READ_BYTES = 8 * 1024 * 1024  # per producer per round, so a round (and its memory) stays bounded
+_STATUS_EVERY = 0.5
+
+
+@dataclass
+class Segment:
+    path: str
+    seq: int
+    fd: int = -1
+    header: eventlog.Header | None = None
+    offset: int = 0  # next record to read
+    sealed: bool = False
+    partial: bool = False
+
+
+@dataclass
+class Producer:
+    pid: str
+    segments: list[Segment] = field(default_factory=list)
+    assembler: Assembler | None = None
+    header: dict[str, Any] = field(default_factory=dict)
+    policy: dict[str, Any] = field(default_factory=dict)
+    first_pos: dict[int, tuple[int, int]] = field(default_factory=dict)  # root span -> its earliest record
+    done: tuple[int, int] = (-1, 0)  # (seq, offset): everything before is stored (or dropped, counted)
+    dead: bool = False
+    counters: dict[str, Any] = field(default_factory=lambda: {"traces_stored": 0, "spans_stored": 0, "dropped": {}})
+    oldest_tick_ns: int = 0  # append time of the oldest record read since the last commit
+
+    def drop(self, reason: str, n: int) -> None:
+        if n:
+            self.counters["dropped"][reason] = self.counters["dropped"].get(reason, 0) + n
+
+    def content_policy(self) -> ContentPolicy:
+        return ContentPolicy(
+            self.policy.get("capture_content", "full"), None, self.policy.get("max_content_bytes", 4 * 1024 * 1024)
+        )
+
+
+class Writer:
+    def __init__(
+        self,
+        directory: str,
+        *,
+        once: bool = False,
+        exit_when_idle: bool = False,
+        idle_exit: float = 5.0,
+        poll: float = 0.2,
+        sink: Callable[[list[Unit]], None] | None = None,
+        max_log_bytes: int | None = None,
+    ) -> None:
+        self.directory = directory
+        self.once = once
+        self.exit_when_idle = exit_when_idle
+        self.idle_exit = idle_exit
+        self.poll = poll
+        self._sink = sink
+        self.max_log_bytes = max_log_bytes
+        self.producers: dict[str, Producer] = {}
+        self.counters = Counters()  # for the assemblers' own drop and error accounting
+        self.unwritten: list[Unit] = []
+        self.uncommitted: set[str] = set()  # producers read this round, whose checkpoints move at commit
+        self.retry_at = 0.0
+        self.backoff = 0.1
+        self.waiters: list[tuple[socket.socket, dict[str, Any]]] = []
+        self.totals = {"traces_stored": 0, "spans_stored": 0, "batches": 0, "retries": 0, "corrupt_records": 0}
+        self.dropped: dict[str, int] = {}
+        self.bad_segments: dict[str, str] = {}
+        self.last_error: str | None = None
+        self.lags: collections.deque[float] = collections.deque(maxlen=2000)
+        self.started = time.time()
+        self._status_at = 0.0
+        self._idle_since = time.monotonic()
+        self.state = "starting"
+        self._owner: dict[int, Producer] = {}  # id(unit) -> its producer, while the unit is unwritten
+        self.finished_producers: dict[str, dict[str, Any]] = {}  # their counters, for late flush answers
+
+    # --- the loop ----------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        eventlog.ensure_dir(self.directory)
+        with logdir.held_lock(self.directory) as held:
+            if not held:
+                return self._run_as_client()
+            return self._serve()
+
+    def _run_as_client(self) -> int:
+        if not self.once:
+            logger.info("spanline writer: another writer holds %s; exiting", self.directory)
+            return 0
+        # --once while a writer runs: ask it to drain, and wait for it.
+        reply = logdir.ask_writer(self.directory, {"drain": True}, None)
+        return 0 if reply and reply.get("ok") else 1
+
+    def _serve(self) -> int:
+        path = logdir.socket_path(self.directory)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(path)
+        os.chmod(path, 0o600)
+        server.listen(128)
+        server.setblocking(False)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(server, selectors.EVENT_READ, None)
+        if self._sink is None:
+            from .sink import MlflowSink  # imports mlflow: after the socket is up, so flushes can queue
+
+            self._sink = MlflowSink(lambda: None).write
+        self.state = "running"
+        try:
+            while True:
+                self._serve_requests(server, self._next_wait())
+                progressed = self.round()
+                self._write_status()
+                if self._should_exit(progressed):
+                    return 0
+        finally:
+            self.state = "stopped"
+            self._write_status(force=True)
+            for sock, _ in self.waiters:
+                sock.close()
+            server.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def _next_wait(self) -> float:
+        if self.unwritten:
+            return max(0.0, min(self.poll, self.retry_at - time.monotonic()))
+        return self.poll
+
+    def _should_exit(self, progressed: bool) -> bool:
+        now = time.monotonic()
+        if progressed or self.unwritten or self.waiters:
+            self._idle_since = now
+            return False
+        if self.once:
+            return True
+        if not self.exit_when_idle:
+            return False
+        if any(not p.dead for p in self.producers.values()):
+            self._idle_since = now
+            return False
+        return now - self._idle_since >= self.idle_exit
+
+    def _serve_requests(self, server: socket.socket, timeout: float) -> None:
+        for key, _ in self.selector.select(timeout):
+            if key.data is None:
+                while True:
+                    try:
+                        conn, _ = server.accept()
+                    except BlockingIOError:
+                        break
+                    conn.setblocking(False)
+                    self.selector.register(conn, selectors.EVENT_READ, bytearray())
+            else:
+                conn, buf = key.fileobj, key.data
+                try:
+                    chunk = conn.recv(4096)
+                except (BlockingIOError, ConnectionError):
+                    chunk = b""
+                if not chunk:
+                    self.selector.unregister(conn)
+                    conn.close()
+                    continue
+                buf.extend(chunk)
+                if b"\n" in buf:
+                    self.selector.unregister(conn)
+                    try:
+                        request = json.loads(bytes(buf).split(b"\n", 1)[0])
+                    except ValueError:
+                        conn.close()
+                        continue
+                    conn.setblocking(True)
+                    self.waiters.append((conn, request))
+
+    # --- one round: scan, read, assemble, write, checkpoint --------------------------------------------
+
+    def round(self) -> bool:
+        """Returns whether anything was read or written."""
+        if self.unwritten:
+            if time.monotonic() < self.retry_at or not self._write_unwritten():
+                self._enforce_bound()
+                return True
+            self._commit()
+            return True
+        self._scan()
+        self._enforce_bound()
+        read_any = False
+        for producer in list(self.producers.values()):
+            read_any |= self._read(producer)
+        units: list[Unit] = []
+        for producer in self.producers.values():
+            if producer.assembler is not None:
+                units.extend(self._place(producer, u) for u in producer.assembler.take())
+        self.unwritten = units
+        if units and not self._write_unwritten():
+            return True
+        self._commit()
+        self._answer_waiters(drained=not read_any and not units)
+        return read_any or bool(units)
+
+    def _scan(self) -> None:
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return
+        for name in sorted(names):
+            parsed = eventlog.parse_name(name)
+            if parsed is None or name in self.bad_segments:
+                continue
+            pid, seq = parsed
+            producer = self.producers.get(pid)
+            if producer is None:
+                producer = self.producers[pid] = Producer(pid)
+            if any(s.seq == seq for s in producer.segments):
+                continue
+            if producer.segments and seq < producer.segments[0].seq:
+                continue  # an old one we already finished (deleted meanwhile) — never re-read
+            producer.segments.append(Segment(os.path.join(self.directory, name), seq))
+            producer.segments.sort(key=lambda s: s.seq)
+        for producer in self.producers.values():
+            self._resume(producer)
+
+    def _open(self, producer: Producer, seg: Segment) -> bool:
+        """Open a segment and read its header; False if it cannot be read (yet, or ever)."""
+        if seg.header is not None:
+            return True
+        try:
+            if seg.fd < 0:
+                seg.fd = os.open(seg.path, os.O_RDONLY)
+            header = eventlog.read_header(seg.fd)
+        except FileNotFoundError:
+            return False
+        except (eventlog.NewerFormatError, eventlog.BadSegmentError) as exc:
+            self._bad(producer, seg, str(exc))
+            return False
+        if header is None:
+            return False
+        seg.header = header
+        seg.offset = header.size
+        producer.header = header.fields
+        if producer.assembler is None:
+            prefix = header.fields.get("trace_prefix")
+            producer.assembler = Assembler(
+                self.counters, producer.content_policy, producer=header.fields.get("producer") or {},
+                trace_prefix=prefix,
+            )
+        return True
+
+    def _bad(self, producer: Producer, seg: Segment, message: str) -> None:
+        name = os.path.basename(seg.path)
+        self.bad_segments[name] = message
+        self.last_error = f"{name}: {message}"
+        logger.error("spanline writer: %s left in place: %s", name, message)
+        if seg.fd >= 0:
+            os.close(seg.fd)
+        producer.segments.remove(seg)
+
+    def _resume(self, producer: Producer) -> None:
+        """On first sight of a producer: continue from its checkpoint, skipping what is stored."""
+        if producer.done != (-1, 0) or not producer.segments:
+            return
+        checkpointed = [s for s in producer.segments if eventlog.read_checkpoint(s.path) is not None]
+        if not checkpointed:
+            first = producer.segments[0]
+            producer.done = (first.seq, 0)
+            return
+        start = checkpointed[-1]
+        for seg in [s for s in producer.segments if s.seq < start.seq]:
+            eventlog.remove_segment(seg.path)  # stored before a crash that came before their deletion
+            producer.segments.remove(seg)
+        if not self._open(producer, start):
+            return
+        offset = eventlog.read_checkpoint(start.path) or start.offset
+        # The policy in force at the checkpoint: the segment's policy records before it.
+        result = eventlog.read_records(start.fd, start.offset, max(0, offset - start.offset))
+        for _, kind, payload in result.records:
+            if kind == eventlog.POLICY:
+                producer.policy = json.loads(payload)
+        start.offset = max(start.offset, offset)
+        producer.done = (start.seq, start.offset)
+
+    def _read(self, producer: Producer) -> bool:
+        read_any = False
+        budget = _READ_BYTES
+        while producer.segments and budget > 0:
+            seg = self._current(producer)
+            if seg is None or not self._open(producer, seg):
+                return read_any
+            result = eventlog.read_records(seg.fd, seg.offset, min(budget, _READ_BYTES))
+            if result.corrupt:
+                self.totals["corrupt_records"] += result.corrupt
+                producer.drop("corrupt_record", result.corrupt)
+                self.last_error = f"{os.path.basename(seg.path)}: {result.corrupt} corrupt record(s) skipped"
+            self._fold(producer, seg, result.records)
+            budget -= result.end - seg.offset
+            read_any |= result.end > seg.offset
+            seg.offset = result.end
+            seg.partial = result.partial
+            if seg.sealed:
+                continue  # next segment of this producer
+            if result.records:
+                continue  # maybe more
+            newest = seg is producer.segments[-1]
+            if newest:
+                self._check_alive(producer, seg)
+            elif result.partial or not result.records:
+                # Not the newest, not sealed, nothing more: its producer died mid-append and a later
+                # segment exists (a crash during rotation). Its tail is torn; go on with the next.
+                if result.partial:
+                    producer.drop("torn_tail", 1)
+                seg.sealed = True
+                continue
+            return read_any
+        return read_any
+
+    def _current(self, producer: Producer) -> Segment | None:
+        """The first segment of ``producer`` not fully read."""
+        for seg in producer.segments:
+            if not seg.sealed:
+                return seg
+        return None
+
+    def _check_alive(self, producer: Producer, seg: Segment) -> None:
+        if producer.dead:
+            return
+        try:
+            fcntl.flock(seg.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # its producer holds it: alive
+        fcntl.flock(seg.fd, fcntl.LOCK_UN)
+        # The producer is gone. Read once more (it may have appended just before dying), then close it.
+        result = eventlog.read_records(seg.fd, seg.offset)
+        self._fold(producer, seg, result.records)
+        seg.offset = result.end
+        if result.partial:
+            producer.drop("torn_tail", 1)
+            self.last_error = f"{os.path.basename(seg.path)}: torn tail skipped (its producer died mid-append)"
+        producer.dead = True
+        if producer.assembler is not None:
+            producer.assembler.close_all()
+
+    def _fold(self, producer: Producer, seg: Segment, records: list[tuple[int, int, bytes]]) -> None:
+        assembler = producer.assembler
+        assert assembler is not None
+        first_pos = producer.first_pos
+        decode = events.decode
+        for offset, kind, payload in records:
+            if kind == eventlog.EVENT:
+                try:
+                    event = decode(payload)
+                except Exception:
+                    producer.drop(DropReason.DECODE_ERROR, 1)
+                    continue
+                root = getattr(event, "root", None)
+                if root is not None and root not in first_pos:
+                    first_pos[root] = (seg.seq, offset)
+                try:
+                    assembler.add(event)
+                except Exception as exc:
+                    producer.drop(DropReason.DECODE_ERROR, 1)
+                    self.last_error = f"assembler: {type(exc).__name__}: {exc}"
+            elif kind == eventlog.POLICY:
+                producer.policy = json.loads(payload)
+            elif kind == eventlog.TICK and not producer.oldest_tick_ns:
+                producer.oldest_tick_ns = int.from_bytes(payload, "little", signed=True)
+            elif kind == eventlog.SEAL:
+                seg.sealed = True
+        self.uncommitted.add(producer.pid)
+
+    def _place(self, producer: Producer, unit: Unit) -> Unit:
+        """Where the unit goes: its own store and experiment if its events named them, else the producer's."""
+        header = producer.header
+        uri = unit.tracking_uri or header.get("tracking_uri", "")
+        unit.tracking_uri = logdir.absolute_uri(uri, header.get("cwd")) if uri else ""
+        if not (unit.experiment and unit.spans[0].in_mlflow_trace):
+            unit.experiment = producer.policy.get("experiment_id") or unit.experiment or header.get("experiment", "")
+        self._owner[id(unit)] = producer
+        return unit
+
+    def _write_unwritten(self) -> bool:
+        assert self._sink is not None
+        while self.unwritten:
+            batch = self.unwritten[:_BATCH_UNITS]
+            try:
+                self._sink(batch)
+            except Exception as exc:
+                self.last_error = f"store: {type(exc).__name__}: {exc}"
+                self.totals["retries"] += 1
+                self.state = "retrying"
+                # Exponential backoff with full jitter, capped: a store back after minutes is retried within
+                # seconds, and many writers do not hammer it in step.
+                self.retry_at = time.monotonic() + random.uniform(0.5, 1.0) * self.backoff
+                self.backoff = min(self.backoff * 2, 10.0)
+                logger.warning("spanline writer: store write failed (will retry): %r", exc)
+                return False
+            self.state = "running"
+            self.backoff = 0.1
+            self.totals["batches"] += 1
+            for unit in batch:
+                producer = self._owner.pop(id(unit), None)
+                spans = len(unit.spans)
+                traces = sum(1 for s in unit.spans if s.is_trace_root)
+                self.totals["spans_stored"] += spans
+                self.totals["traces_stored"] += traces
+                if producer is not None:
+                    producer.counters["spans_stored"] += spans
+                    producer.counters["traces_stored"] += traces
+            del self.unwritten[: len(batch)]
+        return True
+
+    def _commit(self) -> None:
+        """Everything read this round is stored: move checkpoints, delete finished segments."""
+        now_ns = time.time_ns()
+        for pid in self.uncommitted:
+            producer = self.producers.get(pid)
+            if producer is None or not producer.segments:
+                continue
+            # The read position, but never past the first record of a trace still open in the assembler.
+            asm = producer.assembler
+            alive = set(asm.waiting) | {r.root for r in asm.open.values()} if asm is not None else set()
+            producer.first_pos = {r: p for r, p in producer.first_pos.items() if r in alive}
+            seg = self._current(producer) or producer.segments[-1]
+            read_pos = (seg.seq, seg.offset)
+            producer.done = read_pos
+            checkpoint = min(producer.first_pos.values(), default=read_pos)
+            self._checkpoint(producer, checkpoint)
+            if producer.oldest_tick_ns:
+                # Lag: from the append of the oldest record of this round to now, when it is stored.
+                self.lags.append(max(0.0, (now_ns - producer.oldest_tick_ns) / 1e9))
+                producer.oldest_tick_ns = 0
+        self.uncommitted = set()
+        for pid, producer in list(self.producers.items()):
+            if producer.dead and not producer.first_pos and not any(
+                not s.sealed and s.offset < _size(s) for s in producer.segments
+            ):
+                self._finish(producer)
+                del self.producers[pid]
+
+    def _checkpoint(self, producer: Producer, pos: tuple[int, int]) -> None:
+        seq, offset = pos
+        for seg in list(producer.segments):
+            if seg.seq < seq:
+                self._delete(producer, seg)  # everything in it is stored
+            elif seg.seq == seq:
+                with contextlib.suppress(FileNotFoundError):
+                    eventlog.write_checkpoint(seg.path, offset)
+
+    def _delete(self, producer: Producer, seg: Segment) -> None:
+        if seg.fd >= 0:
+            os.close(seg.fd)
+            seg.fd = -1
+        eventlog.remove_segment(seg.path)
+        producer.segments.remove(seg)
+
+    def _finish(self, producer: Producer) -> None:
+        for seg in list(producer.segments):
+            self._delete(producer, seg)
+        self.finished_producers[producer.pid] = producer.counters
+
+    def _enforce_bound(self) -> None:
+        limit = self.max_log_bytes
+        if limit is None:
+            limits = [p.header.get("max_log_bytes") for p in self.producers.values() if p.header.get("max_log_bytes")]
+            limit = max(limits) if limits else None
+        if not limit:
+            return
+        segments = []
+        for producer in self.producers.values():
+            for seg in producer.segments:
+                size = _size(seg)
+                segments.append((os.path.basename(seg.path), producer, seg, size))
+        total = sum(s[3] for s in segments)
+        if total <= limit:
+            return
+        # Oldest first (names sort by producer start, then sequence); never a live producer's open segment.
+        for _, producer, seg, size in sorted(segments, key=lambda s: (_mtime(s[2]), s[0])):
+            if total <= limit:
+                break
+            if seg is producer.segments[-1] and not producer.dead:
+                continue
+            lost = _count_events(seg)
+            producer.drop("log_full", lost)
+            self.dropped["log_full"] = self.dropped.get("log_full", 0) + lost
+            self.last_error = f"log over max_log_bytes ({limit}): dropped {os.path.basename(seg.path)}"
+            logger.warning("spanline writer: %s", self.last_error)
+            self._delete(producer, seg)
+            total -= size
+            # What was assembled from it is discarded with it; the producer continues at its next segment.
+            producer.assembler = None
+            producer.first_pos = {}
+            self.unwritten = [u for u in self.unwritten if self._owner.get(id(u)) is not producer]
+            nxt = self._current(producer)
+            if nxt is not None:
+                nxt.header = None
+                self._open(producer, nxt)
+
+    def _answer_waiters(self, drained: bool) -> None:
+        still = []
+        for sock, request in self.waiters:
+            reply = self._answer(request, drained)
+            if reply is None:
+                still.append((sock, request))
+                continue
+            with contextlib.suppress(OSError):
+                sock.sendall((json.dumps(reply) + "\n").encode())
+            sock.close()
+        self.waiters = still
+
+    def _answer(self, request: dict[str, Any], drained: bool) -> dict[str, Any] | None:
+        if request.get("drain"):
+            return {"ok": True} if drained and not self.unwritten else None
+        segment = request.get("segment", "")
+        parsed = eventlog.parse_name(segment)
+        if parsed is None:
+            return {"ok": False, "error": "bad request"}
+        pid, seq = parsed
+        if segment in self.bad_segments:
+            return {"ok": False, "error": self.bad_segments[segment]}
+        producer = self.producers.get(pid)
+        counters = producer.counters if producer else self.finished_producers.get(pid)
+        if producer is None:
+            if counters is not None or not os.path.exists(os.path.join(self.directory, segment)):
+                return {"ok": True, **(counters or {})}  # finished, or dropped (counted)
+            return None  # not scanned yet
+        if producer.done >= (seq, int(request.get("offset", 0))) or (
+            producer.segments and producer.segments[0].seq > seq
+        ):
+            return {"ok": True, **producer.counters}
+        return None
+
+    # --- status --------------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        lags = sorted(self.lags)
+        producers = {}
+        for pid, p in self.producers.items():
+            producers[pid] = {
+                "pid": p.header.get("pid"),
+                "alive": not p.dead,
+                "segments": len(p.segments),
+                "bytes_pending": sum(max(0, _size(s) - s.offset) for s in p.segments),
+                "open_spans": p.assembler.open_spans if p.assembler else 0,
+                **p.counters,
+            }
+        return {
+            "pid": os.getpid(),
+            "state": self.state,
+            "started": self.started,
+            "updated": time.time(),
+            "directory": self.directory,
+            **self.totals,
+            "dropped": self.dropped_totals(),
+            "bad_segments": self.bad_segments,
+            "last_error": self.last_error,
+            "lag_p50_s": lags[len(lags) // 2] if lags else None,
+            "lag_p99_s": lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else None,
+            "producers": producers,
+            "finished_producers": dict(list(self.finished_producers.items())[-50:]),
+        }
+
+    def dropped_totals(self) -> dict[str, int]:
+        out: dict[str, int] = dict(self.counters.dropped())
+        for p in [*self.producers.values()]:
+            for k, v in p.counters["dropped"].items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    def _write_status(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._status_at < _STATUS_EVERY:
+            return
+        self._status_at = now
+        path = os.path.join(self.directory, logdir.STATUS)
+        tmp = path + ".tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.status(), f)
+            os.replace(tmp, path)
+        except OSError as exc:
+            logger.warning("spanline writer: cannot write status: %r", exc)
+
+
+def _size(seg: Segment) -> int:
+    try:
+        return os.fstat(seg.fd).st_size if seg.fd >= 0 else os.stat(seg.path).st_size
+    except OSError:
+        return 0
+
+
+def _mtime(seg: Segment) -> float:
+    try:
+        return os.stat(seg.path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _count_events(seg: Segment) -> int:
+    try:
+        _, result = eventlog.scan(seg.path)
+    except Exception:
+        return 0
+    return sum(1 for off, kind, _ in result.records if kind == eventlog.EVENT and off >= seg.offset)

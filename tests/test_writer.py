@@ -1,0 +1,394 @@
+"""The writer process: every trace stored once, across crashes of the writer, outages of the store, many
+producers, PostgreSQL; and what the application sees of it (flush, policy at call time, fallback, secrets)."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import mlflow
+from helpers import CITIES, children_of, make_agent, root_of, traces_in
+from logwriters import log_dir_of, stop_writers_under
+from spanline.pipeline import eventlog, logdir
+
+import spanline
+from spanline.mlflow_server import run_mlflow_server
+
+# An app: N agent traces of two spans each (an AGENT span around one SDK call), then what ``END`` says.
+APP = """
+import os, sys, mlflow, spanline
+from spanline.fake_anthropic import FakeAnthropicAPI
+mlflow.set_experiment(os.environ["TEST_EXPERIMENT"])
+spanline.autolog()
+client = FakeAnthropicAPI().client(api_key=os.environ.get("TEST_API_KEY", "sk-test"))
+tag = os.environ.get("TEST_TAG", "q")
+
+@spanline.trace(span_type="AGENT")
+def agent(i):
+    return client.messages.create(model="claude-fake-1", max_tokens=8,
+                                  messages=[{"role": "user", "content": f"{tag}-{i}"}])
+
+for i in range(int(os.environ["TEST_CALLS"])):
+    agent(i)
+"""
+
+
+def _env(tracking_uri: str, experiment: str, calls: int, **extra: str) -> dict[str, str]:
+    return {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_MODEL_CATALOG_URI": "",
+            "TEST_EXPERIMENT": experiment, "TEST_CALLS": str(calls), **extra}
+
+
+def _run(code: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def _writer(directory: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "spanline.writer", "--log-dir", directory, *args],
+                            env={**os.environ, "MLFLOW_MODEL_CATALOG_URI": ""}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _once(directory: str, timeout: float = 300) -> None:
+    proc = _writer(directory, "--once")
+    _, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err.decode()[-4000:]
+
+
+def _count_rows(db: str) -> int:
+    """Traces in a sqlite store, read directly (cheap enough to poll)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
+        try:
+            return conn.execute("SELECT count(*) FROM trace_info").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+
+def _stored(tracking_uri: str, experiment: str) -> list:
+    """Every trace of an experiment, by name, with its spans."""
+    mlflow.set_tracking_uri(tracking_uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return mlflow.search_traces(locations=[exp.experiment_id], return_type="list", max_results=50_000,
+                                include_spans=True)
+
+
+def _key(trace) -> str:
+    """Which call made a trace: its root's inputs (the agent's ``i``), and its tag."""
+    root = root_of(trace)
+    return f"{root.name}:{json.dumps(root.inputs, sort_keys=True)}"
+
+
+def _assert_each_once(traces: list, n: int, spans_per_trace: int = 2) -> None:
+    keys = collections.Counter(_key(t) for t in traces)
+    dupes = {k: c for k, c in keys.items() if c > 1}
+    assert not dupes, f"stored more than once: {list(dupes.items())[:5]}"
+    expected = {f"agent:{json.dumps({'i': i})}" for i in range(n)}
+    assert set(keys) == expected, f"{len(keys)} stored of {n}; missing e.g. {sorted(expected - set(keys))[:5]}"
+    bad = [t.info.trace_id for t in traces if len(t.data.spans) != spans_per_trace]
+    assert not bad, f"traces without exactly {spans_per_trace} spans: {bad[:5]}"
+
+
+# --- crashes ----------------------------------------------------------------------------------------------
+
+
+def test_writer_killed_mid_batch_then_restarted_stores_every_trace_once(tmp_path, own_cache):
+    uri = f"sqlite:///{tmp_path}/store.db"
+    directory = log_dir_of(uri)
+    n = 1500
+    # The app only appends (no writer yet): a backlog of 1,500 traces in the log.
+    _run(APP + "spanline.shutdown(wait_for_store=False)\n",
+         _env(uri, "killed-writer", n, SPANLINE_WRITER_AUTOSTART="0"))
+    writer = _writer(directory)
+    try:
+        deadline = time.monotonic() + 120
+        while _count_rows(f"{tmp_path}/store.db") < 1:  # a first batch is stored, the rest is on its way
+            assert writer.poll() is None and time.monotonic() < deadline, writer.stderr.read().decode()[-3000:]
+            time.sleep(0.005)
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(10)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+        writer.wait(10)
+        writer.stderr.close()
+    stored_before_restart = len(_stored(uri, "killed-writer"))
+    assert 0 < stored_before_restart < n, "the kill came mid-run"
+    _once(directory)
+    _assert_each_once(_stored(uri, "killed-writer"), n)
+    assert not [f for f in os.listdir(directory) if f.endswith(".seg")], "stored segments are deleted"
+
+
+def test_app_killed_three_seconds_after_its_calls_loses_nothing(tmp_path, own_cache):
+    uri = f"sqlite:///{tmp_path}/store.db"
+    n = 1000
+    code = APP + textwrap.dedent("""
+        import time
+        with spanline.start_span("crashing-agent", span_type="AGENT"):  # still open when the process dies
+            client.messages.create(model="claude-fake-1", max_tokens=8,
+                                   messages=[{"role": "user", "content": "last words"}])
+            print("ready", flush=True)
+            time.sleep(600)
+    """)
+    app = subprocess.Popen([sys.executable, "-c", code], env=_env(uri, "killed-app", n), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        assert app.stdout.readline().strip() == "ready", app.stderr.read()[-3000:]
+        time.sleep(3)
+        app.send_signal(signal.SIGKILL)
+        app.wait(10)
+    finally:
+        if app.poll() is None:
+            app.kill()
+            app.wait(10)
+    # The writer the app started stores it all, closing the dead app's open span as unfinished.
+    _once(log_dir_of(uri))
+    traces = _stored(uri, "killed-app")
+    crashed = [t for t in traces if root_of(t).name == "crashing-agent"]
+    _assert_each_once([t for t in traces if t not in crashed], n)
+    (last,) = crashed
+    root = root_of(last)
+    assert root.name == "crashing-agent" and root.attributes.get("spanline.unfinished") is True
+    assert [c.name for c in children_of(last, root)] == ["Messages.create"]
+
+
+def test_a_torn_tail_in_a_dead_producers_segment_is_skipped_and_counted(tmp_path, own_cache):
+    uri = f"sqlite:///{tmp_path}/store.db"
+    directory = log_dir_of(uri)
+    _run(APP + "spanline.shutdown(wait_for_store=False)\n", _env(uri, "torn", 20, SPANLINE_WRITER_AUTOSTART="0"))
+    (segment,) = [f for f in os.listdir(directory) if f.endswith(".seg")]
+    os.truncate(os.path.join(directory, segment), os.path.getsize(os.path.join(directory, segment)) - 5)
+    _once(directory)
+    traces = _stored(uri, "torn")
+    assert len(traces) == 20
+    # The last record (the last agent's end) was torn: that agent is stored with what it had, unfinished.
+    unfinished = [t for t in traces if root_of(t).attributes.get("spanline.unfinished")]
+    assert [_key(t) for t in unfinished] == [f"agent:{json.dumps({'i': 19})}"]
+    status = logdir.read_status(directory)
+    assert status["dropped"].get("torn_tail") == 1
+
+
+def test_a_segment_of_a_newer_format_is_left_in_place_with_a_clear_error(tmp_path, own_cache):
+    uri = f"sqlite:///{tmp_path}/store.db"
+    directory = log_dir_of(uri)
+    _run(APP + "spanline.shutdown(wait_for_store=False)\n", _env(uri, "newer", 3, SPANLINE_WRITER_AUTOSTART="0"))
+    (segment,) = [f for f in os.listdir(directory) if f.endswith(".seg")]
+    path = os.path.join(directory, segment)
+    with open(path, "r+b") as f:
+        f.seek(8)
+        f.write((eventlog.FORMAT_VERSION + 1).to_bytes(2, "little"))
+    _once(directory)
+    assert os.path.exists(path), "left in place for a newer writer"
+    status = logdir.read_status(directory)
+    assert "newer than this spanline" in status["bad_segments"][segment]
+    assert "newer than this spanline" in status["last_error"]
+    assert _stored(uri, "newer") == []
+    out = subprocess.run([sys.executable, "-m", "spanline.cli", "status", "--log-dir", directory],
+                         capture_output=True, text=True, timeout=60).stdout
+    assert "left in place" in out and segment in out
+
+
+# --- many producers, other stores --------------------------------------------------------------------------
+
+
+def _four_processes(uri: str, experiment: str, calls: int = 500) -> None:
+    code = APP + "assert spanline.flush(300)\n"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=_env(uri, experiment, calls, TEST_TAG=f"p{k}"))
+             for k in range(4)]
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err.decode()[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+def test_four_processes_into_one_sqlite_store(tmp_path, own_cache):
+    uri = f"sqlite:///{tmp_path}/store.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.create_experiment("four")  # created once, not raced by four processes
+    _four_processes(uri, "four")
+    traces = _stored(uri, "four")
+    assert len(traces) == 2000
+    assert all(len(t.data.spans) == 2 for t in traces)
+    status = logdir.read_status(log_dir_of(uri))
+    assert status["traces_stored"] >= 2000, "one writer stored them all"
+
+
+def test_four_processes_into_postgresql(postgres_uri, own_cache):
+    mlflow.set_tracking_uri(postgres_uri)
+    mlflow.create_experiment("four-pg")
+    _four_processes(postgres_uri, "four-pg")
+    traces = _stored(postgres_uri, "four-pg")
+    assert len(traces) == 2000
+    assert all(len(t.data.spans) == 2 for t in traces)
+
+
+def test_a_store_outage_is_waited_out_and_every_trace_stored_once(tmp_path, own_cache):
+    """A server stopped mid-run and restarted on the same address (same backend store) some seconds later.
+
+    The issue's scenario is a 60 s outage; 8 s here keeps the suite fast, and the writer's retry loop is the
+    same (backoff with jitter, capped at 10 s, for as long as the log is within its bound)."""
+    n = 300
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    code = APP + textwrap.dedent("""
+        assert spanline.flush(120)
+        print("first half stored", flush=True)
+        sys.stdin.readline()  # the server is down now
+        for i in range(int(os.environ["TEST_CALLS"]), 2 * int(os.environ["TEST_CALLS"])):
+            agent(i)
+        assert spanline.flush(300)
+    """)
+    app = None
+    try:
+        with run_mlflow_server(server_dir) as server:
+            url, port = server.url, int(server.url.rsplit(":", 1)[1])
+            # MLflow's own HTTP retries off (the writer inherits the app's environment): the writer's retry
+            # loop is what waits the outage out.
+            env = _env(url, "outage", n // 2, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+            app = subprocess.Popen([sys.executable, "-c", code], env=env,
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert app.stdout.readline().strip() == "first half stored", app.stderr.read()[-3000:]
+        app.stdin.write("go\n")
+        app.stdin.flush()
+        time.sleep(8)
+        assert app.poll() is None, "flush() waits for the store to come back"
+        with run_mlflow_server(server_dir, port=port):
+            _, err = app.communicate(timeout=300)
+            assert app.returncode == 0, err[-3000:]
+            status = logdir.read_status(log_dir_of(url))
+            assert status["retries"] >= 1, "the writer did meet the outage"
+            _assert_each_once(_stored(url, "outage"), n)
+    finally:
+        if app is not None:
+            if app.poll() is None:
+                app.kill()
+            app.communicate(timeout=10)
+
+
+# --- what the application sees ------------------------------------------------------------------------------
+
+
+def test_redact_in_force_when_the_call_was_made_is_the_one_applied(traced, fake):
+    def redact(value):
+        return json.loads(json.dumps(value).replace("my-secret-prompt", "[redacted]"))
+
+    spanline.configure(redact=redact)
+    try:
+        fake.client().messages.create(model="claude-fake-1", max_tokens=8,
+                                      messages=[{"role": "user", "content": "my-secret-prompt"}])
+    finally:
+        spanline.configure(redact=None)
+    assert spanline.flush(60)
+    (trace,) = traces_in(traced)
+    stored = json.dumps(trace.data.spans[0].to_dict())
+    assert "[redacted]" in stored and "my-secret-prompt" not in stored
+
+
+def test_metadata_mode_keeps_the_prompt_off_the_disk(tmp_path, own_cache):
+    uri = f"sqlite:///{tmp_path}/store.db"
+    directory = log_dir_of(uri)
+    _run(APP + "spanline.shutdown(wait_for_store=False)\n",
+         _env(uri, "metadata", 3, TEST_TAG="prompt-not-for-disk", SPANLINE_CAPTURE_CONTENT="metadata",
+              SPANLINE_WRITER_AUTOSTART="0"))
+    segments = [f for f in os.listdir(directory) if f.endswith(".seg")]
+    data = b""
+    for name in segments:
+        with open(os.path.join(directory, name), "rb") as f:
+            data += f.read()
+    assert b"claude-fake-1" in data, "the calls are in the log"
+    assert b"prompt-not-for-disk" not in data
+    _once(directory)
+    (span,) = [s for t in _stored(uri, "metadata") for s in t.data.spans if s.name == "Messages.create"][:1]
+    assert span.inputs == {"max_tokens": 8, "model": "claude-fake-1"}
+
+
+def test_flush_drains_mlflows_own_export_for_traces_spanline_joined(traced, fake):
+    """The seed agent under ``@mlflow.trace``: read back right after ``spanline.flush()`` without any other
+    flush, each trace has its one AGENT root (MLflow's) and its three children (spanline's)."""
+    agent = make_agent(fake.async_client(), spanline.trace(span_type="TOOL"), mlflow.trace(span_type="AGENT"))
+
+    async def main():
+        import asyncio
+
+        return await asyncio.gather(*(agent(f"What's the weather like in {city} today?") for city in CITIES))
+
+    import asyncio
+
+    asyncio.run(main())
+    assert spanline.flush(60)
+    found = mlflow.search_traces(experiment_ids=[traced], return_type="list")
+    assert len(found) == 3
+    for info in found:
+        trace = mlflow.get_trace(info.info.trace_id)
+        root = root_of(trace)
+        assert root.span_type == "AGENT"
+        assert [c.name for c in children_of(trace, root)] == ["AsyncMessages.create", "get_weather",
+                                                          "AsyncMessages.create"]
+
+
+def test_an_unwritable_log_directory_falls_back_to_storing_in_process(tmp_path, own_cache):
+    uri = f"sqlite:///{tmp_path}/store.db"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    code = APP + textwrap.dedent("""
+        assert spanline.flush(120)
+        st = spanline.stats()
+        print(st.mode, st.log_fallbacks, st.traces_stored, flush=True)
+        for i in range(5):
+            agent(i)
+        assert spanline.flush(120)
+    """)
+    done = _run(code, _env(uri, "fallback", 5, SPANLINE_LOG_DIR=str(blocker / "log")))
+    assert done.stdout.split() == ["in_process", "1", "5"]
+    assert done.stderr.count("cannot be written") == 1, "logged once"
+    assert len(_stored(uri, "fallback")) == 10
+
+
+def test_a_planted_api_key_is_nowhere_on_disk(tmp_path, own_cache):
+    uri = f"sqlite:///{tmp_path}/store.db"
+    directory = log_dir_of(uri)
+    secret = f"sk-ant-api03-PLANTED-{uuid.uuid4().hex}"
+    code = APP + textwrap.dedent("""
+        client.messages.create(model="claude-fake-1", max_tokens=8, messages=[{"role": "user", "content": "h"}],
+                               extra_headers={"x-api-key": os.environ["TEST_API_KEY"],
+                                              "Authorization": "Bearer " + os.environ["TEST_API_KEY"]})
+        spanline.shutdown(wait_for_store=False)
+    """)
+    done = _run(code, _env(uri, "secret", 5, TEST_API_KEY=secret, SPANLINE_WRITER_AUTOSTART="0"))
+    seen = [f for f in os.listdir(directory) if f.endswith(".seg")]
+    assert seen, "the log holds the events"
+
+    def scan(root: str) -> list[str]:
+        hits = []
+        for d, _, files in os.walk(root):
+            for f in files:
+                with open(os.path.join(d, f), "rb") as fh:
+                    if secret.encode() in fh.read():
+                        hits.append(os.path.join(d, f))
+        return hits
+
+    assert scan(directory) == [], "the log"
+    _once(directory)
+    assert len(_stored(uri, "secret")) == 6
+    assert scan(str(tmp_path)) == [], "the store, the log, the writer's log"
+    assert secret not in done.stdout + done.stderr, "the app's own output"
+    stop_writers_under(own_cache)
