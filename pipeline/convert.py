@@ -75,16 +75,67 @@ _encode_json = msgspec.json.Encoder(enc_hook=_fallback).encode
 
 
 def to_json_bytes(value: Any) -> bytes:
-    """JSON for any value: unserialisable parts get a bounded stand-in; cycles or absurd depth get one
-    stand-in for the whole value. Used on the caller's path for user inputs and outputs, and here."""
+    """JSON for any value; what JSON cannot hold gets a bounded stand-in, value by value.
+
+    Used on the caller's path for user inputs and outputs, and here. The fast path is one msgspec call;
+    only when it fails (a cycle, absurd depth, a key JSON cannot hold) is the value walked in Python, so
+    that one bad argument costs only its own place, never its siblings' (see ``_sanitize``)."""
     try:
         return _encode_json(value)
     except (TypeError, ValueError, RecursionError, OverflowError):
-        # msgspec refuses cycles (recursion) and odd keys; describe the value instead of losing it.
         try:
-            return _encode_json(_fallback(value))
+            return _encode_json(_sanitize(value, set(), 0))
         except Exception:
             return b'{"__repr__": "<unserializable>"}'
+
+
+_MAX_DEPTH = 100  # deeper than any real input; msgspec itself gives up around the interpreter's limit
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _sanitize(value: Any, ancestors: set[int], depth: int) -> Any:
+    """A copy of ``value`` that msgspec can encode: containers walked, each element made safe on its own.
+
+    A container that contains itself becomes ``{"__cycle__": <type>}`` where it recurs (MLflow's encoder
+    raises ``ValueError: Circular reference`` there and stores a ``repr`` of the whole value); a key JSON
+    cannot hold becomes its ``repr``; anything else msgspec cannot encode goes through ``_fallback``.
+    """
+    if isinstance(value, _SCALARS):
+        if type(value) is int and not -(1 << 63) <= value < (1 << 64):
+            return str(value)  # msgspec's JSON integers stop at 64 bits
+        return value
+    if depth >= _MAX_DEPTH:
+        return _fallback(value)
+    marker = id(value)
+    if marker in ancestors:
+        return {"__cycle__": f"{type(value).__module__}.{type(value).__qualname__}"}
+    ancestors.add(marker)
+    try:
+        if isinstance(value, dict):
+            return {
+                (key if isinstance(key, str) else _json_key(key)): _sanitize(item, ancestors, depth + 1)
+                for key, item in list(value.items())
+            }
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return [_sanitize(item, ancestors, depth + 1) for item in list(value)]
+        try:
+            _encode_json(value)  # a leaf msgspec encodes itself (bytes, datetime, a dataclass without cycles)
+            return value
+        except Exception:
+            pass
+        # A dataclass or pydantic model becomes a dict of its fields, which may lead back here: walk it too.
+        return _sanitize(_fallback(value), ancestors, depth + 1)
+    finally:
+        ancestors.discard(marker)
+
+
+def _json_key(key: Any) -> str:
+    if isinstance(key, (int, float)) and not isinstance(key, bool):
+        return str(key)
+    try:
+        return repr(key)
+    except Exception:
+        return f"<{type(key).__name__} key>"
 
 
 def dumps(value: Any) -> str:
