@@ -3,14 +3,14 @@
 In: the caller's thread, at every span start. Out: a ``Parent`` (or None for a new trace) and fresh ids.
 
 One ContextVar holds the current spanline span, so nesting follows ``await``, tasks (asyncio and trio
-copy the context into each task), and threads given ``contextvars.copy_context()``. Span ids come from a
-per-process counter with a random base drawn at import and again in a forked child, so allocating one is a
-``next()`` and never a syscall. A trace is numbered by its root span's id.
+copy the context into each task), and threads given ``contextvars.copy_context()``. Span ids are random
+64-bit numbers from a per-process generator seeded from the OS at import and again in a forked child, so
+allocating one is a C call and never a syscall. A trace is numbered by its root span's id.
 """
 
 from __future__ import annotations
 
-import itertools
+import functools
 import os
 import random
 from collections.abc import Callable
@@ -36,29 +36,44 @@ current: ContextVar[Parent | None] = ContextVar("spanline_current_span", default
 
 
 def _reset_ids() -> None:
-    """Draw this process's id space: at import, and again in a forked child.
+    """Seed this process's id generator from the OS: at import, and again in a forked child.
 
-    Span ids count up from a random 62-bit base, so they are non-zero, fit in 64 bits and do not repeat
-    across processes in practice; the counter is an ``itertools.count``, so taking an id is one C call.
-    A trace's number is its root span's id; a random per-process prefix makes the 128-bit trace ids of
-    different processes distinct. Callers read ``context.new_span_id`` at call time, so the rebinding
-    after a fork reaches them.
+    Span ids are 64 random bits from a private ``random.Random`` (MLflow's isolated id generator does the
+    same), so taking one is a C call and never a syscall, and a ``random.seed()`` in user code cannot make
+    ids repeat. A trace is numbered by its root span's id, so every trace gets fresh random bits too.
+    A child after ``fork`` reseeds, so it never repeats its parent's sequence. Callers read
+    ``context.new_span_id`` at call time, so the rebinding reaches them. (An id of 0, which means "no
+    parent", has odds of 2**-64 per span; not worth a check on the caller's path.)
     """
-    global trace_prefix, new_span_id
-    rng = random.SystemRandom()
-    trace_prefix = rng.getrandbits(64) | 1
-    new_span_id = itertools.count(rng.getrandbits(62) + 1).__next__
+    global new_span_id
+    _rng.seed()  # os.urandom
+    new_span_id = functools.partial(_rng.getrandbits, 64)
 
 
-trace_prefix: int
+_rng = random.Random()
 new_span_id: Callable[[], int]
 _reset_ids()
 os.register_at_fork(after_in_child=_reset_ids)
 
+# Odd, so multiplying by it is a bijection on 64 bits: the low half of a trace id differs whenever the
+# high half does (the golden-ratio constant of splitmix64).
+_SPREAD = 0x9E3779B97F4A7C15
+
+
+def otel_trace_id(trace_number: int) -> int:
+    """The 128-bit OpenTelemetry trace id of a spanline-owned trace, a function of its 64-bit number alone.
+
+    Events carry only the number, so the id must be derivable from an event (the event log is replayed by
+    another process). The low 64 bits are the number itself; the high 64 bits, whose first hex digits
+    MLflow's UI shows, are the number spread by an odd multiplier, so they differ from trace to trace.
+    """
+    trace_number &= _MASK64
+    return (((trace_number * _SPREAD) & _MASK64) << 64) | trace_number
+
 
 def mlflow_trace_id(trace_number: int) -> str:
     """MLflow's trace id for a spanline-owned trace: ``tr-`` and the 128-bit OTel trace id in hex."""
-    return f"tr-{trace_prefix:016x}{trace_number & _MASK64:016x}"
+    return f"tr-{otel_trace_id(trace_number):032x}"
 
 
 # --- joining MLflow's own spans, and MLflow's destination ----------------------------------------------

@@ -1,0 +1,154 @@
+"""MLflow interop: trace ids as MLflow's UI shows them, inputs that JSON cannot hold, nesting across the two
+tracers, and the trace metadata MLflow's own tracer writes. Against a real sqlite store (and a real server
+where said)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+
+import hypothesis.strategies as st
+import pytest
+from helpers import root_of, traces_in
+from hypothesis import given, settings
+from spanline.pipeline import context
+from spanline.pipeline.convert import to_json_bytes
+
+import spanline
+
+# --- trace ids ------------------------------------------------------------------------------------------
+
+
+def test_every_trace_shows_its_own_id_in_the_ui(traced):
+    """MLflow's traces list and drawer show a trace id's first 8 hex digits: they must differ per trace."""
+    for i in range(40):
+        with spanline.start_span(f"t{i}"):
+            pass
+    assert spanline.flush(30)
+    ids = [t.info.trace_id for t in traces_in(traced)]
+    assert len(ids) == 40
+    assert all(len(i) == 3 + 32 and i.startswith("tr-") for i in ids)
+    assert len({i[3:11] for i in ids}) == 40, ids
+
+
+def test_trace_id_is_derived_from_the_event_alone():
+    """The event log is replayed by another process: the 128-bit id is a function of the 64-bit number."""
+    number = context.new_span_id()
+    assert context.mlflow_trace_id(number) == context.mlflow_trace_id(number)
+    assert context.mlflow_trace_id(number) == f"tr-{context.otel_trace_id(number):032x}"
+    assert context.otel_trace_id(number) & (2**64 - 1) == number
+    first_digits = {context.mlflow_trace_id(context.new_span_id())[3:11] for _ in range(2_000)}
+    assert len(first_digits) > 1_990  # 32 random bits: a collision among 2,000 is ~0.05% likely
+
+
+def test_a_forked_child_does_not_repeat_its_parents_ids():
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next ids and leave at once
+        try:
+            os.write(write, json.dumps([context.new_span_id() for _ in range(50)]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        ours = [context.new_span_id() for _ in range(50)]
+        with os.fdopen(read, "rb") as pipe:
+            theirs = json.loads(pipe.read())
+    finally:
+        os.waitpid(pid, 0)
+    assert len(theirs) == 50
+    assert not set(ours) & set(theirs)
+
+
+# --- inputs JSON cannot hold -----------------------------------------------------------------------------
+
+
+class Slotted:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Slotted({self.name!r})"
+
+
+def test_one_bad_argument_does_not_lose_the_others(traced):
+    @spanline.trace(span_type="TOOL")
+    def tool(obj, raw, tags, tree):
+        return "ok"
+
+    tree: dict = {"name": "root", "children": []}
+    tree["children"].append(tree)
+    tool(Slotted("x"), b"\x00\xffraw", {"b", "a"}, tree)
+    assert spanline.flush(30)
+    (trace,) = traces_in(traced)
+    inputs = root_of(trace).inputs
+    assert set(inputs) == {"obj", "raw", "tags", "tree"}
+    assert inputs["obj"] == {"__repr__": "Slotted('x')", "__type__": f"{__name__}.Slotted"}
+    assert base64.b64decode(inputs["raw"]) == b"\x00\xffraw"
+    assert sorted(inputs["tags"]) == ["a", "b"]
+    assert inputs["tree"] == {"name": "root", "children": [{"__cycle__": "builtins.dict"}]}
+
+
+def _with_cycles(draw_value):
+    """Values with self-references: a list or dict that contains itself somewhere below."""
+    if isinstance(draw_value, list):
+        draw_value.append(draw_value)
+    elif isinstance(draw_value, dict):
+        draw_value["self"] = draw_value
+    return draw_value
+
+
+_leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+    st.binary(max_size=8),
+    st.builds(Slotted, st.text(max_size=4)),
+)
+_values = st.recursive(
+    _leaves,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.one_of(st.text(max_size=4), st.integers(), st.tuples(st.integers())), inner, max_size=4),
+        st.frozensets(st.one_of(st.integers(), st.text(max_size=4)), max_size=4),
+        st.lists(inner, max_size=3).map(_with_cycles),
+        st.dictionaries(st.text(max_size=4), inner, max_size=3).map(_with_cycles),
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(args=st.dictionaries(st.text(min_size=1, max_size=6), _values, max_size=5))
+def test_any_arguments_encode_and_keep_their_names(args):
+    """Whatever the arguments hold, the inputs are valid JSON with one entry per argument name."""
+    decoded = json.loads(to_json_bytes(args))
+    assert isinstance(decoded, dict)
+    assert set(decoded) == set(args)
+
+
+_json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=8),
+              st.floats(allow_nan=False, allow_infinity=False)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=4), inner, max_size=4)),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=_json_values)
+def test_json_values_round_trip(value):
+    assert json.loads(to_json_bytes(value)) == value
+
+
+@pytest.mark.parametrize("depth", [10, 5_000])
+def test_deep_values_encode(depth):
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    assert json.loads(to_json_bytes({"deep": value, "fine": 1}))["fine"] == 1
