@@ -5,10 +5,14 @@ where said)."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import itertools
 import json
 import os
 
+import anyio
 import hypothesis.strategies as st
+import mlflow
 import pytest
 from helpers import root_of, traces_in
 from hypothesis import given, settings
@@ -152,3 +156,97 @@ def test_deep_values_encode(depth):
     for _ in range(depth):
         value = [value]
     assert json.loads(to_json_bytes({"deep": value, "fine": 1}))["fine"] == 1
+
+
+# --- nesting across the two tracers -----------------------------------------------------------------------
+
+MODEL = "claude-sonnet-4-5"
+
+
+def _open(kind: str, name: str):
+    return spanline.start_span(name, span_type="CHAIN") if kind == "S" else mlflow.start_span(name, span_type="CHAIN")
+
+
+def _ask(client, text: str = "hi"):
+    return client.messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": text}])
+
+
+def _store_both(first: str) -> None:
+    """Write spanline's and MLflow's parts of the trace, in the given order."""
+    if first == "mlflow":
+        mlflow.flush_trace_async_logging()
+        assert spanline.flush(30)
+    else:
+        assert spanline.flush(30)
+        mlflow.flush_trace_async_logging()
+
+
+@pytest.mark.parametrize("first", ["spanline", "mlflow"])
+@pytest.mark.parametrize("kinds", ["".join(k) for k in itertools.product("SM", repeat=3)])
+def test_innermost_span_wins_whichever_tracer_opened_it(traced, fake, kinds, first):
+    """Three levels of spans, each opened by spanline (S) or MLflow (M), an SDK call at the bottom: one
+    stored trace, every span under the one opened just outside it."""
+    client = fake.client()
+    spanline.configure(flush_interval=3600.0)  # nothing is written before _store_both says so
+    try:
+        with contextlib.ExitStack() as stack:
+            for level, kind in enumerate(kinds, 1):
+                stack.enter_context(_open(kind, f"level{level}"))
+            _ask(client)
+        _store_both(first)
+    finally:
+        spanline.configure(flush_interval=0.5)
+    (trace,) = traces_in(traced)
+    spans = {s.name: s for s in trace.data.spans}
+    assert set(spans) == {"level1", "level2", "level3", "Messages.create"}
+    assert spans["level1"].parent_id is None
+    assert spans["level2"].parent_id == spans["level1"].span_id
+    assert spans["level3"].parent_id == spans["level2"].span_id
+    assert spans["Messages.create"].parent_id == spans["level3"].span_id
+    assert {s.trace_id for s in trace.data.spans} == {trace.info.trace_id}
+    assert trace.info.state == "OK"
+    assert trace.info.tags["mlflow.traceName"] == "level1"
+
+
+def test_a_traced_function_opens_an_mlflow_span_around_the_sdk_call(traced, fake):
+    """The issue's case: @spanline.trace -> mlflow.start_span("retrieve") -> messages.create."""
+    client = fake.client()
+
+    @spanline.trace(span_type="AGENT")
+    def agent(question):
+        with mlflow.start_span("retrieve", span_type="RETRIEVER"):
+            _ask(client, question)
+        return "done"
+
+    assert agent("where?") == "done"
+    assert spanline.flush(30)
+    (trace,) = traces_in(traced)
+    spans = {s.name: s for s in trace.data.spans}
+    assert spans["retrieve"].parent_id == spans["agent"].span_id
+    assert spans["Messages.create"].parent_id == spans["retrieve"].span_id
+    assert root_of(trace).name == "agent"
+
+
+@pytest.mark.anyio
+async def test_nesting_across_tracers_in_concurrent_tasks(traced, fake):
+    """Each task's MLflow span hangs under its own spanline span, and its SDK call under it."""
+    client = fake.async_client()
+
+    @spanline.trace(span_type="AGENT")
+    async def agent(i):
+        with mlflow.start_span(f"retrieve{i}"):
+            await client.messages.create(model=MODEL, max_tokens=8, messages=[{"role": "user", "content": f"q{i}"}])
+
+    async with anyio.create_task_group() as tg:
+        for i in range(3):
+            tg.start_soon(agent, i)
+    assert await spanline.aflush(30)
+    traces = traces_in(traced)
+    assert len(traces) == 3
+    for trace in traces:
+        spans = {s.name: s for s in trace.data.spans}
+        (retrieve,) = [s for s in spans.values() if s.name.startswith("retrieve")]
+        i = retrieve.name[-1]
+        assert retrieve.parent_id == spans["agent"].span_id
+        assert spans["AsyncMessages.create"].parent_id == retrieve.span_id
+        assert spans["agent"].inputs == {"i": int(i)}
