@@ -4,22 +4,25 @@ where said)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import itertools
 import json
 import os
+import uuid
 
 import anyio
 import hypothesis.strategies as st
 import mlflow
 import pytest
-from helpers import root_of, traces_in
+from helpers import make_agent, root_of, traces_in
 from hypothesis import given, settings
 from spanline.pipeline import context
 from spanline.pipeline.convert import to_json_bytes
 
 import spanline
+from spanline.fake_anthropic import FakeAnthropicAPI
 
 # --- trace ids ------------------------------------------------------------------------------------------
 
@@ -250,3 +253,89 @@ async def test_nesting_across_tracers_in_concurrent_tasks(traced, fake):
         assert retrieve.parent_id == spans["agent"].span_id
         assert spans["AsyncMessages.create"].parent_id == retrieve.span_id
         assert spans["agent"].inputs == {"i": int(i)}
+
+
+# --- trace metadata ---------------------------------------------------------------------------------------
+
+_SIZE_KEYS = {"mlflow.trace.sizeBytes", "mlflow.trace.sizeStats"}
+
+
+def _metadata_of_one_call(recorder: str, experiment: str) -> dict[str, str]:
+    """``messages.create`` once, traced by ``recorder``, into ``experiment``; the stored trace's metadata."""
+    mlflow.set_experiment(experiment_id=experiment)
+    if recorder == "mlflow":
+        spanline.autolog(disable=True)
+        mlflow.anthropic.autolog()
+    else:
+        mlflow.anthropic.autolog(disable=True)
+        spanline.autolog()
+    try:
+        _ask(FakeAnthropicAPI().client(), "Hello, Claude")
+        assert spanline.flush(30)
+    finally:
+        mlflow.anthropic.autolog(disable=True)
+        spanline.autolog(disable=True)
+    (trace,) = traces_in(experiment)
+    return trace.info.trace_metadata
+
+
+@pytest.fixture(params=["sqlite", "server"])
+def store_experiments(request, tracking_uri):
+    """Two fresh experiments on a sqlite store or on a real ``mlflow server``: (spanline's, MLflow's)."""
+    if request.param == "sqlite":
+        mlflow.set_tracking_uri(tracking_uri)
+        yield tuple(mlflow.create_experiment(f"meta-{uuid.uuid4().hex[:10]}") for _ in range(2))
+    else:
+        _, ours = request.getfixturevalue("mlflow_server_uri")
+        yield ours, mlflow.create_experiment(f"meta-{uuid.uuid4().hex[:10]}")
+
+
+def test_trace_metadata_is_what_mlflow_writes(store_experiments):
+    ours_experiment, theirs_experiment = store_experiments
+    theirs = _metadata_of_one_call("mlflow", theirs_experiment)
+    ours = _metadata_of_one_call("spanline", ours_experiment)
+    for key in ("mlflow.source.name", "mlflow.source.type", "mlflow.user", "mlflow.trace_schema.version",
+                "mlflow.traceInputs", "mlflow.traceOutputs", "mlflow.trace.infoFinalized", *_SIZE_KEYS):
+        assert key in theirs, key  # what this test compares is what MLflow writes
+    assert set(theirs) <= set(ours), set(theirs) - set(ours)
+    for key, value in theirs.items():
+        if key in _SIZE_KEYS:
+            continue
+        if key == "mlflow.trace.tokenUsage":
+            assert json.loads(ours[key]) == json.loads(value)
+            continue
+        assert ours[key] == value, key
+    our_stats, their_stats = json.loads(ours["mlflow.trace.sizeStats"]), json.loads(theirs["mlflow.trace.sizeStats"])
+    assert our_stats["num_spans"] == their_stats["num_spans"] == 1
+    assert int(ours["mlflow.trace.sizeBytes"]) == our_stats["total_size_bytes"]
+    # The same span, as MLflow serialises it: sizes agree but for ids, clocks and the trace info around it.
+    assert abs(our_stats["max"] - their_stats["max"]) < 0.2 * their_stats["max"]
+
+
+def test_size_figures_of_a_trace_rooted_in_mlflow_count_every_span(traced, fake):
+    """The seed's agent under @mlflow.trace: MLflow writes the AGENT root and its size figures (its own spans
+    only); spanline's three spans join the trace, and the stored figures count all four."""
+    agent = make_agent(fake.async_client(), spanline.trace(span_type="TOOL"), mlflow.trace(span_type="AGENT"))
+    asyncio.run(agent("What's the weather like in Paris today?"))
+    assert spanline.flush(30)
+    mlflow.flush_trace_async_logging()
+    with spanline.start_span("a later trace"):  # the sink looks at joined traces again when it next writes
+        pass
+    assert spanline.flush(30)
+    trace = next(t for t in traces_in(traced) if t.info.tags["mlflow.traceName"] == "run_tool_agent")
+    assert len(trace.data.spans) == 4
+    stats = json.loads(trace.info.trace_metadata["mlflow.trace.sizeStats"])
+    assert stats["num_spans"] == 4
+    assert int(trace.info.trace_metadata["mlflow.trace.sizeBytes"]) == stats["total_size_bytes"]
+
+
+def test_size_figures_of_a_spanline_trace_count_every_span(traced, fake):
+    agent = make_agent(fake.async_client(), spanline.trace(span_type="TOOL"), spanline.trace(span_type="AGENT"))
+    asyncio.run(agent("What's the weather like in Tokyo today?"))
+    assert spanline.flush(30)
+    (trace,) = traces_in(traced)
+    metadata = trace.info.trace_metadata
+    assert json.loads(metadata["mlflow.trace.sizeStats"])["num_spans"] == 4
+    assert json.loads(metadata["mlflow.traceInputs"]) == {"question": "What's the weather like in Tokyo today?"}
+    assert metadata["mlflow.trace_schema.version"] == "3"
+    assert metadata["mlflow.source.type"] == "LOCAL"
