@@ -19,6 +19,8 @@ from typing import Any
 
 import msgspec
 
+from . import attachments
+
 _INFO_SPAN_TYPES = frozenset({"LLM", "CHAT_MODEL", "TOOL", "RETRIEVER", "AGENT", "EMBEDDING"})
 LOG_DEBUG, LOG_INFO, LOG_ERROR = 10, 20, 40
 
@@ -239,6 +241,8 @@ def messages_attributes(
     req = load(request)
     resp = load(response) if not failed else None
     attrs: dict[str, str] = {"mlflow.message.format": '"anthropic"'}
+    if policy.capture_content == "full":
+        req, request = _attachments_out_of(req, request, attrs)
     if isinstance(req, dict):
         inputs = apply_policy(req, policy, REQUEST_METADATA_KEYS)
         if inputs is req and policy.redact is None:
@@ -269,3 +273,16 @@ def messages_attributes(
     if request_id:
         attrs["anthropic.request_id"] = dumps(request_id)
     return attrs
+
+
+def _attachments_out_of(req: Any, request: bytes, attrs: dict[str, Any]) -> tuple[Any, bytes]:
+    """Base64 images and documents of a request, taken out to be stored as MLflow attachments (before any
+    truncation, so a large payload is never stored inline). Returns the request and its JSON text, changed
+    only when something was taken; the payloads wait in ``attrs`` for the sink (``attachments``)."""
+    if not isinstance(req, dict) or not attachments.might_hold_payloads(request):
+        return req, request
+    changed, found = attachments.extract(req)
+    if not found:
+        return req, request
+    attrs[attachments.PENDING_KEY] = found
+    return changed, to_json_bytes(changed)

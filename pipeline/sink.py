@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace import Event as OTelEvent
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, Status, StatusCode
 
-from . import producer, trace_metadata
+from . import attachments, producer, trace_metadata
 from .assembler import SpanRecord, Unit
 
 _EMPTY_RESOURCE = Resource.get_empty()
@@ -38,12 +38,15 @@ def _otel_trace_id(trace_id: str) -> int:
 
 def to_mlflow_span(rec: SpanRecord) -> Span:
     trace_int = _otel_trace_id(rec.trace_id)
+    attributes = rec.attributes
+    if attachments.PENDING_KEY in attributes:  # payloads on their way to the artifact store, not attributes
+        attributes = {k: v for k, v in attributes.items() if k != attachments.PENDING_KEY}
     otel = ReadableSpan(
         name=rec.name,
         context=SpanContext(trace_id=trace_int, span_id=rec.span, is_remote=False),
         parent=SpanContext(trace_id=trace_int, span_id=rec.parent, is_remote=False) if rec.parent else None,
         resource=_EMPTY_RESOURCE,
-        attributes=rec.attributes,
+        attributes=attributes,
         events=[OTelEvent(e["name"], e["attributes"], e["time_ns"]) for e in rec.events],
         status=Status(StatusCode.ERROR, rec.error) if rec.error else _OK,
         start_time=rec.start_ns,
@@ -73,6 +76,9 @@ class MlflowSink:
         fallback = functools.cache(lambda: _get_experiment_id() or "0")
         for unit in units:
             group = groups[(unit.tracking_uri, self.experiment_for(unit, fallback))]
+            for rec in unit.spans:
+                if attachments.PENDING_KEY in rec.attributes:
+                    group.attachments[unit.trace_id].extend(attachments.resolve(rec.attributes, unit.trace_id))
             spans = [to_mlflow_span(rec) for rec in unit.spans]
             group.spans.extend(spans)
             group.by_trace[unit.trace_id].extend(spans)
@@ -88,6 +94,9 @@ class MlflowSink:
                 for trace_id, producer in group.producers.items()
             }
             trace_metadata.write(store, rows)
+            # After log_spans: it created each trace with the artifact location the uploads go to.
+            for trace_id, found in group.attachments.items():
+                attachments.upload(store, tracking_uri or None, trace_id, found)
             # Parts of traces rooted elsewhere (or written before their root): their size figures are
             # recomputed over every stored span once the trace is finalized.
             self._refresher.add(tracking_uri, [t for t in group.by_trace if t not in group.producers])
@@ -101,9 +110,10 @@ class MlflowSink:
 class _Group:
     """What one ``log_spans`` call writes: spans, the same by trace, and the producers of traces rooted here."""
 
-    __slots__ = ("by_trace", "producers", "spans")
+    __slots__ = ("attachments", "by_trace", "producers", "spans")
 
     def __init__(self) -> None:
         self.spans: list[Span] = []
+        self.attachments: dict[str, list[attachments.Attachment]] = defaultdict(list)
         self.by_trace: dict[str, list[Span]] = defaultdict(list)
         self.producers: dict[str, dict[str, str]] = {}
