@@ -158,8 +158,8 @@ def _spans_of(directory: str) -> list:
     units = []
     for name in sorted(os.listdir(directory)):
         if name.endswith(".seg"):
-            header, result = eventlog.scan(os.path.join(directory, name))
-            asm = Assembler(Counters(), ContentPolicy, trace_prefix=header.fields["trace_prefix"])
+            _, result = eventlog.scan(os.path.join(directory, name))
+            asm = Assembler(Counters(), ContentPolicy)
             for _, kind, payload in result.records:
                 if kind == eventlog.EVENT:
                     asm.add(events.decode(payload))

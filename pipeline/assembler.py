@@ -63,11 +63,8 @@ class Assembler:
         counters: Counters,
         policy: Callable[[], convert.ContentPolicy],
         producer: dict[str, str] | None = None,
-        trace_prefix: int | None = None,
     ) -> None:
         self.counters = counters
-        # The producing process's trace-id prefix (a writer assembles other processes' events); None: ours.
-        self.trace_prefix = trace_prefix
         self.policy = policy
         self.producer = producer if producer is not None else {}
         self.open: dict[int, SpanRecord] = {}
@@ -90,7 +87,7 @@ class Assembler:
 
     def _record(self, ev: SpanStart | ApiCall, span_type: str) -> SpanRecord:
         """A span from the fields both kinds of opening event carry; MLflow's first two attributes set."""
-        trace_id = ev.ext_trace or context.mlflow_trace_id(ev.trace, self.trace_prefix)
+        trace_id = ev.ext_trace or context.mlflow_trace_id(ev.trace)
         return SpanRecord(
             trace_id=trace_id,
             span=ev.span,

@@ -3,16 +3,19 @@
 In: the caller's thread, at every span start. Out: a ``Parent`` (or None for a new trace) and fresh ids.
 
 One ContextVar holds the current spanline span, so nesting follows ``await``, tasks (asyncio and trio
-copy the context into each task), and threads given ``contextvars.copy_context()``. Span ids come from a
-per-process counter with a random base drawn at import and again in a forked child, so allocating one is a
-``next()`` and never a syscall. A trace is numbered by its root span's id.
+copy the context into each task), and threads given ``contextvars.copy_context()``. Span ids are random
+64-bit numbers from a per-process generator seeded from the OS at import and again in a forked child, so
+allocating one is a C call and never a syscall. A trace is numbered by its root span's id.
 """
 
 from __future__ import annotations
 
-import itertools
+import collections
+import contextlib
+import functools
 import os
 import random
+import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import NamedTuple
@@ -36,30 +39,44 @@ current: ContextVar[Parent | None] = ContextVar("spanline_current_span", default
 
 
 def _reset_ids() -> None:
-    """Draw this process's id space: at import, and again in a forked child.
+    """Seed this process's id generator from the OS: at import, and again in a forked child.
 
-    Span ids count up from a random 62-bit base, so they are non-zero, fit in 64 bits and do not repeat
-    across processes in practice; the counter is an ``itertools.count``, so taking an id is one C call.
-    A trace's number is its root span's id; a random per-process prefix makes the 128-bit trace ids of
-    different processes distinct. Callers read ``context.new_span_id`` at call time, so the rebinding
-    after a fork reaches them.
+    Span ids are 64 random bits from a private ``random.Random`` (MLflow's isolated id generator does the
+    same), so taking one is a C call and never a syscall, and a ``random.seed()`` in user code cannot make
+    ids repeat. A trace is numbered by its root span's id, so every trace gets fresh random bits too.
+    A child after ``fork`` reseeds, so it never repeats its parent's sequence. Callers read
+    ``context.new_span_id`` at call time, so the rebinding reaches them. (An id of 0, which means "no
+    parent", has odds of 2**-64 per span; not worth a check on the caller's path.)
     """
-    global trace_prefix, new_span_id
-    rng = random.SystemRandom()
-    trace_prefix = rng.getrandbits(64) | 1
-    new_span_id = itertools.count(rng.getrandbits(62) + 1).__next__
+    global new_span_id
+    _rng.seed()  # os.urandom
+    new_span_id = functools.partial(_rng.getrandbits, 64)
 
 
-trace_prefix: int
+_rng = random.Random()
 new_span_id: Callable[[], int]
 _reset_ids()
 os.register_at_fork(after_in_child=_reset_ids)
 
+# Odd, so multiplying by it is a bijection on 64 bits: the low half of a trace id differs whenever the
+# high half does (the golden-ratio constant of splitmix64).
+_SPREAD = 0x9E3779B97F4A7C15
 
-def mlflow_trace_id(trace_number: int, prefix: int | None = None) -> str:
-    """MLflow's trace id for a spanline-owned trace: ``tr-`` and the 128-bit OTel trace id in hex.
-    ``prefix``: another process's ``trace_prefix`` (the writer assembles events of other processes)."""
-    return f"tr-{trace_prefix if prefix is None else prefix:016x}{trace_number & _MASK64:016x}"
+
+def otel_trace_id(trace_number: int) -> int:
+    """The 128-bit OpenTelemetry trace id of a spanline-owned trace, a function of its 64-bit number alone.
+
+    Events carry only the number, so the id must be derivable from an event (the event log is replayed by
+    another process). The low 64 bits are the number itself; the high 64 bits, whose first hex digits
+    MLflow's UI shows, are the number spread by an odd multiplier, so they differ from trace to trace.
+    """
+    trace_number &= _MASK64
+    return (((trace_number * _SPREAD) & _MASK64) << 64) | trace_number
+
+
+def mlflow_trace_id(trace_number: int) -> str:
+    """MLflow's trace id for a spanline-owned trace: ``tr-`` and the 128-bit OTel trace id in hex."""
+    return f"tr-{otel_trace_id(trace_number):032x}"
 
 
 # --- joining MLflow's own spans, and MLflow's destination ----------------------------------------------
@@ -68,6 +85,12 @@ _otel_current_span = None
 _mlflow_traces = None
 _fluent = None  # mlflow.tracking.fluent: its _active_experiment_id is set by mlflow.set_experiment
 _tracking = None  # mlflow.tracking._tracking_service.utils: its _tracking_uri by mlflow.set_tracking_uri
+_otel = None  # OpenTelemetry and MLflow names the hooks need, in a namespace (see ``_install_hooks``)
+# Spanline-owned traces made visible to MLflow's trace manager (OTel trace id -> root span id), and when
+# to forget them: MLflow's batch exporter reads the manager some seconds after a span ends.
+_joined: dict[int, int] = {}
+_forget: collections.deque[tuple[float, int]] = collections.deque()
+_FORGET_AFTER_S = 60.0
 
 
 def destination() -> tuple[str, str]:
@@ -79,26 +102,195 @@ def destination() -> tuple[str, str]:
 
 
 def enable_mlflow_join() -> None:
-    """Resolve MLflow's tracer state once, so the per-call check is two attribute reads."""
+    """Resolve MLflow's tracer state once, so the per-call check is two attribute reads, and hook MLflow's
+    runtime context so that the innermost open span wins, whichever tracer opened it (``_install_hooks``)."""
     global _otel_current_span, _mlflow_traces, _fluent, _tracking
     try:
         import mlflow.tracking._tracking_service.utils as tracking
         import mlflow.tracking.fluent as fluent
+        import opentelemetry.context as otel_context
         from mlflow.environment_variables import MLFLOW_USE_DEFAULT_TRACER_PROVIDER
         from mlflow.tracing.provider import mlflow_runtime_context
         from mlflow.tracing.trace_manager import InMemoryTraceManager
         from opentelemetry.trace import get_current_span
     except ImportError:  # mlflow-tracing absent: spanline still records its own spans
         return
+    # MLflow keeps its spans in a runtime context of its own (mlflow/tracing/provider.py), or, with
+    # MLFLOW_USE_DEFAULT_TRACER_PROVIDER=false, in OpenTelemetry's global one; the mode is an environment
+    # setting, so it is read once here.
     if MLFLOW_USE_DEFAULT_TRACER_PROVIDER.get():
-        # MLflow keeps its spans in a runtime context of its own (mlflow/tracing/provider.py), not in
-        # OpenTelemetry's global one; the mode is an environment setting, so it is read once here.
-        read_context = mlflow_runtime_context.get_current
-        _otel_current_span = lambda: get_current_span(read_context())  # noqa: E731
+        runtime = mlflow_runtime_context
     else:
-        _otel_current_span = get_current_span
+        runtime = otel_context._RUNTIME_CONTEXT
+    original_get_current = _install_hooks(runtime)
+    _otel_current_span = lambda: get_current_span(original_get_current())  # noqa: E731
     _mlflow_traces = InMemoryTraceManager.get_instance()
     _fluent, _tracking = fluent, tracking
+
+
+class _JoinToken:
+    """What the hooked ``attach`` returns when an MLflow span becomes current inside a spanline span:
+    MLflow's own token, and ours to restore spanline's current span when MLflow's is detached."""
+
+    __slots__ = ("inner", "ours")
+
+    def __init__(self, inner: object, ours: object) -> None:
+        self.inner = inner
+        self.ours = ours
+
+
+def _install_hooks(runtime: object) -> Callable[[], object]:
+    """Make spanline's and MLflow's current spans one stack, on MLflow's runtime context; idempotent.
+
+    MLflow picks a new span's parent from the OpenTelemetry context it reads (``get_current``), and
+    spanline's SDK patches from ``current`` first. Three hooks keep the two in step, with nothing added to
+    spanline's own paths:
+
+    - ``attach`` (MLflow makes its span current): if a spanline span is current, ``current`` is set to
+      None until MLflow's span is detached, so spanline's next span or SDK call falls through to
+      ``mlflow_parent()`` and hangs under MLflow's span.
+    - ``detach``: restores spanline's current span.
+    - ``get_current`` (MLflow looks for a parent): if a spanline span is current, it is innermost (any
+      later MLflow span would have cleared ``current``), so MLflow sees it as a non-recording span with
+      spanline's trace and span ids, and MLflow's span joins spanline's trace. A spanline-owned trace is
+      registered in MLflow's trace manager first, as MLflow's own distributed tracing registers a remote
+      trace (``set_tracing_context_from_http_request_headers``), so MLflow's processor accepts the child
+      and its exporter writes it with ``log_spans`` into the trace id spanline writes too.
+
+    Returns the original ``get_current``, for ``mlflow_parent`` to read MLflow's own span.
+    """
+    hooked = getattr(runtime, "_spanline_original_get_current", None)
+    if hooked is not None:
+        return hooked
+    global _otel
+    import types
+
+    from mlflow.entities.trace_info import TraceInfo
+    from mlflow.entities.trace_location import TraceLocation
+    from mlflow.entities.trace_state import TraceState
+    from mlflow.tracing.constant import SpansLocation, TraceTagKey
+    from opentelemetry import trace as otel_trace
+
+    _otel = types.SimpleNamespace(
+        SpanContext=otel_trace.SpanContext,
+        NonRecordingSpan=otel_trace.NonRecordingSpan,
+        sampled=otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED),
+        set_span_in_context=otel_trace.set_span_in_context,
+        get_current_span=otel_trace.get_current_span,
+        TraceInfo=TraceInfo,
+        TraceLocation=TraceLocation,
+        in_progress=TraceState.IN_PROGRESS,
+        spans_location_key=TraceTagKey.SPANS_LOCATION,
+        spans_in_store=SpansLocation.TRACKING_STORE,
+    )
+    original_get_current = runtime.get_current
+    original_attach = runtime.attach
+    original_detach = runtime.detach
+
+    def get_current() -> object:
+        ctx = original_get_current()
+        parent = current.get()
+        if parent is None or not parent.sampled:
+            return ctx  # MLflow's own span is innermost (or spanline records nothing here)
+        try:
+            return _with_spanline_span(ctx, parent)
+        except Exception as exc:  # never break MLflow's tracing: its span just starts its own trace
+            _report("joining MLflow's span", exc)
+            return ctx
+
+    def attach(ctx: object) -> object:
+        token = original_attach(ctx)
+        if current.get() is None:
+            return token
+        span = _otel.get_current_span(ctx)
+        manager = _mlflow_traces
+        if not span.is_recording() or manager is None:
+            return token
+        if span.get_span_context().trace_id not in manager._otel_id_to_mlflow_trace_id:
+            return token  # another instrumentation's span (global mode): not one MLflow stores
+        return _JoinToken(token, current.set(None))
+
+    def detach(token: object) -> None:
+        if type(token) is not _JoinToken:
+            return original_detach(token)
+        try:
+            original_detach(token.inner)
+        finally:
+            with contextlib.suppress(ValueError):  # detached in another context (a generator finished elsewhere)
+                current.reset(token.ours)
+
+    runtime.get_current, runtime.attach, runtime.detach = get_current, attach, detach
+    runtime._spanline_original_get_current = original_get_current
+    return original_get_current
+
+
+def _with_spanline_span(ctx: object, parent: Parent) -> object:
+    """``ctx`` with spanline's current span as the active OpenTelemetry span."""
+    if parent.ext_trace:
+        otel_id = int(parent.ext_trace[3:], 16)  # a trace MLflow already holds (its own, or joined)
+    else:
+        otel_id = otel_trace_id(parent.trace)
+        if otel_id not in _mlflow_traces._otel_id_to_mlflow_trace_id:
+            _register(otel_id, parent)
+    span = _otel.NonRecordingSpan(_otel.SpanContext(otel_id, parent.span, False, _otel.sampled))
+    return _otel.set_span_in_context(span, ctx)
+
+
+def _register(otel_id: int, parent: Parent) -> None:
+    """Tell MLflow's trace manager about a spanline-owned trace, so MLflow's spans can join it."""
+    manager = _mlflow_traces
+    experiment = parent.experiment or _fluent._get_experiment_id() or "0"
+    info = _otel.TraceInfo(
+        trace_id=mlflow_trace_id(parent.trace),
+        trace_location=_otel.TraceLocation.from_experiment_id(experiment),
+        request_time=None,
+        state=_otel.in_progress,
+        # While MLflow holds this stand-in, ``mlflow.get_trace`` reads the trace's info from it: the tag
+        # sends it to the tracking store for the spans, where both tracers write them.
+        tags={_otel.spans_location_key: _otel.spans_in_store},
+    )
+    with manager._lock:
+        if otel_id in manager._otel_id_to_mlflow_trace_id:
+            return
+        manager.register_trace(otel_id, info, is_remote_trace=True)
+        _joined[otel_id] = parent.root
+    _forget_expired()
+
+
+def release(ctx: Parent) -> None:
+    """A spanline span ended: if it roots a trace MLflow's spans joined, forget that trace later.
+
+    Not now: MLflow's batch exporter looks the trace up when it exports the spans, seconds afterwards.
+    """
+    if ctx.ext_trace:
+        return
+    otel_id = otel_trace_id(ctx.trace)
+    if _joined.get(otel_id) == ctx.span:
+        _forget.append((time.monotonic() + _FORGET_AFTER_S, otel_id))
+    _forget_expired()
+
+
+def forget_released() -> None:
+    """Forget now every joined trace whose spanline root has ended. For a flush, once MLflow's own export
+    is flushed (``mlflow.flush_trace_async_logging()``): then nothing of MLflow's still needs them."""
+    _forget_expired(float("inf"))
+
+
+def _forget_expired(now: float | None = None) -> None:
+    if now is None:
+        now = time.monotonic()
+    while _forget and _forget[0][0] <= now:
+        _, otel_id = _forget.popleft()
+        if _joined.pop(otel_id, None) is not None and _mlflow_traces is not None:
+            _mlflow_traces.pop_trace(otel_id)
+
+
+def _report(where: str, exc: Exception) -> None:
+    from spanline import _runtime
+
+    from .stats import report_internal_error
+
+    report_internal_error(_runtime.pipeline.counters, where, exc)
 
 
 def mlflow_parent() -> Parent | None:

@@ -19,6 +19,8 @@ from typing import Any
 
 import msgspec
 
+from . import attachments
+
 _INFO_SPAN_TYPES = frozenset({"LLM", "CHAT_MODEL", "TOOL", "RETRIEVER", "AGENT", "EMBEDDING"})
 LOG_DEBUG, LOG_INFO, LOG_ERROR = 10, 20, 40
 
@@ -75,16 +77,67 @@ _encode_json = msgspec.json.Encoder(enc_hook=_fallback).encode
 
 
 def to_json_bytes(value: Any) -> bytes:
-    """JSON for any value: unserialisable parts get a bounded stand-in; cycles or absurd depth get one
-    stand-in for the whole value. Used on the caller's path for user inputs and outputs, and here."""
+    """JSON for any value; what JSON cannot hold gets a bounded stand-in, value by value.
+
+    Used on the caller's path for user inputs and outputs, and here. The fast path is one msgspec call;
+    only when it fails (a cycle, absurd depth, a key JSON cannot hold) is the value walked in Python, so
+    that one bad argument costs only its own place, never its siblings' (see ``_sanitize``)."""
     try:
         return _encode_json(value)
     except (TypeError, ValueError, RecursionError, OverflowError):
-        # msgspec refuses cycles (recursion) and odd keys; describe the value instead of losing it.
         try:
-            return _encode_json(_fallback(value))
+            return _encode_json(_sanitize(value, set(), 0))
         except Exception:
             return b'{"__repr__": "<unserializable>"}'
+
+
+_MAX_DEPTH = 100  # deeper than any real input; msgspec itself gives up around the interpreter's limit
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _sanitize(value: Any, ancestors: set[int], depth: int) -> Any:
+    """A copy of ``value`` that msgspec can encode: containers walked, each element made safe on its own.
+
+    A container that contains itself becomes ``{"__cycle__": <type>}`` where it recurs (MLflow's encoder
+    raises ``ValueError: Circular reference`` there and stores a ``repr`` of the whole value); a key JSON
+    cannot hold becomes its ``repr``; anything else msgspec cannot encode goes through ``_fallback``.
+    """
+    if isinstance(value, _SCALARS):
+        if type(value) is int and not -(1 << 63) <= value < (1 << 64):
+            return str(value)  # msgspec's JSON integers stop at 64 bits
+        return value
+    if depth >= _MAX_DEPTH:
+        return _fallback(value)
+    marker = id(value)
+    if marker in ancestors:
+        return {"__cycle__": f"{type(value).__module__}.{type(value).__qualname__}"}
+    ancestors.add(marker)
+    try:
+        if isinstance(value, dict):
+            return {
+                (key if isinstance(key, str) else _json_key(key)): _sanitize(item, ancestors, depth + 1)
+                for key, item in list(value.items())
+            }
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return [_sanitize(item, ancestors, depth + 1) for item in list(value)]
+        try:
+            _encode_json(value)  # a leaf msgspec encodes itself (bytes, datetime, a dataclass without cycles)
+            return value
+        except Exception:
+            pass
+        # A dataclass or pydantic model becomes a dict of its fields, which may lead back here: walk it too.
+        return _sanitize(_fallback(value), ancestors, depth + 1)
+    finally:
+        ancestors.discard(marker)
+
+
+def _json_key(key: Any) -> str:
+    if isinstance(key, (int, float)) and not isinstance(key, bool):
+        return str(key)
+    try:
+        return repr(key)
+    except Exception:
+        return f"<{type(key).__name__} key>"
 
 
 def dumps(value: Any) -> str:
@@ -188,6 +241,8 @@ def messages_attributes(
     req = load(request)
     resp = load(response) if not failed else None
     attrs: dict[str, str] = {"mlflow.message.format": '"anthropic"'}
+    if policy.capture_content == "full":
+        req, request = _attachments_out_of(req, request, attrs)
     if isinstance(req, dict):
         inputs = apply_policy(req, policy, REQUEST_METADATA_KEYS)
         if inputs is req and policy.redact is None:
@@ -218,3 +273,16 @@ def messages_attributes(
     if request_id:
         attrs["anthropic.request_id"] = dumps(request_id)
     return attrs
+
+
+def _attachments_out_of(req: Any, request: bytes, attrs: dict[str, Any]) -> tuple[Any, bytes]:
+    """Base64 images and documents of a request, taken out to be stored as MLflow attachments (before any
+    truncation, so a large payload is never stored inline). Returns the request and its JSON text, changed
+    only when something was taken; the payloads wait in ``attrs`` for the sink (``attachments``)."""
+    if not isinstance(req, dict) or not attachments.might_hold_payloads(request):
+        return req, request
+    changed, found = attachments.extract(req)
+    if not found:
+        return req, request
+    attrs[attachments.PENDING_KEY] = found
+    return changed, to_json_bytes(changed)

@@ -6,8 +6,9 @@ In: ``Unit``s from the assembler, on the worker thread. Out: rows in the trackin
 No ``start_trace``: ``log_spans`` alone creates each trace row from its spans (previews from the root's
 inputs and outputs, state, duration, token usage and cost aggregated over the tree, the trace name from
 the root's ``mlflow.traceTag.mlflow.traceName``), and merges spans into a trace that already exists, which
-is how spans under an ``@mlflow.trace`` parent join MLflow's own trace. That is the one module that
-imports mlflow.
+is how spans under an ``@mlflow.trace`` parent join MLflow's own trace. The trace metadata MLflow's own
+tracer writes (which ``log_spans`` does not) follows each write, from ``trace_metadata``. This module and
+the ones it calls are the only ones that import mlflow.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from opentelemetry.sdk.trace import Event as OTelEvent
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, Status, StatusCode
 
+from . import attachments, producer, trace_metadata
 from .assembler import SpanRecord, Unit
 
 _EMPTY_RESOURCE = Resource.get_empty()
@@ -36,12 +38,15 @@ def _otel_trace_id(trace_id: str) -> int:
 
 def to_mlflow_span(rec: SpanRecord) -> Span:
     trace_int = _otel_trace_id(rec.trace_id)
+    attributes = rec.attributes
+    if attachments.PENDING_KEY in attributes:  # payloads on their way to the artifact store, not attributes
+        attributes = {k: v for k, v in attributes.items() if k != attachments.PENDING_KEY}
     otel = ReadableSpan(
         name=rec.name,
         context=SpanContext(trace_id=trace_int, span_id=rec.span, is_remote=False),
         parent=SpanContext(trace_id=trace_int, span_id=rec.parent, is_remote=False) if rec.parent else None,
         resource=_EMPTY_RESOURCE,
-        attributes=rec.attributes,
+        attributes=attributes,
         events=[OTelEvent(e["name"], e["attributes"], e["time_ns"]) for e in rec.events],
         status=Status(StatusCode.ERROR, rec.error) if rec.error else _OK,
         start_time=rec.start_ns,
@@ -51,10 +56,12 @@ def to_mlflow_span(rec: SpanRecord) -> Span:
 
 
 class MlflowSink:
-    """Groups units by store and experiment, and writes each group with one ``log_spans`` call."""
+    """Groups units by store and experiment, and writes each group with one ``log_spans`` call; then the
+    trace metadata MLflow's tracer would have written (``trace_metadata``)."""
 
     def __init__(self, experiment_id: Callable[[], str | None]) -> None:
         self._configured_experiment = experiment_id
+        self._refresher = trace_metadata.Refresher()
 
     def experiment_for(self, unit: Unit, fallback: Callable[[], str]) -> str:
         if unit.experiment and unit.spans[0].in_mlflow_trace:
@@ -62,13 +69,51 @@ class MlflowSink:
         return self._configured_experiment() or unit.experiment or fallback()
 
     def write(self, units: Sequence[Unit]) -> None:
-        """Store ``units``; raises if the store fails (the worker retries and accounts for them)."""
-        groups: dict[tuple[str, str], list[Span]] = defaultdict(list)
+        """Store ``units``; raises if the store fails (the worker retries and accounts for them: every step
+        here can be repeated, ``log_spans`` and the metadata upserts alike)."""
+        groups: dict[tuple[str, str], _Group] = defaultdict(_Group)
         # MLflow's default-experiment lookup costs ~150 µs (it probes for notebook contexts): once per write.
         fallback = functools.cache(lambda: _get_experiment_id() or "0")
         for unit in units:
-            spans = groups[(unit.tracking_uri, self.experiment_for(unit, fallback))]
-            spans.extend(to_mlflow_span(rec) for rec in unit.spans)
-        for (tracking_uri, experiment), spans in groups.items():
-            _get_store(tracking_uri or None).log_spans(experiment, spans)
+            group = groups[(unit.tracking_uri, self.experiment_for(unit, fallback))]
+            for rec in unit.spans:
+                if attachments.PENDING_KEY in rec.attributes:
+                    group.attachments[unit.trace_id].extend(attachments.resolve(rec.attributes, unit.trace_id))
+            spans = [to_mlflow_span(rec) for rec in unit.spans]
+            group.spans.extend(spans)
+            group.by_trace[unit.trace_id].extend(spans)
+            if any(rec.is_trace_root for rec in unit.spans):
+                # The producing process's environment travels with the unit. An empty one means the unit
+                # never left the process that made it (the in-process worker), so resolving it here is right.
+                group.producers[unit.trace_id] = unit.producer or producer.describe()
+        for (tracking_uri, experiment), group in groups.items():
+            store = _get_store(tracking_uri or None)
+            store.log_spans(experiment, group.spans)
+            rows = {
+                trace_id: trace_metadata.for_spanline_root(trace_id, experiment, group.by_trace[trace_id], producer)
+                for trace_id, producer in group.producers.items()
+            }
+            trace_metadata.write(store, rows)
+            # After log_spans: it created each trace with the artifact location the uploads go to.
+            for trace_id, found in group.attachments.items():
+                attachments.upload(store, tracking_uri or None, trace_id, found)
+            # Parts of traces rooted elsewhere (or written before their root): their size figures are
+            # recomputed over every stored span once the trace is finalized.
+            self._refresher.add(tracking_uri, [t for t in group.by_trace if t not in group.producers])
+        self.refresh()
 
+    def refresh(self) -> None:
+        """Recompute the size figures of traces finalized since they were last looked at."""
+        self._refresher.run(_get_store)
+
+
+class _Group:
+    """What one ``log_spans`` call writes: spans, the same by trace, and the producers of traces rooted here."""
+
+    __slots__ = ("attachments", "by_trace", "producers", "spans")
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+        self.attachments: dict[str, list[attachments.Attachment]] = defaultdict(list)
+        self.by_trace: dict[str, list[Span]] = defaultdict(list)
+        self.producers: dict[str, dict[str, str]] = {}

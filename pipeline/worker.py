@@ -332,7 +332,7 @@ class Pipeline:
 
     def _open_log(self) -> bool:
         """Open this process's segment; on failure fall back to storing in-process (counted, logged once)."""
-        from . import context, producer
+        from . import producer
 
         directory = None
         try:
@@ -344,7 +344,6 @@ class Pipeline:
                 "start_ns": time.time_ns(),
                 "host": socket.gethostname(),
                 "producer": producer.describe(),
-                "trace_prefix": context.trace_prefix,
                 "tracking_uri": uri,
                 "cwd": os.getcwd(),
                 "experiment": _default_experiment(),

@@ -285,10 +285,8 @@ class Writer:
         seg.offset = header.size
         producer.header = header.fields
         if producer.assembler is None:
-            prefix = header.fields.get("trace_prefix")
             producer.assembler = Assembler(
-                self.counters, producer.content_policy, producer=header.fields.get("producer") or {},
-                trace_prefix=prefix,
+                self.counters, producer.content_policy, producer=header.fields.get("producer") or {}
             )
         return True
 

@@ -45,7 +45,10 @@ def failure(exc: BaseException) -> Failure:
 
 
 def resolve_parent() -> Parent | None:
-    """The span a new span nests under: spanline's current span, else MLflow's active span, else None."""
+    """The span a new span nests under: the innermost open span, whichever tracer opened it.
+
+    ``current`` is spanline's span unless an MLflow span was made current inside it, which clears
+    ``current`` until it ends (``context._install_hooks``); then MLflow's active span is the parent."""
     parent = current.get()
     if parent is None:
         parent = context.mlflow_parent()
@@ -174,6 +177,8 @@ class Span:
             return
         self._ended = True
         ctx = self._ctx
+        if context._joined and ctx.span == ctx.root:
+            context.release(ctx)  # MLflow's spans joined this trace: let MLflow forget it in time
         if not ctx.sampled:
             return
         try:

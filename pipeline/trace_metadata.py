@@ -1,0 +1,197 @@
+"""The trace metadata MLflow's own tracer writes, for traces spanline writes with ``log_spans`` alone.
+
+In: on the thread that runs the sink (the worker, or the writer process), the MLflow spans of units the sink
+has just stored, and the producer's environment (``Unit.producer``). Out: rows in the store's trace metadata.
+
+``log_spans`` writes no trace metadata (DESIGN §7) and ``start_trace`` is the costliest store call, so:
+
+- A trace spanline roots gets, once its root is stored, what MLflow's processor and exporter write for the
+  same trace (``BaseMlflowSpanProcessor._get_basic_trace_metadata`` / ``_update_trace_info`` and
+  ``add_size_stats_to_trace_metadata``): the producer's ``mlflow.source.*`` / ``mlflow.user`` /
+  ``mlflow.source.git.*``, ``mlflow.trace_schema.version``, ``mlflow.traceInputs`` / ``traceOutputs``,
+  ``mlflow.trace.sizeBytes`` / ``sizeStats`` and ``mlflow.trace.infoFinalized``.
+- A trace someone else roots (``@mlflow.trace``) and spanline adds spans to: once MLflow has finalized it
+  (its ``start_trace`` wrote ``infoFinalized`` and size figures that count MLflow's spans only), its size
+  figures are recomputed over every stored span. Until then the trace waits in ``Refresher.pending``.
+
+On a SQL store the rows go straight into MLflow's ``trace_request_metadata`` table, one delete and one
+insert per batch; through a server, whose REST API has no call for trace metadata alone and no batch call,
+one EndTrace request per trace (see ``_write_one_rest``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+
+from mlflow.entities import Span, Trace, TraceData, TraceInfo, TraceLocation, TraceState
+from mlflow.tracing.constant import (
+    MAX_CHARS_IN_TRACE_INFO_METADATA,
+    TRACE_SCHEMA_VERSION,
+    TRACE_SCHEMA_VERSION_KEY,
+    TRUNCATION_SUFFIX,
+    SpanAttributeKey,
+    TraceMetadataKey,
+)
+from mlflow.tracing.utils import add_size_stats_to_trace_metadata
+
+logger = logging.getLogger("spanline")
+
+SIZE_KEYS = (TraceMetadataKey.SIZE_STATS, TraceMetadataKey.SIZE_BYTES)
+_PENDING_FOR_S = 600.0  # how long a trace MLflow has not finalized yet is looked at again
+
+
+def _truncated(value: str | None) -> str:
+    # BaseMlflowSpanProcessor._truncate_metadata
+    if not value:
+        return ""
+    if len(value) > MAX_CHARS_IN_TRACE_INFO_METADATA:
+        return value[: MAX_CHARS_IN_TRACE_INFO_METADATA - len(TRUNCATION_SUFFIX)] + TRUNCATION_SUFFIX
+    return value
+
+
+def _root(spans: Sequence[Span]) -> Span | None:
+    return next((s for s in spans if s.parent_id is None), None)
+
+
+def trace_info_for(trace_id: str, experiment_id: str, spans: Sequence[Span], metadata: dict[str, str]) -> TraceInfo:
+    """The trace info MLflow's tracer would hold for these spans when it exports the trace."""
+    root = _root(spans)
+    start = min(s.start_time_ns for s in spans)
+    end = max(s.end_time_ns or start for s in spans)
+    if root is not None:
+        start, end = root.start_time_ns, root.end_time_ns or end
+    state = TraceState.ERROR if root is not None and root.status.status_code == "ERROR" else TraceState.OK
+    return TraceInfo(
+        trace_id=trace_id,
+        trace_location=TraceLocation.from_experiment_id(experiment_id),
+        request_time=start // 1_000_000,
+        execution_duration=(end - start) // 1_000_000,
+        state=state,
+        trace_metadata=metadata,
+        tags={},
+    )
+
+
+def for_spanline_root(
+    trace_id: str, experiment_id: str, spans: Sequence[Span], producer: dict[str, str]
+) -> tuple[TraceInfo, dict[str, str]]:
+    """Metadata of a trace spanline roots, and its trace info: ``spans`` are its stored spans, root included."""
+    root = _root(spans)
+    attributes = root._span.attributes if root is not None else {}
+    metadata = dict(producer)
+    metadata[TRACE_SCHEMA_VERSION_KEY] = str(TRACE_SCHEMA_VERSION)
+    metadata[TraceMetadataKey.INPUTS] = _truncated(attributes.get(SpanAttributeKey.INPUTS))
+    metadata[TraceMetadataKey.OUTPUTS] = _truncated(attributes.get(SpanAttributeKey.OUTPUTS))
+    info = trace_info_for(trace_id, experiment_id, spans, metadata)
+    add_size_stats_to_trace_metadata(Trace(info, TraceData(spans=list(spans))))
+    metadata.update({k: info.trace_metadata[k] for k in SIZE_KEYS if k in info.trace_metadata})
+    metadata[TraceMetadataKey.TRACE_INFO_FINALIZED] = "true"
+    return info, metadata
+
+
+def size_figures(trace: Trace) -> dict[str, str]:
+    """``sizeStats`` and ``sizeBytes`` of a stored trace, over all its spans, as MLflow's exporter computes them."""
+    info = TraceInfo.from_dict(trace.info.to_dict())
+    info.trace_metadata = {k: v for k, v in info.trace_metadata.items() if k not in SIZE_KEYS}
+    add_size_stats_to_trace_metadata(Trace(info, trace.data))
+    return {k: info.trace_metadata[k] for k in SIZE_KEYS if k in info.trace_metadata}
+
+
+# --- writing ------------------------------------------------------------------------------------------
+
+
+def write(store: object, rows: dict[str, tuple[TraceInfo, dict[str, str]]]) -> None:
+    """Store ``metadata`` for each trace id (upserted key by key); ``TraceInfo`` is for stores that need it."""
+    if not rows:
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    if isinstance(store, SqlAlchemyStore):
+        _write_sql(store, {trace_id: metadata for trace_id, (_, metadata) in rows.items()})
+        return
+    for info, metadata in rows.values():
+        _write_one_rest(store, info, metadata)
+
+
+def _write_one_rest(store: object, info: TraceInfo, metadata: dict[str, str]) -> None:
+    """Through a server: its EndTrace call (v2, kept by MLflow 3 for older clients) merges metadata into an
+    existing trace and costs a fraction of StartTrace on one that exists (which fails its insert, rolls back,
+    locks and merges the whole trace info). Where EndTrace is gone, StartTrace."""
+    end_trace = getattr(store, "deprecated_end_trace_v2", None)
+    if end_trace is not None:
+        from mlflow.entities.trace_status import TraceStatus
+
+        try:
+            end_trace(
+                info.trace_id,
+                info.request_time + (info.execution_duration or 0),
+                TraceStatus.ERROR if info.state == TraceState.ERROR else TraceStatus.OK,
+                metadata,
+                {},
+            )
+            return
+        except Exception as exc:  # an endpoint this server no longer has: use the one it must have
+            if "ENDPOINT_NOT_FOUND" not in str(exc) and "404" not in str(exc):
+                raise
+    info.trace_metadata = {**info.trace_metadata, **metadata}
+    store.start_trace(info)  # a server merges it into the trace log_spans created
+
+
+def _write_sql(store: object, rows: dict[str, dict[str, str]]) -> None:
+    from mlflow.store.tracking.dbmodels.models import SqlTraceMetadata
+    from sqlalchemy import insert
+
+    keys = sorted({key for metadata in rows.values() for key in metadata})
+    values = [
+        {"request_id": trace_id, "key": key, "value": value}
+        for trace_id, metadata in sorted(rows.items())
+        for key, value in sorted(metadata.items())
+    ]
+    with store.ManagedSessionMaker() as session:
+        session.query(SqlTraceMetadata).filter(
+            SqlTraceMetadata.request_id.in_(list(rows)), SqlTraceMetadata.key.in_(keys)
+        ).delete(synchronize_session=False)
+        session.execute(insert(SqlTraceMetadata), values)
+
+
+class Refresher:
+    """Size figures of traces other tracers finalize, recomputed once they have (see the module doc)."""
+
+    def __init__(self) -> None:
+        # (tracking uri, trace id) -> when to stop looking
+        self.pending: dict[tuple[str, str], float] = {}
+
+    def add(self, tracking_uri: str, trace_ids: Iterable[str]) -> None:
+        deadline = time.monotonic() + _PENDING_FOR_S
+        for trace_id in trace_ids:
+            self.pending[(tracking_uri, trace_id)] = deadline
+
+    def run(self, get_store) -> None:
+        """Look at every pending trace once: recompute those MLflow has finalized, forget expired ones."""
+        if not self.pending:
+            return
+        now = time.monotonic()
+        by_store: dict[str, list[str]] = {}
+        for (tracking_uri, trace_id), deadline in list(self.pending.items()):
+            if deadline < now:
+                del self.pending[(tracking_uri, trace_id)]
+                logger.debug("spanline: trace %s was never finalized; its size figures stay MLflow's", trace_id)
+                continue
+            by_store.setdefault(tracking_uri, []).append(trace_id)
+        for tracking_uri, trace_ids in by_store.items():
+            store = get_store(tracking_uri or None)
+            rows: dict[str, tuple[TraceInfo, dict[str, str]]] = {}
+            for trace in store.batch_get_traces(trace_ids):
+                metadata = trace.info.trace_metadata
+                if metadata.get(TraceMetadataKey.TRACE_INFO_FINALIZED) != "true":
+                    continue  # MLflow has not written its trace info yet: its start_trace would overwrite ours
+                figures = size_figures(trace)
+                if all(metadata.get(k) == v for k, v in figures.items()):
+                    self.pending.pop((tracking_uri, trace.info.trace_id), None)
+                    continue
+                rows[trace.info.trace_id] = (trace.info, figures)
+            write(store, rows)
+            for trace_id in rows:
+                self.pending.pop((tracking_uri, trace_id), None)

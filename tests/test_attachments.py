@@ -1,0 +1,153 @@
+"""Base64 images and documents in requests, stored as MLflow trace attachments (issue #10, section 3).
+
+A real sqlite store (artifacts in a tmp dir) and a real ``mlflow server`` (artifacts through its proxy); the
+bytes are fetched back as MLflow's UI fetches them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import urllib.parse
+import urllib.request
+import uuid
+import zlib
+
+import mlflow
+import pytest
+from helpers import traces_in
+
+import spanline
+from spanline.fake_anthropic import FakeAnthropicAPI
+
+MODEL = "claude-sonnet-4-5"
+
+
+def png(width: int = 48, height: int = 32, rgb: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    """A real PNG (one colour), so a browser can draw it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+PDF = (
+    b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj 2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj "
+    b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
+)
+
+
+def image_block(data: bytes, media_type: str = "image/png") -> dict:
+    return {"type": "image", "source": {"type": "base64", "media_type": media_type,
+                                       "data": base64.b64encode(data).decode()}}
+
+
+def document_block(data: bytes) -> dict:
+    return {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+                                          "data": base64.b64encode(data).decode()}}
+
+
+def _ask_with(client, block: dict):
+    return client.messages.create(
+        model=MODEL, max_tokens=64,
+        messages=[{"role": "user", "content": [block, {"type": "text", "text": "What is in this?"}]}],
+    )
+
+
+def parse_reference(ref: str) -> dict:
+    parsed = urllib.parse.urlparse(ref)
+    assert parsed.scheme == "mlflow-attachment", ref
+    query = {k: v[0] for k, v in urllib.parse.parse_qs(parsed.query).items()}
+    assert set(query) == {"content_type", "trace_id", "size"}, ref
+    return {"id": parsed.hostname, **query}
+
+
+def fetch_attachment(trace, attachment_id: str, server_url: str | None) -> bytes:
+    """The attachment's bytes, as MLflow's UI (server) or its artifact repository (sqlite) reads them."""
+    if server_url:
+        query = urllib.parse.urlencode({"request_id": trace.info.trace_id, "path": attachment_id})
+        with urllib.request.urlopen(f"{server_url}/ajax-api/2.0/mlflow/get-trace-artifact?{query}", timeout=30) as r:
+            return r.read()
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    repository = get_artifact_repository(trace.info.tags["mlflow.artifactLocation"])
+    return repository.download_trace_attachment(attachment_id)
+
+
+@pytest.fixture(params=["sqlite", "server"])
+def store(request, tracking_uri, tmp_path):
+    """Spanline on, recording into a fresh experiment on sqlite (artifacts in tmp) or on a real server.
+    Yields (experiment id, server url or None)."""
+    if request.param == "sqlite":
+        mlflow.set_tracking_uri(tracking_uri)
+        experiment = mlflow.create_experiment(f"att-{uuid.uuid4().hex[:10]}", artifact_location=str(tmp_path))
+        mlflow.set_experiment(experiment_id=experiment)
+        server_url = None
+    else:
+        server_url, experiment = request.getfixturevalue("mlflow_server_uri")
+    mlflow.anthropic.autolog(disable=True)
+    spanline.autolog()
+    try:
+        yield experiment, server_url
+        assert spanline.flush(60)
+    finally:
+        spanline.autolog(disable=True)
+
+
+@pytest.mark.parametrize(
+    ("block", "payload", "content_type"),
+    [(image_block(png()), png(), "image/png"), (document_block(PDF), PDF, "application/pdf")],
+    ids=["png", "pdf"],
+)
+def test_payload_is_stored_as_an_attachment(store, block, payload, content_type):
+    experiment, server_url = store
+    _ask_with(FakeAnthropicAPI().client(), block)
+    assert spanline.flush(60)
+    (trace,) = traces_in(experiment)
+    stored_block = trace.data.spans[0].inputs["messages"][0]["content"][0]
+    assert stored_block["type"] == block["type"]
+    source = stored_block["source"]
+    assert source["type"] == "base64" and source["media_type"] == content_type
+    ref = parse_reference(source["data"])
+    assert str(uuid.UUID(ref["id"])) == ref["id"]
+    assert ref["trace_id"] == trace.info.trace_id
+    assert ref["content_type"] == content_type
+    assert int(ref["size"]) == len(payload)
+    assert fetch_attachment(trace, ref["id"], server_url) == payload
+    # The text around it is untouched.
+    assert trace.data.spans[0].inputs["messages"][0]["content"][1] == {"type": "text", "text": "What is in this?"}
+
+
+def test_url_sources_stay_as_they_are(traced, fake):
+    block = {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}}
+    _ask_with(fake.client(), block)
+    assert spanline.flush(30)
+    (trace,) = traces_in(traced)
+    assert trace.data.spans[0].inputs["messages"][0]["content"][0] == block
+
+
+def test_a_huge_image_is_never_stored_inline(traced, fake, tmp_path):
+    experiment = mlflow.create_experiment(f"huge-{uuid.uuid4().hex[:10]}", artifact_location=str(tmp_path))
+    mlflow.set_experiment(experiment_id=experiment)
+    payload = png(1200, 1200) + bytes(range(256)) * 20_000  # ~5 MB, over the 4 MB field bound
+    _ask_with(fake.client(), image_block(payload))
+    assert spanline.flush(60)
+    (trace,) = traces_in(experiment)
+    span = trace.data.spans[0]
+    stored = span.to_dict()["attributes"]["mlflow.spanInputs"]
+    assert len(stored) < 2_000, "the request is stored without its payload"
+    assert "__spanline_truncated__" not in stored
+    ref = parse_reference(json.loads(stored)["messages"][0]["content"][0]["source"]["data"])
+    assert fetch_attachment(trace, ref["id"], None) == payload
+
+
+def test_invalid_base64_is_left_inline(traced, fake):
+    block = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "not base64!"}}
+    _ask_with(fake.client(), block)
+    assert spanline.flush(30)
+    (trace,) = traces_in(traced)
+    assert trace.data.spans[0].inputs["messages"][0]["content"][0] == block
