@@ -5,6 +5,7 @@ the SDK sent it), then one ``StreamStart`` event, and the response's body stream
 the HTTP client reads the bytes from) is swapped for a recorder. The recorder appends each chunk of bytes
 and its arrival time to two lists and hands them over every ``BATCH`` chunks as one ``StreamChunk``; the
 first of "read to the end", "closed", "failed" and "garbage collected" emits ``StreamEnd`` with the rest.
+The arrival time is read for a stream's first ``STAMPED`` chunks only, to time the first content delta.
 Nothing is parsed here: the worker splits the SSE bytes into events and assembles the message
 (``pipeline/streams.py``).
 
@@ -31,7 +32,7 @@ from spanline import _runtime
 from spanline.tracing import failure, placement
 
 from . import patch
-from .http_capture import bodies, inflight
+from .http_capture import inflight
 
 try:
     import httpx2 as _httpx
@@ -39,6 +40,9 @@ except ImportError:  # anthropic 1.x
     import httpx as _httpx  # type: ignore[no-redef]
 
 BATCH = 64  # chunks per StreamChunk event: one encode per 64 chunks, and a bound on what the caller holds
+# Chunks whose arrival time is read: enough to time the first content delta, which follows message_start
+# and a ping or two; a clock read on every chunk would be a fifth of the per-chunk budget.
+STAMPED = 32
 
 
 def install() -> None:
@@ -108,6 +112,12 @@ class _Recorder:
         else:
             self._end("abandoned" if isinstance(exc, GeneratorExit) else "closed")
 
+    @property
+    def stream_observer(self) -> Any:
+        # The SDK's Stream looks for its own observer here on every event: answer without the exception a
+        # miss in ``__getattr__`` would raise.
+        return getattr(self._body, "stream_observer", None)
+
     def __getattr__(self, name: str) -> Any:
         # Whatever else the HTTP client reads from its body stream (``elapsed``) is the wrapped one's.
         if name in _Recorder.__slots__:
@@ -124,13 +134,18 @@ class SyncRecorder(_Recorder, _httpx.SyncByteStream):
     __slots__ = ()
 
     def __iter__(self) -> Any:
-        chunks, times = self.chunks, self.times
+        keep, stamp = self.chunks.append, self.times.append
+        stamps, left = STAMPED, BATCH
         try:
             for chunk in self._body:
-                chunks.append(chunk)
-                times.append(time_ns())
-                if len(chunks) == BATCH:
+                keep(chunk)
+                if stamps:
+                    stamp(time_ns())
+                    stamps -= 1
+                left -= 1
+                if not left:
                     self._batch()
+                    left = BATCH
                 yield chunk
         except GeneratorExit:
             raise  # the reader stopped: ``close`` or ``__del__`` says how the stream ended
@@ -148,14 +163,19 @@ class AsyncRecorder(_Recorder, _httpx.AsyncByteStream):
     __slots__ = ()
 
     async def __aiter__(self) -> Any:
-        chunks, times = self.chunks, self.times
+        keep, stamp = self.chunks.append, self.times.append
+        stamps, left = STAMPED, BATCH
         body = self._body.__aiter__()
         try:
             async for chunk in body:
-                chunks.append(chunk)
-                times.append(time_ns())
-                if len(chunks) == BATCH:
+                keep(chunk)
+                if stamps:
+                    stamp(time_ns())
+                    stamps -= 1
+                left -= 1
+                if not left:
                     self._batch()
+                    left = BATCH
                 yield chunk
         except GeneratorExit:
             raise
@@ -200,8 +220,11 @@ def _opened(result: Any, kwargs: dict, parent: Parent | None, start: int, slot: 
         trace, span, parent_span, root, sampled, ext_trace, experiment, tracking_uri = placement(parent)
         if not sampled:
             return
-        response = slot[-1] if slot else getattr(result, "response", None)
-        request_body, _ = bodies(response) if response is not None else (b"", b"")
+        response = slot[-1] if slot else result.response
+        try:
+            request_body = response.request.content
+        except Exception:  # a streamed request body
+            request_body = b""
         if not request_body:
             from .messages import _fallback_request
 

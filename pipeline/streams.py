@@ -47,8 +47,8 @@ def _joined(out: Any) -> bytes:
 class StreamState:
     """One open stream: the SSE parser's state, the message assembled so far, the stream's counts."""
 
-    __slots__ = ("_cr", "_decoder", "_json_bufs", "_pending", "_sse", "_tail", "assembly_error", "error_body", "events",
-                 "first_delta_ns", "request", "request_id", "snapshot", "start_ns")
+    __slots__ = ("_cr", "_decoder", "_delta_seen", "_json_bufs", "_pending", "_sse", "_tail", "assembly_error",
+                 "error_body", "events", "first_delta_ns", "request", "request_id", "snapshot", "start_ns")
 
     def __init__(self, request: bytes, request_id: str, encoding: str, start_ns: int) -> None:
         from anthropic._streaming import SSEDecoder
@@ -67,11 +67,14 @@ class StreamState:
         self._cr = False  # the last chunk ended in "\r": a "\n" opening the next one ends no line
         self._json_bufs: dict[int, bytes] = {}
         self._pending: dict[str, Any] | None = None  # a merged delta not yet accumulated
+        self._delta_seen = False
 
     def feed(self, chunks: list[bytes], times_ns: list[int]) -> None:
-        """Take body bytes as they came off the wire, with each chunk's arrival time."""
+        """Take body bytes as they came off the wire, with the arrival times of the first of them (the
+        caller reads the clock for a stream's first chunks only; later ones count as time 0, unknown)."""
         decoder = self._decoder
-        for chunk, at in zip(chunks, times_ns, strict=False):
+        for i, chunk in enumerate(chunks):
+            at = times_ns[i] if i < len(times_ns) else 0
             self._lines(_joined(decoder.decode(chunk)) if decoder is not None else chunk, at)
 
     def _lines(self, data: bytes, at: int) -> None:
@@ -100,8 +103,9 @@ class StreamState:
         if not isinstance(event, dict):
             return
         if event.get("type") == "content_block_delta":
-            if not self.first_delta_ns:
-                self.first_delta_ns = at
+            if not self._delta_seen:
+                self._delta_seen = True
+                self.first_delta_ns = at  # 0 when it came after the chunks the caller timed
             delta = event.get("delta")
             field = _MERGEABLE.get(delta.get("type")) if isinstance(delta, dict) else None
             pending = self._pending

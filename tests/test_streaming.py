@@ -450,3 +450,14 @@ def test_a_stream_whose_end_never_comes_is_stored_unfinished():
     assert stored["content"][0]["text"] == message["content"][0]["text"]
     assert stored["stop_reason"] is None
     assert json.loads(span.attributes["gen_ai.response.time_to_first_chunk"]) == pytest.approx(100 / 1e9)
+
+
+def test_time_to_first_chunk_only_when_its_chunk_was_timed():
+    """The caller reads the clock for a stream's first chunks only: a first delta after them has no TTFC."""
+    body, _ = _sse_body("one two three")
+    cut = body.index(b"event: content_block_delta")
+    for times, expected in (([5, 9], 9 / 1e9), ([5], None)):
+        state = StreamState(b"{}", "req", "", 0)
+        state.feed([body[:cut], body[cut:]], times)
+        attrs = state.attributes("completed", False, ContentPolicy())
+        assert json.loads(attrs.get("gen_ai.response.time_to_first_chunk", "null")) == expected
