@@ -1,9 +1,10 @@
-"""``Messages.create`` and ``AsyncMessages.create`` (non-streaming) as one ``ApiCall`` event each.
+"""``Messages.create`` and ``AsyncMessages.create`` as one ``ApiCall`` event each (streamed ones: ``streaming``).
 
 The caller's path, top to bottom: read the parent span, make a span id, read the clock, open a slot for
 the SDK's HTTP exchange, call the SDK, read the clock, encode one event holding the request and response
 bodies as the SDK sent and received them (references, then one memcpy), append it. No lock, no I/O, no
-JSON. Streaming calls (``stream=True``) pass through untouched until the streaming surface traces them.
+JSON. Streaming calls (``stream=True``) take their own branch, in ``streaming``: the span stays open until
+the stream ends.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from spanline.pipeline.stats import report_internal_error
 from spanline import _runtime
 from spanline.tracing import emit, failure, placement
 
-from . import patch
+from . import patch, streaming
 from .http_capture import bodies, inflight
 
 # MLflow's own anthropic autolog, when enabled, records these calls itself; spanline then steps aside
@@ -44,6 +45,7 @@ def install() -> None:
         _mlflow_integrations = AUTOLOGGING_INTEGRATIONS
     patch(Messages, "create", _wrap_sync)
     patch(AsyncMessages, "create", _wrap_async)
+    streaming.install()
 
 
 def _mlflow_records_it() -> bool:
@@ -123,7 +125,7 @@ def _record(self: Any, kwargs: dict, parent: Parent | None, start: int, slot: li
 
 
 def _record_failure(self: Any, kwargs: dict, parent: Parent | None, start: int, slot: list,
-                    exc: BaseException) -> None:
+                    exc: BaseException, name: str | None = None) -> None:
     """Append the event of a call that raised: the error as MLflow records it, and whatever of the HTTP
     exchange the exception holds. Never raises."""
     try:
@@ -138,7 +140,7 @@ def _record_failure(self: Any, kwargs: dict, parent: Parent | None, start: int, 
         request_id = getattr(exc, "request_id", None)
         emit(
             ApiCall(
-                trace, span, parent_span, root, _span_name(type(self)), "messages", start, end,
+                trace, span, parent_span, root, name or _span_name(type(self)), "messages", start, end,
                 request_body or _fallback_request(kwargs), response_body,
                 request_id if type(request_id) is str else "", failure(exc), ext_trace, experiment,
                 tracking_uri,
@@ -151,9 +153,13 @@ def _record_failure(self: Any, kwargs: dict, parent: Parent | None, start: int, 
 def _wrap_sync(original: Any) -> Any:
     @functools.wraps(original)
     def create(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if (not _runtime.recording or kwargs.get("stream") is True or inflight.get() is not None
+        if (not _runtime.recording or inflight.get() is not None
                 or ("anthropic" in _mlflow_integrations and _mlflow_records_it())):
             return original(self, *args, **kwargs)
+        if kwargs.get("stream") is True:
+            return streaming.call_sync(
+                functools.partial(original, self, *args, **kwargs), self, kwargs, _span_name(type(self))
+            )
         parent = current.get() or mlflow_parent()
         slot: list[Any] = []
         token = inflight.set(slot)
@@ -174,9 +180,13 @@ def _wrap_sync(original: Any) -> Any:
 def _wrap_async(original: Any) -> Any:
     @functools.wraps(original)
     async def create(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if (not _runtime.recording or kwargs.get("stream") is True or inflight.get() is not None
+        if (not _runtime.recording or inflight.get() is not None
                 or ("anthropic" in _mlflow_integrations and _mlflow_records_it())):
             return await original(self, *args, **kwargs)
+        if kwargs.get("stream") is True:
+            return await streaming.call_async(
+                functools.partial(original, self, *args, **kwargs), self, kwargs, _span_name(type(self))
+            )
         parent = current.get() or mlflow_parent()
         slot: list[Any] = []
         token = inflight.set(slot)

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import context, convert
-from .events import ApiCall, Event, Failure, SpanEnd, SpanStart
+from . import context, convert, streams
+from .events import ApiCall, Event, Failure, SpanEnd, SpanStart, StreamChunk, StreamEnd, StreamStart
 from .stats import Counters, DropReason
 
 MAX_OPEN_SPANS = 100_000
@@ -69,6 +69,7 @@ class Assembler:
         self.producer = producer if producer is not None else {}
         self.open: dict[int, SpanRecord] = {}
         self.waiting: dict[int, list[SpanRecord]] = {}  # root span -> its ended descendants
+        self.streams: dict[int, streams.StreamState] = {}  # span -> the open stream's body so far
         self.ready: list[Unit] = []
 
     def add(self, event: Event) -> None:
@@ -76,8 +77,10 @@ class Assembler:
             self._finish(self._api_call(event), event.root)
         elif type(event) is SpanStart:
             self._start(event)
-        else:
+        elif type(event) is SpanEnd:
             self._end(event)
+        else:
+            self._stream_event(event)
 
     def take(self) -> list[Unit]:
         ready, self.ready = self.ready, []
@@ -85,7 +88,8 @@ class Assembler:
 
     # --- folding ------------------------------------------------------------------------------------
 
-    def _record(self, ev: SpanStart | ApiCall, span_type: str) -> SpanRecord:
+    @staticmethod
+    def _record(ev: SpanStart | ApiCall | StreamStart, span_type: str) -> SpanRecord:
         """A span from the fields both kinds of opening event carry; MLflow's first two attributes set."""
         trace_id = ev.ext_trace or context.mlflow_trace_id(ev.trace)
         return SpanRecord(
@@ -115,14 +119,18 @@ class Assembler:
             self._merge_attributes(rec, ev.attributes)
         if ev.inputs:
             self._set_payload(rec, "mlflow.spanInputs", ev.inputs)
+        self._open(rec)
+        if ev.root == ev.span:
+            self.waiting[ev.span] = []
+
+    def _open(self, rec: SpanRecord) -> None:
         if len(self.open) >= MAX_OPEN_SPANS:
             # A span that never ends (an abandoned generator, a leaked context) must not hold memory
             # forever: the oldest open span goes, counted.
-            self.open.pop(next(iter(self.open)))
+            evicted = self.open.pop(next(iter(self.open)))
+            self.streams.pop(evicted.span, None)
             self.counters.drop(DropReason.ORPHANED)
-        self.open[ev.span] = rec
-        if ev.root == ev.span:
-            self.waiting[ev.span] = []
+        self.open[rec.span] = rec
 
     def _end(self, ev: SpanEnd) -> None:
         rec = self.open.pop(ev.span, None)
@@ -160,6 +168,34 @@ class Assembler:
         )
         self._set_outcome(rec, ev.error)
         return rec
+
+    def _stream_event(self, ev: StreamStart | StreamChunk | StreamEnd) -> None:
+        """A streamed call: its span opens at ``StreamStart``, its body's bytes are folded into the message
+        as they come (``streams.StreamState``), and it ends at ``StreamEnd``."""
+        if type(ev) is StreamStart:
+            rec = self._record(ev, "CHAT_MODEL")
+            self._open(rec)
+            self.streams[ev.span] = streams.StreamState(ev.request, ev.request_id, ev.encoding, ev.start_ns)
+            return
+        rec, state = self.open.get(ev.span), self.streams.get(ev.span)
+        if rec is None or state is None:
+            self.counters.drop(DropReason.ORPHANED)  # its start was dropped or evicted
+            return
+        rec.event_count += 1
+        state.feed(ev.chunks, ev.times_ns)
+        if type(ev) is StreamChunk:
+            return
+        del self.open[ev.span], self.streams[ev.span]
+        rec.end_ns = ev.end_ns
+        state.finish()
+        error = ev.error
+        if error is None and state.error_body is not None:
+            # An SSE error event the caller's side did not see raised (the SDK raises APIStatusError with
+            # the event's parsed body as its message).
+            error = Failure("APIStatusError", str(convert.load(state.error_body.encode())), "", ev.end_ns)
+        rec.attributes.update(state.attributes(ev.how, error is not None, self.policy()))
+        self._set_outcome(rec, error)
+        self._finish(rec, ev.root)
 
     def _set_outcome(self, rec: SpanRecord, error: Failure | None) -> None:
         if error is not None:
@@ -202,6 +238,10 @@ class Assembler:
             rec.end_ns = now
             rec.event_count = 1
             rec.attributes["spanline.unfinished"] = "true"
+            state = self.streams.pop(rec.span, None)
+            if state is not None:  # a stream whose end never came: store the message as far as it arrived
+                state.finish()
+                rec.attributes.update(state.attributes("unfinished", False, self.policy()))
             self._set_outcome(rec, None)
             self._finish(rec, rec.root)
 

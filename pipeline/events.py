@@ -85,7 +85,54 @@ class ApiCall(msgspec.Struct, tag="c", **_STRUCT):
     tracking_uri: str = ""
 
 
-Event = SpanStart | SpanEnd | ApiCall
+class StreamStart(msgspec.Struct, tag="o", **_STRUCT):
+    """A streamed SDK call whose response headers arrived: the span opens, its body is yet to come.
+
+    Fields as ``ApiCall``'s, without the end and the response body, which follow as ``StreamChunk``s and a
+    ``StreamEnd``. ``encoding`` is the response's ``content-encoding``: the chunks are the body's bytes as
+    they came off the wire, so the worker decodes them (``""`` or ``identity`` for none).
+    """
+
+    trace: int
+    span: int
+    parent: int
+    root: int
+    name: str  # e.g. "Messages.create", "AsyncMessages.stream"
+    surface: str  # which converter the worker applies, e.g. "messages"
+    start_ns: int
+    request: bytes = b""  # request body JSON as sent
+    request_id: str = ""
+    encoding: str = ""
+    ext_trace: str = ""
+    experiment: str = ""
+    tracking_uri: str = ""
+
+
+class StreamChunk(msgspec.Struct, tag="b", **_STRUCT):
+    """Body bytes of an open stream, in arrival order, with each chunk's arrival time (a batch of many
+    network chunks, so the caller appends to a list per chunk and encodes once per batch)."""
+
+    span: int
+    root: int
+    chunks: list[bytes]
+    times_ns: list[int]
+
+
+class StreamEnd(msgspec.Struct, tag="z", **_STRUCT):
+    """The stream was read to its end (``completed``), closed by the application or the SDK (``closed``),
+    dropped unread or half read (``abandoned``), or its body failed (``failed``, with ``error``). It carries
+    the chunks that arrived since the last ``StreamChunk``."""
+
+    span: int
+    root: int
+    end_ns: int
+    how: str
+    chunks: list[bytes] = []
+    times_ns: list[int] = []
+    error: Failure | None = None
+
+
+Event = SpanStart | SpanEnd | ApiCall | StreamStart | StreamChunk | StreamEnd
 
 encode = msgspec.msgpack.Encoder().encode
 decode = msgspec.msgpack.Decoder(Event).decode

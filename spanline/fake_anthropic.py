@@ -229,13 +229,65 @@ def _tool_result_text(blocks: list[dict[str, Any]]) -> str:
     return "; ".join(r for r in results if r)
 
 
+def _last_user_content(body: dict[str, Any]) -> Any:
+    last_user = next((m for m in reversed(body["messages"]) if m.get("role") == "user"), None)
+    return last_user.get("content") if last_user else ""
+
+
 def _block_cost(block: dict[str, Any]) -> int:
     kind = block["type"]
     if kind == "text":
         return _count_words(block["text"])
     if kind == "thinking":
         return _count_words(block["thinking"])
-    return max(1, _count_words(json.dumps(block["input"], ensure_ascii=False)))
+    if "input" in block:
+        return max(1, _count_words(json.dumps(block["input"], ensure_ascii=False)))
+    return 1  # redacted thinking, a server tool's result: opaque to the word count
+
+
+# Words in the last user turn that make the fake answer with a streaming feature (see FakeAnthropicAPI).
+_FEATURE = re.compile(r"fake:(pings|redacted_thinking|citations|web_search|error)\b")
+
+
+def _features(question: str) -> set[str]:
+    return set(_FEATURE.findall(question))
+
+
+def _digest(text: str, n: int = 24) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
+
+
+def _with_features(blocks: list[dict[str, Any]], question: str, features: set[str]) -> list[dict[str, Any]]:
+    """The reply's blocks with what ``features`` asks for: citations on the text, a web search before it
+    (``server_tool_use`` and its ``web_search_tool_result``), a ``redacted_thinking`` block first."""
+    blocks = list(blocks)
+    text_at = next((i for i, b in enumerate(blocks) if b["type"] == "text"), None)
+    if "web_search" in features:
+        tool_id = "srvtoolu_fake_" + _digest(question)
+        url = f"https://example.com/search/{_digest(question, 8)}"
+        search = [
+            {"id": tool_id, "caller": None, "input": {"query": question}, "name": "web_search",
+             "type": "server_tool_use"},
+            {"caller": None, "content": [{"encrypted_content": "enc_" + _digest(url), "page_age": None,
+                                          "title": "Search result", "type": "web_search_result", "url": url}],
+             "tool_use_id": tool_id, "type": "web_search_tool_result"},
+        ]
+        if text_at is not None:
+            text = blocks[text_at]
+            cite = {"cited_text": text["text"], "encrypted_index": "idx_" + _digest(url), "title": "Search result",
+                    "type": "web_search_result_location", "url": url}
+            blocks[text_at] = {**text, "citations": [*(text.get("citations") or []), cite]}
+        blocks[0:0] = search
+        text_at = None if text_at is None else text_at + len(search)
+    if "citations" in features and text_at is not None:
+        text = blocks[text_at]
+        cite = {"cited_text": text["text"], "document_index": 0, "document_title": None,
+                "end_char_index": len(text["text"]), "file_id": None, "start_char_index": 0,
+                "type": "char_location"}
+        blocks[text_at] = {**text, "citations": [*(text.get("citations") or []), cite]}
+    if "redacted_thinking" in features:
+        blocks.insert(0, {"data": "redacted_" + _digest(question, 48), "type": "redacted_thinking"})
+    return blocks
 
 
 def _usage(input_tokens: int, output_tokens: int, thinking_tokens: int | None) -> dict[str, Any]:
@@ -273,12 +325,17 @@ def _block_events(index: int, block: dict[str, Any]) -> Iterator[dict[str, Any]]
     kind = block["type"]
     if kind == "text":
         start: dict[str, Any] = {"citations": None, "text": "", "type": "text"}
-        deltas = [{"type": "text_delta", "text": chunk} for chunk in _text_chunks(block["text"])]
+        # Like the real API, a citation arrives as a citations_delta before the text it cites.
+        deltas = [{"type": "citations_delta", "citation": c} for c in block.get("citations") or []]
+        deltas += [{"type": "text_delta", "text": chunk} for chunk in _text_chunks(block["text"])]
     elif kind == "thinking":
         start = {"signature": "", "thinking": "", "type": "thinking"}
         deltas = [{"type": "thinking_delta", "thinking": chunk} for chunk in _text_chunks(block["thinking"])]
         deltas.append({"type": "signature_delta", "signature": block["signature"]})
-    else:
+    elif "input" not in block:
+        # redacted_thinking, web_search_tool_result: the whole block in its start event, no deltas.
+        start, deltas = block, []
+    else:  # tool_use, server_tool_use: the input streamed as JSON fragments
         start = {**block, "input": {}}
         raw = json.dumps(block["input"], ensure_ascii=False)
         pieces = [raw[i : i + _CHARS_PER_JSON_DELTA] for i in range(0, len(raw), _CHARS_PER_JSON_DELTA)]
@@ -290,8 +347,15 @@ def _block_events(index: int, block: dict[str, Any]) -> Iterator[dict[str, Any]]
     yield {"type": "content_block_stop", "index": index}
 
 
-def _stream_events(message: dict[str, Any]) -> Iterator[bytes]:
-    """The real SSE sequence for ``message``, lazily, so a server can flush each event as it is made."""
+_OVERLOADED = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+
+
+def _stream_events(message: dict[str, Any], features: frozenset[str] = frozenset()) -> Iterator[bytes]:
+    """The real SSE sequence for ``message``, lazily, so a server can flush each event as it is made.
+
+    ``features``: ``pings`` adds a ``ping`` after every content block; ``error`` ends the stream with an
+    ``error`` event (overloaded) right after the first content delta, as the real API does mid-stream.
+    """
     usage = message["usage"]
     start_message = {
         **message,
@@ -306,6 +370,11 @@ def _stream_events(message: dict[str, Any]) -> Iterator[bytes]:
     for index, block in enumerate(message["content"]):
         for event in _block_events(index, block):
             yield _sse(event)
+            if "error" in features and event["type"] == "content_block_delta":
+                yield _sse(_OVERLOADED)
+                return
+        if "pings" in features:
+            yield _sse(_PING)
     yield _sse(
         {
             "type": "message_delta",
@@ -321,7 +390,7 @@ def _stream_events(message: dict[str, Any]) -> Iterator[bytes]:
                 "input_tokens": usage["input_tokens"],
                 "output_tokens": usage["output_tokens"],
                 "output_tokens_details": usage["output_tokens_details"],
-                "server_tool_use": None,
+                "server_tool_use": usage["server_tool_use"],
             },
         }
     )
@@ -404,6 +473,22 @@ class FakeAnthropicAPI:
     the first tool (arguments derived from its schema and the question); after ``tool_result`` blocks,
     a text that quotes the result; otherwise ``"Hello! You said: ..."``.  ``thinking`` adds a signed
     thinking block first, ``stop_sequences`` and ``max_tokens`` truncate.  Token counts are word counts.
+
+    Streaming features, asked for by words in the last user turn's text (each reply stays deterministic,
+    and a non-streaming request of the same body gets the same message):
+
+    * ``fake:citations``: the text block cites the first document (``char_location``); streamed as a
+      ``citations_delta`` before the text.
+    * ``fake:web_search``: a ``server_tool_use`` (``web_search``, its input streamed as ``input_json_delta``)
+      and its ``web_search_tool_result`` come first, the text cites the result, and
+      ``usage.server_tool_use`` counts one search.
+    * ``fake:redacted_thinking``: a ``redacted_thinking`` block (after the thinking block, if any).
+    * ``fake:pings``: a ``ping`` event after every content block (one always follows ``message_start``).
+    * ``fake:error``: streaming only; an ``error`` event (``overloaded_error``) right after the first
+      content delta ends the stream, and the SDK raises ``APIStatusError`` while it is read.
+
+    Thinking (``thinking_delta`` and ``signature_delta``) comes with the request's ``thinking`` parameter,
+    ``tool_use`` (``input_json_delta`` fragments) with its ``tools``.
 
     Faults: :meth:`fail_next`, or a model named ``"fake-error-<status>"``, produce the real error body
     for that status, so the SDK raises its matching exception with ``request_id`` set.
@@ -538,13 +623,14 @@ class FakeAnthropicAPI:
             "content-type": "text/event-stream; charset=utf-8",
             "cache-control": "no-cache",
         }
-        return httpx2.Response(200, headers=sse_headers, stream=_SSEStream(lambda: _stream_events(message)))
+        features = frozenset(_features(_plain_text(_last_user_content(body))))
+        return httpx2.Response(
+            200, headers=sse_headers, stream=_SSEStream(lambda: _stream_events(message, features))
+        )
 
     def _build_message(self, body: dict[str, Any]) -> dict[str, Any]:
         """The complete non-streaming Message JSON; streaming replays the same object as events."""
-        messages = body["messages"]
-        last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
-        content = last_user.get("content") if last_user else ""
+        content = _last_user_content(body)
         tool_results = [b for b in (content if isinstance(content, list) else []) if b.get("type") == "tool_result"]
         question = _plain_text(content)
 
@@ -577,6 +663,8 @@ class FakeAnthropicAPI:
             thought = "The user said something; I should reply politely."
             blocks.append({"citations": None, "text": f"Hello! You said: {question[:40]}", "type": "text"})
 
+        features = _features(question)
+        blocks = _with_features(blocks, question, features)
         thinking = body.get("thinking")
         if isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive"):
             signature = "fakesig_" + hashlib.sha256(thought.encode("utf-8")).hexdigest()
@@ -603,7 +691,7 @@ class FakeAnthropicAPI:
             cost = _block_cost(block)
             if cost > budget:
                 stop_reason, stop_sequence = "max_tokens", None
-                if block["type"] == "tool_use" or budget == 0:
+                if block["type"] not in ("text", "thinking") or budget == 0:
                     break
                 field = "text" if block["type"] == "text" else "thinking"
                 block = {**block, field: _truncate_words(block[field], budget)}
@@ -627,7 +715,13 @@ class FakeAnthropicAPI:
             "stop_reason": stop_reason,
             "stop_sequence": stop_sequence,
             "type": "message",
-            "usage": _usage(_input_tokens(body), max(1, output_tokens), thinking_tokens),
+            "usage": {
+                **_usage(_input_tokens(body), max(1, output_tokens), thinking_tokens),
+                "server_tool_use": (
+                    {"web_fetch_requests": 0, "web_search_requests": 1}
+                    if any(b["type"] == "server_tool_use" for b in kept) else None
+                ),
+            },
         }
 
     # -- transports and clients ---------------------------------------------------------------------

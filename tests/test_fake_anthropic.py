@@ -106,6 +106,12 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "max_tokens": {"messages": _user("one two three four five six seven"), "max_tokens": 4},
     "stop_sequence": {"messages": _user("please stop here"), "stop_sequences": ["stop"]},
     "system": {"messages": _user("Hello"), "system": "You are terse and exact."},
+    "citations": {"messages": _user("Quote it fake:citations")},
+    "web_search": {"messages": _user("Search the news fake:web_search fake:pings")},
+    "redacted_thinking": {
+        "messages": _user("Think hard fake:redacted_thinking"),
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+    },
 }
 
 
@@ -710,3 +716,34 @@ def test_any_user_text_parses(shared_fake: FakeAnthropicAPI, text: str, with_too
         assert message.content[0].text == "Hello! You said: " + text[:40]
     assert message.usage.output_tokens >= 1
     assert _without_ids(streamed) == _without_ids(message)
+
+
+def test_streaming_features_on_the_wire(fake: FakeAnthropicAPI) -> None:
+    """fake:web_search and fake:pings: a server tool streamed in JSON fragments, its result whole, a cited
+    text (citations_delta first), a ping after every block."""
+    with (
+        fake.client() as client,
+        client.messages.with_streaming_response.create(**_kwargs("web_search"), stream=True) as raw,
+    ):
+        events = _sse_events(b"".join(raw.iter_bytes()))
+    names = [n for n, _ in events]
+    starts = [d["content_block"]["type"] for n, d in events if n == "content_block_start"]
+    assert starts == ["server_tool_use", "web_search_tool_result", "text"]
+    assert names.count("ping") == 1 + len(starts)
+    deltas = [d["delta"]["type"] for n, d in events if n == "content_block_delta"]
+    assert set(deltas) == {"input_json_delta", "citations_delta", "text_delta"}
+    assert deltas.index("citations_delta") < deltas.index("text_delta")
+    assert events[-2][1]["usage"]["server_tool_use"] == {"web_fetch_requests": 0, "web_search_requests": 1}
+
+
+def test_error_event_mid_stream(fake: FakeAnthropicAPI) -> None:
+    """fake:error: the stream stops with an SSE error event after the first content delta; the SDK raises."""
+    with fake.client() as client:
+        stream = client.messages.create(model=MODEL, max_tokens=64, stream=True,
+                                        messages=_user("Go on fake:error"))
+        seen = []
+        with pytest.raises(anthropic.APIStatusError) as raised:
+            for event in stream:
+                seen.append(event.type)
+    assert seen == ["message_start", "content_block_start", "content_block_delta"]
+    assert raised.value.body == {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}

@@ -71,15 +71,20 @@ def test_traced_call_returns_and_raises_like_the_untraced_one(traced, fake):
     assert failed.inputs["model"] == "fake-error-500", "the request is recorded even when the call fails"
 
 
-def test_streaming_passes_through_untouched(traced, fake):
+def test_streaming_is_traced_and_the_stream_is_the_sdks(traced, fake):
     client = fake.client()
     stream = client.messages.create(model=MODEL, max_tokens=32, stream=True,
                                     messages=[{"role": "user", "content": "stream me"}])
-    assert isinstance(stream, anthropic.Stream)
+    assert type(stream) is anthropic.Stream
     kinds = [event.type for event in stream]
     assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
     with client.messages.stream(model=MODEL, max_tokens=32, messages=[{"role": "user", "content": "s"}]) as s:
         assert s.get_final_message().content
+    assert spanline.flush(30)
+    traces = traces_in(traced)
+    assert [t.data.spans[0].name for t in traces] == ["Messages.create", "Messages.stream"]
+    assert [len(t.data.spans) for t in traces] == [1, 1]
+    assert traces[0].data.spans[0].outputs["content"][0]["text"] == "Hello! You said: stream me"
 
 
 def test_log_traces_false_records_nothing(experiment, fake):

@@ -1,0 +1,171 @@
+"""The streaming budget of #10: what spanline adds per SSE event, and to a streamed call's start and end.
+
+A traced client is compared with its untraced twin (``spanline.bench.untraced_twin``: the SDK's own functions,
+spanline's patches left in place), in blocks of calls interleaved ABBA, with the worker idle, as
+``test_caller_path.py`` does for non-streaming calls. Each call is ``create(stream=True)`` read to the end.
+
+The backend serves a pre-encoded SSE body, one network chunk per event (as the API flushes them), with
+``SHORT`` or ``LONG`` text deltas. Per event, the added cost is the slope between the two lengths; a streamed
+call's start and end cost is the short stream's added cost minus its events' share. The non-streaming
+call's added cost is measured in the same run for the comparison. Run with ``-s`` to see the figures:
+
+    python -m pytest benchmarks/test_streaming.py --benchmark-only -q -s
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from _fake import CHAT_KWARGS, MODEL
+
+SHORT, LONG = 1, 400  # text deltas per stream
+STREAM_KWARGS = {"model": MODEL, "max_tokens": 4096, "stream": True,
+                 "messages": [{"role": "user", "content": "Tell me a long story."}]}
+BLOCKS = 20
+CALLS = {SHORT: 60, LONG: 8}
+
+
+def _sse_client(deltas: int) -> Any:
+    """A real ``anthropic.Anthropic`` whose every response is one SSE body with ``deltas`` text deltas."""
+    import httpx2
+
+    from spanline import fake_anthropic
+
+    api = fake_anthropic.FakeAnthropicAPI(record_requests=False)
+    message = api._build_message({**STREAM_KWARGS, "stream": False})
+    message["content"] = [{"citations": None, "text": "lorem ipsum dolor " * deltas, "type": "text"}]
+    body = list(fake_anthropic._stream_events(message))
+    headers = {"request-id": "req_bench", "content-type": "text/event-stream; charset=utf-8"}
+
+    def handle(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, headers=headers, stream=fake_anthropic._SSEStream(lambda: iter(body)))
+
+    return api.client(http_client=httpx2.Client(transport=httpx2.MockTransport(handle))), len(body)
+
+
+def _read(client: Any) -> None:
+    for _ in client.messages.create(**STREAM_KWARGS):
+        pass
+
+
+def _read_bytes(client: Any) -> None:
+    # The body's bytes only, through the same recorder, without the SDK's ~30 µs parse of each event, whose
+    # noise would otherwise drown a fraction of a µs.
+    for _ in client.messages.create(**STREAM_KWARGS).response.iter_bytes():
+        pass
+
+
+def _chat(client: Any) -> None:
+    client.messages.create(**CHAT_KWARGS)
+
+
+def _interleaved(traced: Any, untraced: Any, call: Any, calls: int, blocks: int) -> dict[str, float]:
+    """Blocks of ``calls`` calls on each client, ABBA; per-call medians and the median block-pair difference.
+    Times are the calling thread's CPU time: the machine is shared, and the worker sleeps meanwhile."""
+    clock = time.thread_time_ns
+    samples: dict[bool, list[int]] = {True: [], False: []}
+    diffs = []
+    for b in range(blocks):
+        order = ((True, traced), (False, untraced)) if b % 2 == 0 else ((False, untraced), (True, traced))
+        medians = {}
+        for is_traced, client in order:
+            block = []
+            for _ in range(calls):
+                t = clock()
+                call(client)
+                block.append(clock() - t)
+            samples[is_traced] += block
+            medians[is_traced] = statistics.median(block)
+        diffs.append(medians[True] - medians[False])
+    return {
+        "traced_us": statistics.median(samples[True]) / 1e3,
+        "untraced_us": statistics.median(samples[False]) / 1e3,
+        "added_us": statistics.median(diffs) / 1e3,
+    }
+
+
+@pytest.fixture
+def spanline_idle() -> Iterator[None]:
+    import spanline
+
+    spanline.autolog(silent=True, queue_size=10**7, batch_size=10**7, flush_interval=3600.0)
+    yield
+    assert spanline.flush(timeout=600), "spanline.flush timed out after the benchmark"
+    spanline.autolog(disable=True, silent=True)
+
+
+def test_streaming_budget(benchmark: Any, spanline_idle: None) -> None:
+    from spanline.bench import fake_clients, untraced_twin
+
+    (short, short_events), (long, long_events) = _sse_client(SHORT), _sse_client(LONG)
+    short_twin, long_twin = untraced_twin(_sse_client(SHORT)[0]), untraced_twin(_sse_client(LONG)[0])
+    pairs = {
+        "short": (short, short_twin, _read, CALLS[SHORT]),
+        "long": (long, long_twin, _read, CALLS[LONG]),
+        "short_bytes": (short, short_twin, _read_bytes, CALLS[SHORT]),
+        "long_bytes": (long, long_twin, _read_bytes, CALLS[SHORT]),
+        "chat": (fake_clients()[0], untraced_twin(fake_clients()[0]), _chat, CALLS[SHORT]),
+    }
+    for traced, untraced, call, _ in pairs.values():  # warm up
+        for _ in range(20):
+            call(traced)
+            call(untraced)
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in pairs}
+
+    def one_round() -> None:
+        for name, (traced, untraced, call, calls) in pairs.items():
+            results[name].append(_interleaved(traced, untraced, call, calls, 2))
+
+    benchmark.group = "streaming: one round of ABBA blocks (short, long, non-streaming); see extra_info"
+    benchmark.pedantic(one_round, rounds=BLOCKS)
+    med = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in results.items()}
+    span = long_events - short_events
+    per_event_us = (med["long_bytes"]["added_us"] - med["short_bytes"]["added_us"]) / span
+    per_event_sdk_us = (med["long"]["added_us"] - med["short"]["added_us"]) / span
+    start_end_us = med["short"]["added_us"] - per_event_us * short_events
+    info = {
+        "events_short": short_events,
+        "events_long": long_events,
+        **{f"{name}_{k}": v for name, m in med.items() for k, v in m.items()},
+        "per_event_added_us": per_event_us,
+        "per_event_added_us_through_the_sdk": per_event_sdk_us,
+        "stream_start_end_added_us": start_end_us,
+        "non_streaming_added_us": med["chat"]["added_us"],
+        "start_end_vs_non_streaming": start_end_us / med["chat"]["added_us"],
+    }
+    benchmark.extra_info.update(info)
+    print("\n" + "\n".join(f"  {k}: {v:,.3f}" for k, v in info.items()))
+
+
+def test_worker_assembly(benchmark: Any) -> None:
+    """The worker's side, for the record: folding a long stream's bytes into its message (µs per event)."""
+    from spanline.pipeline.streams import StreamState
+
+    from spanline import fake_anthropic
+
+    api = fake_anthropic.FakeAnthropicAPI(record_requests=False)
+    message = api._build_message({**STREAM_KWARGS, "stream": False})
+    message["content"] = [{"citations": None, "text": "lorem ipsum dolor " * LONG, "type": "text"}]
+    body = list(fake_anthropic._stream_events(message))
+    times = list(range(len(body)))
+
+    def fold() -> None:
+        state = StreamState(b"{}", "req", "", 0)
+        state.feed(body, times)
+        state.finish()
+        state.attributes("completed", False, _policy())
+
+    benchmark.group = "streaming: worker"
+    benchmark(fold)
+    benchmark.extra_info["us_per_event"] = benchmark.stats.stats.median * 1e6 / len(body)
+    print(f"\n  worker assembly: {benchmark.extra_info['us_per_event']:.2f} µs per SSE event ({len(body)} events)")
+
+
+def _policy() -> Any:
+    from spanline.pipeline.convert import ContentPolicy
+
+    return ContentPolicy()

@@ -1,0 +1,166 @@
+"""Streamed calls, on the worker: from the bytes of an SSE body to the attributes of the call's span.
+
+In: a ``StreamStart`` (request body, request id, content encoding), then the body's raw bytes with their
+arrival times (``StreamChunk`` / ``StreamEnd``), on the worker thread (or in a writer process replaying
+the event log). Out: ``StreamState.attributes(...)``: the span attributes of the call, exactly those of a
+non-streaming call (``convert.messages_attributes`` on the assembled message), plus the stream's own:
+time to first chunk, whether it completed, how it ended, how many SSE events it carried.
+
+The message is assembled with the SDK's own accumulator (``accumulate_event``, with its ``json_bufs``),
+as ``MessageStream.get_final_message()`` assembles it, so content blocks the SDK learns stay right here.
+The accumulator builds a pydantic event per call (~100 µs): runs of ``text_delta``, ``thinking_delta`` or
+``input_json_delta`` of one block are merged into one delta first, which is the same concatenation the
+accumulator would make. Events before ``message_start`` are skipped and ``ping`` and ``error`` events are
+not accumulated, as in the SDK's ``Stream`` and ``MessageStream``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import convert
+
+# Delta types whose consecutive runs on one block merge by concatenating this field.
+_MERGEABLE = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
+
+TIME_TO_FIRST_CHUNK = "gen_ai.response.time_to_first_chunk"  # OTel GenAI semconv: seconds, a double
+
+
+def _body_decoder(encoding: str) -> Any:
+    """The HTTP client's own decoder for a ``content-encoding``; None when the body is not encoded."""
+    codings = [c.strip().lower() for c in encoding.split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    if not codings:
+        return None
+    try:
+        from httpx2._decoders import MultiDecoder
+    except ImportError:  # anthropic 1.x talks through httpx
+        from httpx._decoders import MultiDecoder
+    return MultiDecoder(codings)
+
+
+def _joined(out: Any) -> bytes:
+    # httpx2's decoders yield pieces, httpx's return bytes.
+    return out if isinstance(out, bytes) else b"".join(out)
+
+
+class StreamState:
+    """One open stream: the SSE parser's state, the message assembled so far, the stream's counts."""
+
+    __slots__ = ("_cr", "_decoder", "_delta_seen", "_json_bufs", "_pending", "_sse", "_tail", "assembly_error",
+                 "error_body", "events", "first_delta_ns", "request", "request_id", "snapshot", "start_ns")
+
+    def __init__(self, request: bytes, request_id: str, encoding: str, start_ns: int) -> None:
+        from anthropic._streaming import SSEDecoder
+
+        self.request = request
+        self.request_id = request_id
+        self.start_ns = start_ns
+        self.snapshot: Any = None  # the SDK's ParsedMessage, from message_start on
+        self.events = 0  # SSE events received (ping and error included)
+        self.first_delta_ns = 0  # arrival of the chunk that completed the first content_block_delta
+        self.error_body: str | None = None  # data of an SSE ``error`` event
+        self.assembly_error = ""  # what the accumulator raised, if it did (the stream's own bytes were bad)
+        self._decoder = _body_decoder(encoding)
+        self._sse = SSEDecoder()
+        self._tail = b""  # an incomplete last line
+        self._cr = False  # the last chunk ended in "\r": a "\n" opening the next one ends no line
+        self._json_bufs: dict[int, bytes] = {}
+        self._pending: dict[str, Any] | None = None  # a merged delta not yet accumulated
+        self._delta_seen = False
+
+    def feed(self, chunks: list[bytes], times_ns: list[int]) -> None:
+        """Take body bytes as they came off the wire, with the arrival times of the first of them (the
+        caller reads the clock for a stream's first chunks only; later ones count as time 0, unknown)."""
+        decoder = self._decoder
+        for i, chunk in enumerate(chunks):
+            at = times_ns[i] if i < len(times_ns) else 0
+            self._lines(_joined(decoder.decode(chunk)) if decoder is not None else chunk, at)
+
+    def _lines(self, data: bytes, at: int) -> None:
+        if not data:
+            return
+        if self._cr and data[:1] == b"\n":
+            data = data[1:]
+        self._cr = data[-1:] == b"\r"
+        lines = (self._tail + data).splitlines(keepends=True)
+        self._tail = b"" if not lines or lines[-1][-1:] in (b"\n", b"\r") else lines.pop()
+        decode = self._sse.decode
+        for line in lines:
+            sse = decode(line.rstrip(b"\r\n").decode("utf-8", "replace"))
+            if sse is not None:
+                self._event(sse, at)
+
+    def _event(self, sse: Any, at: int) -> None:
+        self.events += 1
+        kind = sse.event
+        if kind is None or kind == "ping" or not sse.data:
+            return
+        if kind == "error":
+            self.error_body = sse.data
+            return
+        event = convert.load(sse.data.encode())
+        if not isinstance(event, dict):
+            return
+        if event.get("type") == "content_block_delta":
+            if not self._delta_seen:
+                self._delta_seen = True
+                self.first_delta_ns = at  # 0 when it came after the chunks the caller timed
+            delta = event.get("delta")
+            field = _MERGEABLE.get(delta.get("type")) if isinstance(delta, dict) else None
+            pending = self._pending
+            if (field is not None and pending is not None and pending["index"] == event.get("index")
+                    and pending["delta"]["type"] == delta["type"] and isinstance(delta.get(field), str)):
+                pending["delta"][field] += delta[field]
+                return
+            self._flush_pending()
+            if field is not None and isinstance(delta.get(field), str):
+                self._pending = event
+                return
+        else:
+            self._flush_pending()
+        self._accumulate(event)
+
+    def _flush_pending(self) -> None:
+        if self._pending is not None:
+            event, self._pending = self._pending, None
+            self._accumulate(event)
+
+    def _accumulate(self, event: dict[str, Any]) -> None:
+        if self.snapshot is None and event.get("type") != "message_start":
+            return  # as MessageStream: nothing to assemble before the message starts
+        from anthropic.lib.streaming._messages import accumulate_event
+
+        try:
+            self.snapshot = accumulate_event(event=event, current_snapshot=self.snapshot, json_bufs=self._json_bufs)
+        except Exception as exc:  # the SDK raises the same on this stream; keep what was assembled before
+            self.assembly_error = self.assembly_error or f"{type(exc).__name__}: {exc}"
+
+    def message(self) -> dict[str, Any] | None:
+        """The message assembled so far, in the shape of a non-streaming response body."""
+        self._flush_pending()
+        return self.snapshot.to_dict(mode="json") if self.snapshot is not None else None
+
+    def finish(self) -> None:
+        """No more bytes will come: decode what the content decoder still holds."""
+        if self._decoder is not None:
+            self._lines(_joined(self._decoder.flush()), 0)
+
+    def attributes(self, how: str, failed: bool, policy: convert.ContentPolicy) -> dict[str, str]:
+        """The span's attributes: a non-streaming call's for the message assembled so far, and the stream's."""
+        message = self.message()
+        response = convert.to_json_bytes(message) if message is not None else b""
+        attrs = convert.messages_attributes(self.request, response, self.request_id, False, policy)
+        if self.error_body is not None:
+            attrs["anthropic.error"] = convert.bounded(
+                convert.dumps(convert.load(self.error_body.encode())), policy.max_content_bytes
+            )
+        if self.first_delta_ns:
+            attrs[TIME_TO_FIRST_CHUNK] = convert.dumps((self.first_delta_ns - self.start_ns) / 1e9)
+        completed = how == "completed" and not failed and self.error_body is None
+        attrs["spanline.stream.completed"] = "true" if completed else "false"
+        attrs["spanline.stream.end"] = convert.dumps(how)
+        attrs["spanline.stream.events"] = str(self.events)
+        if self.assembly_error:
+            attrs["spanline.stream.assembly_error"] = convert.dumps(self.assembly_error)
+        return attrs

@@ -1,0 +1,463 @@
+"""Streamed calls: one CHAT_MODEL span per call, stored as a non-streaming call's, however the stream is read.
+
+Each test makes real SDK calls against the fake API (whose streams are deterministic) and reads the trace
+back from a real sqlite MLflow store. A streamed call is compared with the same request made without
+streaming on a twin fake (so ids match): the stored output, usage and attributes must be the same.
+"""
+
+from __future__ import annotations
+
+import gc
+import gzip
+import json
+import zlib
+
+import anthropic
+import httpx2
+import pytest
+from anthropic.lib.streaming import AsyncMessageStream, MessageStream
+from helpers import attr_json, traces_in
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from spanline.pipeline import events
+from spanline.pipeline.assembler import Assembler
+from spanline.pipeline.convert import ContentPolicy
+from spanline.pipeline.stats import Counters
+from spanline.pipeline.streams import StreamState
+
+import spanline
+from spanline import fake_anthropic
+from spanline.fake_anthropic import FakeAnthropicAPI
+
+MODEL = "claude-sonnet-4-5"
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": "Weather of a city.",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+THINKING = {"type": "enabled", "budget_tokens": 1024}
+
+# One request per kind of content block the stream carries.
+BLOCKS = {
+    "text": {"messages": [{"role": "user", "content": "Hello there, how are you today?"}]},
+    "tool_use": {"messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": [WEATHER_TOOL]},
+    "thinking": {"messages": [{"role": "user", "content": "Weather in Tokyo?"}], "tools": [WEATHER_TOOL],
+                 "thinking": THINKING},
+    "redacted_thinking": {"messages": [{"role": "user", "content": "Think fake:redacted_thinking"}],
+                          "thinking": THINKING},
+    "citations": {"messages": [{"role": "user", "content": "Quote the document fake:citations"}]},
+    "server_tool": {"messages": [{"role": "user", "content": "Latest news fake:web_search fake:pings"}]},
+}
+BLOCK_TYPES = {
+    "text": ["text"],
+    "tool_use": ["text", "tool_use"],
+    "thinking": ["thinking", "text", "tool_use"],
+    "redacted_thinking": ["thinking", "redacted_thinking", "text"],
+    "citations": ["text"],
+    "server_tool": ["server_tool_use", "web_search_tool_result", "text"],
+}
+LONG = {"messages": [{"role": "user", "content": " ".join(f"word{i}" for i in range(60))}]}
+
+
+def _kwargs(request: dict) -> dict:
+    return {"model": MODEL, "max_tokens": 1024, **request}
+
+
+def _spans(experiment: str) -> list:
+    """The one span of every stored trace, oldest first; fails if a trace holds more than one span."""
+    assert spanline.flush(60)
+    traces = traces_in(experiment)
+    assert all(len(t.data.spans) == 1 for t in traces), [[s.name for s in t.data.spans] for t in traces]
+    return [t.data.spans[0] for t in traces]
+
+
+def _attrs(span) -> dict:
+    return span.to_dict()["attributes"]
+
+
+def _reference(request: dict) -> dict:
+    """The body a non-streaming call of ``request`` receives from a fresh fake (ids as a fresh one numbers
+    them), asked of the fake directly so that no traced call is made."""
+    http = httpx2.Request("POST", f"{fake_anthropic.FAKE_BASE_URL}/v1/messages", json=_kwargs(request),
+                          headers={"x-api-key": "k"})
+    return json.loads(FakeAnthropicAPI().handle(http).read())
+
+
+def _assert_stream_span(span, *, end: str, completed: bool, status: str = "OK", name: str = "Messages.create"):
+    attrs = _attrs(span)
+    assert span.name == name
+    assert span.span_type == "CHAT_MODEL"
+    assert span.status.status_code == status
+    assert json.loads(attrs["spanline.stream.end"]) == end
+    assert json.loads(attrs["spanline.stream.completed"]) is completed
+    assert json.loads(attrs["anthropic.request_id"]).startswith("req_fake_")
+    assert span.inputs["stream"] is True
+    return attrs
+
+
+# --- the stored output is a non-streaming call's -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", sorted(BLOCKS))
+def test_streamed_output_equals_non_streaming_output(traced, kind):
+    request = BLOCKS[kind]
+    plain = FakeAnthropicAPI().client()
+    plain.messages.create(**_kwargs(request))
+    stream = FakeAnthropicAPI().client().messages.create(**_kwargs(request), stream=True)
+    events_seen = sum(1 for _ in stream)
+    reference, streamed = _spans(traced)
+    assert reference.name == streamed.name == "Messages.create"
+    assert streamed.outputs == reference.outputs, "the assembled message is the non-streaming body"
+    assert [b["type"] for b in streamed.outputs["content"]] == BLOCK_TYPES[kind]
+    assert _attrs(streamed)["mlflow.chat.tokenUsage"] == _attrs(reference)["mlflow.chat.tokenUsage"]
+    assert {k: v for k, v in reference.inputs.items()} == {k: v for k, v in streamed.inputs.items() if k != "stream"}
+    for key in ("mlflow.message.format", "mlflow.llm.model", "mlflow.llm.provider", "mlflow.chat.tools",
+                "anthropic.request.thinking", "mlflow.spanLogLevel"):
+        assert _attrs(streamed).get(key) == _attrs(reference).get(key), key
+    attrs = _assert_stream_span(streamed, end="completed", completed=True)
+    # Every SSE event counts, pings included; the SDK yields all but the pings.
+    pings = 1 + (len(BLOCK_TYPES[kind]) if kind == "server_tool" else 0)
+    assert int(attrs["spanline.stream.events"]) == events_seen + pings
+
+
+def test_block_contents_survive_streaming(traced):
+    """Each block type's own fields: tool input parsed from its JSON fragments, signature, citations, server
+    tool result, redacted data; and the usage of the server tool."""
+    outputs = {}
+    for kind in ("thinking", "redacted_thinking", "citations", "server_tool"):
+        for _ in FakeAnthropicAPI().client().messages.create(**_kwargs(BLOCKS[kind]), stream=True):
+            pass
+    for kind, span in zip(("thinking", "redacted_thinking", "citations", "server_tool"), _spans(traced),
+                          strict=True):
+        outputs[kind] = span.outputs
+    thinking, _, tool = outputs["thinking"]["content"]
+    assert tool["input"] == {"city": "Tokyo"} and tool["name"] == "get_weather"
+    assert thinking["signature"].startswith("fakesig_") and thinking["thinking"]
+    assert outputs["redacted_thinking"]["content"][1]["data"].startswith("redacted_")
+    citation = outputs["citations"]["content"][0]["citations"][0]
+    assert citation["type"] == "char_location" and citation["cited_text"] == outputs["citations"]["content"][0]["text"]
+    search, result, text = outputs["server_tool"]["content"]
+    assert search["input"] == {"query": "Latest news fake:web_search fake:pings"}
+    assert result["content"][0]["type"] == "web_search_result" and result["tool_use_id"] == search["id"]
+    assert text["citations"][0]["type"] == "web_search_result_location"
+    assert outputs["server_tool"]["usage"]["server_tool_use"] == {"web_fetch_requests": 0, "web_search_requests": 1}
+    assert outputs["server_tool"]["stop_reason"] == "end_turn"
+
+
+def test_usage_is_replaced_by_message_delta_not_added(traced):
+    """message_start says output_tokens=1, message_delta says the total: the total is stored, once."""
+    reference = _reference(LONG)
+    for _ in FakeAnthropicAPI().client().messages.create(**_kwargs(LONG), stream=True):
+        pass
+    (span,) = _spans(traced)
+    usage = attr_json(span, "mlflow.chat.tokenUsage")
+    assert usage["output_tokens"] == reference["usage"]["output_tokens"] > 1
+    assert usage["input_tokens"] == reference["usage"]["input_tokens"]
+    assert usage["total_tokens"] == reference["usage"]["input_tokens"] + reference["usage"]["output_tokens"]
+    assert span.outputs["usage"] == reference["usage"]
+    trace_usage = json.loads(traces_in(traced)[0].info.trace_metadata["mlflow.trace.tokenUsage"])
+    assert trace_usage["output_tokens"] == reference["usage"]["output_tokens"]
+
+
+def test_time_to_first_chunk_lies_inside_the_span(traced):
+    fake = FakeAnthropicAPI(latency=0.01)
+    for _ in fake.client().messages.create(**_kwargs(LONG), stream=True):
+        pass
+    (span,) = _spans(traced)
+    ttfc = attr_json(span, "gen_ai.response.time_to_first_chunk")
+    assert isinstance(ttfc, float)
+    assert 0 < ttfc * 1e9 <= span.end_time_ns - span.start_time_ns
+
+
+# --- every way of reading a stream: one span, ended once ----------------------------------------------------
+
+
+def test_sync_ways_of_consuming_create_stream(traced, fake):
+    client = fake.client()
+    reference = _reference(LONG)
+    full_text = reference["content"][0]["text"]
+
+    stream = client.messages.create(**_kwargs(LONG), stream=True)  # 1. read to the end
+    assert type(stream) is anthropic.Stream
+    list(stream)
+
+    stream = client.messages.create(**_kwargs(LONG), stream=True)  # 2. break, then close
+    for event in stream:
+        if event.type == "content_block_delta":
+            break
+    stream.close()
+    stream.close()  # closing twice ends the span once
+
+    with client.messages.create(**_kwargs(LONG), stream=True) as stream:  # 3. leave the with block early
+        for event in stream:
+            if event.type == "content_block_delta":
+                break
+
+    stream = client.messages.create(**_kwargs(LONG), stream=True)  # 4. half read, then dropped
+    for event in stream:
+        if event.type == "content_block_delta":
+            break
+    del stream, event
+    gc.collect()
+
+    stream = client.messages.create(**_kwargs(LONG), stream=True)  # 5. never read, dropped
+    del stream
+    gc.collect()
+
+    spans = _spans(traced)
+    assert len(spans) == 5
+    full, broke, left, dropped, unread = spans
+    _assert_stream_span(full, end="completed", completed=True)
+    assert full.outputs["content"][0]["text"] == full_text
+    for span, end in ((broke, "closed"), (left, "closed"), (dropped, "abandoned")):
+        _assert_stream_span(span, end=end, completed=False)
+        text = span.outputs["content"][0]["text"]
+        assert text and full_text.startswith(text) and text != full_text, "the part that arrived is stored"
+        assert span.outputs["stop_reason"] is None
+    _assert_stream_span(unread, end="abandoned", completed=False)
+    assert "gen_ai.response.time_to_first_chunk" not in _attrs(unread)
+
+
+def test_sync_message_stream_helpers(traced, fake):
+    client = fake.client()
+    reference = _reference(BLOCKS["tool_use"])
+    text = "".join(b["text"] for b in reference["content"] if b["type"] == "text")
+
+    with client.messages.stream(**_kwargs(BLOCKS["tool_use"])) as stream:
+        assert type(stream) is MessageStream
+        assert stream.request_id == stream.response.headers["request-id"]
+        final = stream.get_final_message()
+    assert final.content[1].input == {"city": "Paris"}
+    with client.messages.stream(**_kwargs(BLOCKS["tool_use"])) as stream:
+        assert "".join(stream.text_stream) == text
+    with client.messages.stream(**_kwargs(BLOCKS["tool_use"])) as stream:
+        stream.until_done()
+        assert stream.current_message_snapshot.stop_reason == "tool_use"
+    with client.messages.stream(**_kwargs(BLOCKS["text"])) as stream:
+        assert stream.get_final_text().startswith("Hello! You said:")
+    with client.messages.stream(**_kwargs(BLOCKS["text"])) as stream:
+        assert [e.type for e in stream][-1] == "message_stop"
+    with client.messages.stream(**_kwargs(LONG)) as stream:  # left early
+        next(iter(stream.text_stream))
+
+    spans = _spans(traced)
+    assert [s.name for s in spans] == ["Messages.stream"] * 6
+    for span in spans[:5]:
+        _assert_stream_span(span, end="completed", completed=True, name="Messages.stream")
+    assert spans[0].outputs["content"][1] == {**reference["content"][1], "id": spans[0].outputs["content"][1]["id"]}
+    _assert_stream_span(spans[5], end="closed", completed=False, name="Messages.stream")
+    assert spans[5].outputs["content"][0]["text"]
+
+
+def test_the_stream_is_the_sdks_own(traced, fake):
+    """Same types, same attributes and helpers as an untraced stream; the response still reports elapsed."""
+    client = fake.client()
+    spanline.autolog(disable=True)
+    try:
+        untraced = client.messages.create(**_kwargs(BLOCKS["text"]), stream=True)
+        untraced_events = [e.to_dict() for e in untraced]
+    finally:
+        spanline.autolog()
+    traced_stream = client.messages.create(**_kwargs(BLOCKS["text"]), stream=True)
+    assert type(traced_stream) is type(untraced) is anthropic.Stream
+    assert isinstance(traced_stream.response, httpx2.Response)
+    assert traced_stream.response.headers["request-id"].startswith("req_fake_")
+    traced_events = [e.to_dict() for e in traced_stream]
+    assert set(vars(traced_stream)) == set(vars(untraced))
+    strip = lambda evs: [json.dumps(e).replace(e.get("message", {}).get("id", "-"), "") for e in evs]  # noqa: E731
+    assert strip(traced_events) == strip(untraced_events)
+    assert traced_stream.response.elapsed.total_seconds() >= 0
+    raw = client.messages.with_raw_response.create(**_kwargs(BLOCKS["text"]), stream=True)
+    assert [e.type for e in raw.parse()][-1] == "message_stop"
+    spans = _spans(traced)
+    assert len(spans) == 2 and all(json.loads(_attrs(s)["spanline.stream.completed"]) for s in spans)
+
+
+def test_error_event_mid_stream(traced, fake):
+    client = fake.client()
+    request = {"messages": [{"role": "user", "content": "Tell me more fake:error"}]}
+    stream = client.messages.create(**_kwargs(request), stream=True)
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        for _ in stream:
+            pass
+    with pytest.raises(anthropic.APIStatusError), client.messages.stream(**_kwargs(request)) as helper:
+        helper.get_final_message()
+    spans = _spans(traced)
+    assert [s.name for s in spans] == ["Messages.create", "Messages.stream"]
+    for span in spans:
+        attrs = _assert_stream_span(span, end="failed", completed=False, status="ERROR", name=span.name)
+        (event,) = span.events
+        assert event.name == "exception"
+        assert event.attributes["exception.type"] == "APIStatusError"
+        assert event.attributes["exception.message"] == str(raised.value)
+        assert "Traceback" in event.attributes["exception.stacktrace"]
+        assert json.loads(attrs["anthropic.error"])["error"]["type"] == "overloaded_error"
+        assert span.outputs["content"][0]["text"] == "Hello! You said: ", "the part before the error is stored"
+
+
+def test_a_failed_request_is_one_error_span(traced, fake):
+    with pytest.raises(anthropic.RateLimitError):
+        fake.client().messages.create(model="fake-error-429", max_tokens=8, stream=True,
+                                      messages=[{"role": "user", "content": "x"}])
+    (span,) = _spans(traced)
+    assert span.name == "Messages.create" and span.status.status_code == "ERROR"
+    assert span.events[0].attributes["exception.type"] == "RateLimitError"
+
+
+def test_stream_nests_under_the_current_span(traced, fake):
+    with spanline.start_span("agent", span_type="AGENT"):
+        for _ in fake.client().messages.create(**_kwargs(BLOCKS["text"]), stream=True):
+            pass
+    assert spanline.flush(60)
+    (trace,) = traces_in(traced)
+    by_name = {s.name: s for s in trace.data.spans}
+    assert by_name["Messages.create"].parent_id == by_name["agent"].span_id
+
+
+def test_beta_streams(traced, fake):
+    client = fake.client()
+    for _ in client.beta.messages.create(**_kwargs(BLOCKS["tool_use"]), stream=True):
+        pass
+    with client.beta.messages.stream(**_kwargs(BLOCKS["tool_use"])) as stream:
+        stream.get_final_message()
+    spans = _spans(traced)
+    assert [s.name for s in spans] == ["Messages.create", "Messages.stream"]
+    for span in spans:
+        _assert_stream_span(span, end="completed", completed=True, name=span.name)
+        assert span.outputs["content"][1]["input"] == {"city": "Paris"}
+
+
+def test_nothing_is_recorded_when_sampled_out(experiment, fake):
+    spanline.autolog(sample_rate=0.0)
+    try:
+        assert [e.type for e in fake.client().messages.create(**_kwargs(LONG), stream=True)][-1] == "message_stop"
+        assert spanline.flush(30)
+        assert traces_in(experiment) == []
+    finally:
+        spanline.autolog(disable=True, sample_rate=1.0)
+
+
+# --- async: asyncio and trio -----------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_async_ways_of_consuming(traced, fake):
+    client = fake.async_client()
+    reference = _reference(LONG)
+    full_text = reference["content"][0]["text"]
+
+    stream = await client.messages.create(**_kwargs(LONG), stream=True)
+    assert type(stream) is anthropic.AsyncStream
+    async for _ in stream:
+        pass
+    stream = await client.messages.create(**_kwargs(LONG), stream=True)
+    async for event in stream:
+        if event.type == "content_block_delta":
+            break
+    await stream.close()
+    async with await client.messages.create(**_kwargs(LONG), stream=True) as stream:
+        async for event in stream:
+            if event.type == "content_block_delta":
+                break
+    async with client.messages.stream(**_kwargs(LONG)) as helper:
+        assert type(helper) is AsyncMessageStream
+        final = await helper.get_final_message()
+    async with client.messages.stream(**_kwargs(LONG)) as helper:
+        assert "".join([t async for t in helper.text_stream]) == full_text
+    async with client.messages.stream(**_kwargs(LONG)) as helper:
+        await helper.until_done()
+        assert (await helper.get_final_text()) == full_text
+    async with client.messages.stream(**_kwargs(LONG)) as helper:
+        async for _ in helper.text_stream:
+            break
+    with pytest.raises(anthropic.APIStatusError):
+        async with client.messages.stream(
+            **_kwargs({"messages": [{"role": "user", "content": "fake:error now"}]})
+        ) as helper:
+            await helper.get_final_message()
+    assert await spanline.aflush(60)
+
+    spans = _spans(traced)
+    assert [s.name for s in spans] == ["AsyncMessages.create"] * 3 + ["AsyncMessages.stream"] * 5
+    full, broke, left, final_span, text_span, done_span, early, failed = spans
+    for span in (full, final_span, text_span, done_span):
+        _assert_stream_span(span, end="completed", completed=True, name=span.name)
+        assert span.outputs["content"][0]["text"] == full_text
+        assert span.outputs == {**reference, "id": span.outputs["id"]}
+    for span in (broke, left, early):
+        _assert_stream_span(span, end="closed", completed=False, name=span.name)
+        assert full_text.startswith(span.outputs["content"][0]["text"]) and span.outputs["content"][0]["text"]
+    _assert_stream_span(failed, end="failed", completed=False, status="ERROR", name="AsyncMessages.stream")
+    assert failed.events[0].attributes["exception.type"] == "APIStatusError"
+    assert final.content[0].text == full_text
+
+
+# --- the worker's side: SSE bytes however they are cut, an encoded body, a stream that never ends ------------
+
+
+def _sse_body(text: str) -> tuple[bytes, dict]:
+    fake = FakeAnthropicAPI()
+    body = {"model": MODEL, "max_tokens": 100_000, "messages": [{"role": "user", "content": text}]}
+    message = fake._build_message(body)
+    return b"".join(fake_anthropic._stream_events(message)), message
+
+
+def _assembled(chunks: list[bytes], encoding: str = "") -> StreamState:
+    state = StreamState(b"{}", "req", encoding, 0)
+    state.feed(chunks, list(range(1, len(chunks) + 1)))
+    state.finish()
+    return state
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.text(min_size=1, max_size=200), crlf=st.booleans(), data=st.data())
+def test_any_text_cut_anywhere_assembles_to_the_message(text, crlf, data):
+    """Unicode of any kind, the body cut at any byte (inside a UTF-8 character, between \\r and \\n)."""
+    body, message = _sse_body(text)
+    if crlf:
+        body = body.replace(b"\n", b"\r\n")
+    cuts = data.draw(st.lists(st.integers(min_value=0, max_value=len(body)), max_size=40), label="cuts")
+    points = sorted(set(cuts))
+    chunks = [body[a:b] for a, b in zip([0, *points], [*points, len(body)], strict=True)]
+    for pieces in (chunks, [body[i : i + 1] for i in range(len(body))]):  # and one byte at a time
+        state = _assembled(pieces)
+        assert state.message() == message
+        assert state.events == body.count(b"\r\n\r\n" if crlf else b"\n\n")
+
+
+def test_an_encoded_body_is_decoded_on_the_worker():
+    body, message = _sse_body("Compressed, please")
+    gz = gzip.compress(body)
+    assert _assembled([gz[:10], gz[10:40], gz[40:]], "gzip").message() == message
+    assert _assembled([zlib.compress(body)], "deflate").message() == message
+
+
+def test_a_stream_whose_end_never_comes_is_stored_unfinished():
+    """The producer died mid-stream (no StreamEnd in the log): shutdown stores the message as far as it came."""
+    body, message = _sse_body("one two three four five six seven eight nine ten")
+    assembler = Assembler(Counters(), lambda: ContentPolicy())
+    half = body[: body.index(b"content_block_stop")]
+    for event in (events.StreamStart(7, 7, 0, 7, "Messages.create", "messages", 100, b'{"model": "m"}', "req_1"),
+                  events.StreamChunk(7, 7, [half], [200])):
+        assembler.add(events.decode(events.encode(event)))
+    assert assembler.take() == []
+    assembler.close_all()
+    (unit,) = assembler.take()
+    (span,) = unit.spans
+    assert span.attributes["spanline.unfinished"] == "true"
+    assert json.loads(span.attributes["spanline.stream.end"]) == "unfinished"
+    stored = json.loads(span.attributes["mlflow.spanOutputs"])
+    assert stored["content"][0]["text"] == message["content"][0]["text"]
+    assert stored["stop_reason"] is None
+    assert json.loads(span.attributes["gen_ai.response.time_to_first_chunk"]) == pytest.approx(100 / 1e9)
+
+
+def test_time_to_first_chunk_only_when_its_chunk_was_timed():
+    """The caller reads the clock for a stream's first chunks only: a first delta after them has no TTFC."""
+    body, _ = _sse_body("one two three")
+    cut = body.index(b"event: content_block_delta")
+    for times, expected in (([5, 9], 9 / 1e9), ([5], None)):
+        state = StreamState(b"{}", "req", "", 0)
+        state.feed([body[:cut], body[cut:]], times)
+        attrs = state.attributes("completed", False, ContentPolicy())
+        assert json.loads(attrs.get("gen_ai.response.time_to_first_chunk", "null")) == expected
