@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import context, convert
+from . import context, convert, surfaces
 from .events import ApiCall, Event, Failure, SpanEnd, SpanStart
 from .stats import Counters, DropReason
 
@@ -73,7 +73,10 @@ class Assembler:
 
     def add(self, event: Event) -> None:
         if type(event) is ApiCall:
-            self._finish(self._api_call(event), event.root)
+            if event.surface == "messages":
+                self._finish(self._api_call(event), event.root)
+            else:  # providers, count_tokens, batches: pipeline/surfaces.py
+                surfaces.add(self, event)
         elif type(event) is SpanStart:
             self._start(event)
         else:
