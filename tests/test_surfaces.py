@@ -4,12 +4,13 @@ beta.messages, batches, the provider clients and the tool runner, each read back
 from __future__ import annotations
 
 import json
+import warnings
 
 import anthropic
 import httpx2
 import pydantic
 import pytest
-from helpers import attr_json, token_usage, traces_in
+from helpers import attr_json, children_of, root_of, token_usage, traces_in
 
 import spanline
 
@@ -174,3 +175,170 @@ def test_beta_error_is_reraised_unchanged(traced, fake):
     assert trace.info.state == "ERROR" and span.name == "beta.Messages.create"
     assert span.events[0].attributes["exception.type"] == type(info.value).__name__
     assert attr_json(span, "anthropic.error")["error"]["type"] == "overloaded_error"
+
+
+# --- message batches --------------------------------------------------------------------------------------
+
+
+def _batch_requests(prefix: str = "") -> list[dict]:
+    return [
+        {"custom_id": f"{prefix}paris", "params": {"model": MODEL, "max_tokens": 64,
+                                                   "messages": [{"role": "user", "content": "Hello from Paris"}]}},
+        {"custom_id": f"{prefix}broken", "params": {"model": "fake-error-500", "max_tokens": 64, "messages": HELLO}},
+    ]
+
+
+def _check_results_trace(trace, batch_id: str, prefix: str = "") -> None:
+    root = root_of(trace)
+    assert root.span_type == "TASK" and root.name.endswith("Batches.results")
+    assert root.inputs == {"message_batch_id": batch_id}
+    assert root.outputs == {"results": 2, "succeeded": 1, "errored": 1}
+    ok, broken = sorted(children_of(trace, root), key=lambda s: s.name, reverse=True)
+    assert ok.name == f"batch.{prefix}paris" and ok.span_type == "CHAT_MODEL"
+    assert ok.inputs["messages"] == [{"role": "user", "content": "Hello from Paris"}], "linked by custom_id"
+    assert ok.outputs["content"][0]["text"] == "Hello! You said: Hello from Paris"
+    assert attr_json(ok, "mlflow.llm.model") == MODEL
+    assert attr_json(ok, "anthropic.batch.custom_id") == f"{prefix}paris"
+    assert attr_json(ok, "anthropic.batch.id") == batch_id
+    assert broken.status.status_code == "ERROR" and broken.events[0].name == "exception"
+    assert attr_json(broken, "anthropic.error")["error"]["type"] == "api_error"
+    # The trace aggregates the results' usage like the calls they stand for (MLflow computes cost from it).
+    assert token_usage(trace) == attr_json(ok, "mlflow.chat.tokenUsage")
+    assert trace.info.tags["mlflow.traceName"] == root.name
+
+
+def test_batch_create_results_cancel_delete(traced, fake):
+    client = fake.client()
+    batch = client.messages.batches.create(requests=_batch_requests())
+    assert client.messages.batches.retrieve(batch.id).processing_status == "ended"  # polled: not traced
+    assert [b.id for b in client.messages.batches.list()] == [batch.id]  # listing: not traced
+    results = {r.custom_id: r.result.type for r in client.messages.batches.results(batch.id)}
+    assert results == {"paris": "succeeded", "broken": "errored"}
+    client.messages.batches.cancel(batch.id)
+    client.messages.batches.delete(batch.id)
+    assert spanline.flush(30)
+    create, read, cancel, delete = traces_in(traced)
+
+    (span,) = create.data.spans
+    assert span.name == "Batches.create" and span.span_type == "TASK"
+    assert [r["custom_id"] for r in span.inputs["requests"]] == ["paris", "broken"], "the batch's requests"
+    assert span.outputs["id"] == batch.id and attr_json(span, "anthropic.batch.id") == batch.id
+    assert attr_json(span, "anthropic.batch.request_count") == 2
+    assert token_usage(create) is None, "a batch costs when its results exist, not when it is created"
+    _check_results_trace(read, batch.id)
+    assert cancel.data.spans[0].name == "Batches.cancel"
+    assert cancel.data.spans[0].inputs == {"message_batch_id": batch.id}
+    assert delete.data.spans[0].outputs == {"id": batch.id, "type": "message_batch_deleted"}
+
+
+@pytest.mark.anyio
+async def test_batch_results_async_and_beta(traced, fake):
+    client = fake.async_client()
+    batch = await client.beta.messages.batches.create(requests=_batch_requests("b-"))
+    seen = [r.custom_id async for r in await client.beta.messages.batches.results(batch.id)]
+    assert sorted(seen) == ["b-broken", "b-paris"]
+    assert await spanline.aflush(30)
+    create, read = traces_in(traced)
+    assert create.data.spans[0].name == "beta.AsyncBatches.create"
+    _check_results_trace(read, batch.id, "b-")
+
+
+def test_batch_results_of_a_batch_created_elsewhere_still_link_by_custom_id(traced, fake):
+    untraced = fake.client()
+    spanline.autolog(disable=True)
+    batch = untraced.messages.batches.create(requests=_batch_requests())
+    spanline.autolog()
+    for _ in fake.client().messages.batches.results(batch.id):
+        pass
+    assert spanline.flush(30)
+    (trace,) = traces_in(traced)
+    ok = next(s for s in trace.data.spans if s.name == "batch.paris")
+    assert ok.inputs is None and attr_json(ok, "anthropic.batch.custom_id") == "paris"
+    assert ok.outputs["content"][0]["type"] == "text" and attr_json(ok, "mlflow.chat.tokenUsage")
+
+
+def test_batch_create_error_is_reraised_unchanged(traced, fake):
+    client = fake.client()
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.batches.create(requests=[])
+    trace, span = _one_span(traced)
+    assert trace.info.state == "ERROR" and span.name == "Batches.create"
+    assert span.events[0].attributes["exception.type"] == "BadRequestError"
+
+
+# --- every client class -----------------------------------------------------------------------------------
+
+# Offline, with fake credentials: Bedrock with an API key (SigV4 signing needs botocore, which is not
+# installed), Vertex with an access token, Google Cloud with a token provider.
+PROVIDER_CLIENTS = {
+    "Anthropic": ({"api_key": "sk-fake-secret"}, "anthropic"),
+    "AnthropicBedrock": ({"api_key": "bedrock-fake-secret", "aws_region": "us-east-1"}, "bedrock"),
+    "AnthropicBedrockMantle": ({"api_key": "mantle-fake-secret", "aws_region": "us-east-1"}, "bedrock"),
+    "AnthropicVertex": ({"region": "us-east5", "project_id": "p", "access_token": "vertex-fake-secret"}, "vertex_ai"),
+    "AnthropicFoundry": ({"api_key": "foundry-fake-secret", "resource": "fake"}, "azure_ai"),
+    "AnthropicAWS": ({"api_key": "aws-fake-secret", "aws_region": "us-east-1", "workspace_id": "wrkspc_fake"}, "aws"),
+    "AnthropicGoogleCloud": (
+        {"project": "fake", "location": "us-east5", "workspace_id": "wrkspc_fake",
+         "token_provider": lambda: "gcloud-fake-secret"},
+        "google_cloud",
+    ),
+}
+
+
+def _provider_client(name: str, fake, asynchronous: bool):
+    kwargs, _ = PROVIDER_CLIENTS[name]
+    if name == "AnthropicGoogleCloud" and asynchronous:
+        async def token() -> str:
+            return "gcloud-fake-secret"
+        kwargs = {**kwargs, "token_provider": token}
+    cls = getattr(anthropic, ("Async" if asynchronous else "") + name)
+    transport = fake.async_transport() if asynchronous else fake.transport()
+    http = (httpx2.AsyncClient if asynchronous else httpx2.Client)(transport=transport)
+    return cls(http_client=http, max_retries=0, **kwargs)
+
+
+def _check_provider_trace(trace, name: str, model: str) -> None:
+    span = trace.data.spans[0]
+    assert attr_json(span, "mlflow.llm.provider") == PROVIDER_CLIENTS[name][1]
+    assert attr_json(span, "mlflow.llm.model") == model, "Bedrock and Vertex move the model into the URL"
+    assert attr_json(span, "mlflow.chat.tokenUsage")["total_tokens"] > 0
+    stored = json.dumps(span.to_dict())
+    assert "fake-secret" not in stored
+
+
+@pytest.mark.parametrize("name", list(PROVIDER_CLIENTS))
+def test_every_client_class_names_its_provider(traced, fake, name):
+    client = _provider_client(name, fake, asynchronous=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        client.messages.create(model=MODEL, max_tokens=32, messages=HELLO)
+        client.beta.messages.create(model=MODEL, max_tokens=32, messages=HELLO)
+    assert spanline.flush(30)
+    plain, beta = traces_in(traced)
+    # Named after the resource class, as MLflow names spans (Foundry's is its own subclass, MessagesFoundry).
+    assert plain.data.spans[0].name == f"{type(client.messages).__name__}.create"
+    assert "beta" in beta.data.spans[0].name.lower() and beta.data.spans[0].name.endswith(".create")
+    for trace in (plain, beta):
+        _check_provider_trace(trace, name, MODEL)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", list(PROVIDER_CLIENTS))
+async def test_every_async_client_class_names_its_provider(traced, fake, name):
+    client = _provider_client(name, fake, asynchronous=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        await client.messages.create(model=MODEL, max_tokens=32, messages=HELLO)
+    assert await spanline.aflush(30)
+    (trace,) = traces_in(traced)
+    assert trace.data.spans[0].name == f"{type(client.messages).__name__}.create"
+    _check_provider_trace(trace, name, MODEL)
+
+
+def test_provider_error_names_the_provider(traced, fake):
+    client = _provider_client("AnthropicVertex", fake, asynchronous=False)
+    fake.fail_next(429)
+    with pytest.raises(anthropic.RateLimitError):
+        client.messages.create(model=MODEL, max_tokens=32, messages=HELLO)
+    trace, span = _one_span(traced)
+    assert trace.info.state == "ERROR" and attr_json(span, "mlflow.llm.provider") == "vertex_ai"
