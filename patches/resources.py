@@ -29,7 +29,7 @@ class SpanNames(dict):
         self.method = method
 
     def __missing__(self, cls: type) -> str:
-        beta = ".beta." in cls.__module__ or "._beta" in cls.__module__
+        beta = (".beta." in cls.__module__ or "._beta" in cls.__module__) and "Beta" not in cls.__name__
         name = self[cls] = f"{'beta.' if beta else ''}{cls.__name__}.{self.method}"
         return name
 

@@ -342,3 +342,107 @@ def test_provider_error_names_the_provider(traced, fake):
         client.messages.create(model=MODEL, max_tokens=32, messages=HELLO)
     trace, span = _one_span(traced)
     assert trace.info.state == "ERROR" and attr_json(span, "mlflow.llm.provider") == "vertex_ai"
+
+
+# --- the tool runner --------------------------------------------------------------------------------------
+
+QUESTION = [{"role": "user", "content": "What is the weather in Tokyo?"}]
+
+
+def _weather_tool(asynchronous: bool = False, fail: bool = False):
+    from anthropic import beta_async_tool, beta_tool
+
+    def get_weather(city: str) -> str:
+        """Returns the weather condition of a given city."""
+        if fail:
+            raise ValueError(f"no weather station in {city}")
+        return "sunny" if city == "Tokyo" else "rainy"
+
+    if not asynchronous:
+        return beta_tool(get_weather)
+
+    async def get_weather_async(city: str) -> str:
+        """Returns the weather condition of a given city."""
+        return get_weather(city)
+
+    get_weather_async.__name__ = "get_weather"
+    return beta_async_tool(get_weather_async)
+
+
+def _check_runner_trace(trace, name: str) -> None:
+    root = root_of(trace)
+    assert root.name == name and root.span_type == "AGENT"
+    assert root.inputs["messages"] == QUESTION and root.inputs["model"] == MODEL
+    turn1, tool, turn2 = children_of(trace, root)
+    assert [turn1.span_type, tool.span_type, turn2.span_type] == ["CHAT_MODEL", "TOOL", "CHAT_MODEL"]
+    assert tool.name == "get_weather" and tool.inputs == {"city": "Tokyo"} and tool.outputs == "sunny"
+    assert turn1.outputs["stop_reason"] == "tool_use"
+    assert turn2.inputs["messages"][0]["content"][0]["content"] == "sunny", "the tool's result went back"
+    assert root.outputs["content"][0]["text"] == "The result is: sunny."
+    usage = token_usage(trace)
+    assert usage["total_tokens"] == sum(attr_json(s, "mlflow.chat.tokenUsage")["total_tokens"] for s in (turn1, turn2))
+
+
+def test_tool_runner_is_an_agent_span_with_turns_and_tools(traced, fake):
+    client = fake.client()
+    runner = client.beta.messages.tool_runner(model=MODEL, max_tokens=256, tools=[_weather_tool()], messages=QUESTION)
+    replies = [m.stop_reason for m in runner]
+    assert replies == ["tool_use", "end_turn"]
+    assert spanline.flush(30)
+    (trace,) = traces_in(traced)
+    _check_runner_trace(trace, "beta.Messages.tool_runner")
+
+
+@pytest.mark.anyio
+async def test_tool_runner_async(traced, fake):
+    client = fake.async_client()
+    runner = client.beta.messages.tool_runner(
+        model=MODEL, max_tokens=256, tools=[_weather_tool(asynchronous=True)], messages=QUESTION
+    )
+    final = await runner.until_done()
+    assert final.stop_reason == "end_turn"
+    assert await spanline.aflush(30)
+    (trace,) = traces_in(traced)
+    _check_runner_trace(trace, "beta.AsyncMessages.tool_runner")
+
+
+def test_tool_runner_failing_tool_is_an_error_span_and_the_run_goes_on(traced, fake):
+    client = fake.client()
+    runner = client.beta.messages.tool_runner(
+        model=MODEL, max_tokens=256, tools=[_weather_tool(fail=True)], messages=QUESTION
+    )
+    assert runner.until_done().stop_reason == "end_turn"  # the SDK sends the error back as the tool's result
+    assert spanline.flush(30)
+    (trace,) = traces_in(traced)
+    tool = next(s for s in trace.data.spans if s.span_type == "TOOL")
+    assert tool.status.status_code == "ERROR"
+    assert tool.events[0].attributes["exception.type"] == "ValueError"
+    assert trace.info.state == "OK"
+
+
+def test_tool_runner_api_error_is_reraised_unchanged(traced, fake):
+    client = fake.client()
+    runner = client.beta.messages.tool_runner(model=MODEL, max_tokens=256, tools=[_weather_tool()], messages=QUESTION)
+    assert next(runner).stop_reason == "tool_use"
+    fake.fail_next(500)
+    with pytest.raises(anthropic.InternalServerError):
+        next(runner)
+    assert spanline.flush(30)
+    (trace,) = traces_in(traced)
+    root = root_of(trace)
+    assert trace.info.state == "ERROR" and root.status.status_code == "ERROR"
+    assert root.events[0].attributes["exception.type"] == "InternalServerError"
+    assert [s.span_type for s in children_of(trace, root)] == ["CHAT_MODEL", "TOOL", "CHAT_MODEL"]
+
+
+def test_tool_runner_closed_early_ends_its_span(traced, fake):
+    client = fake.client()
+    runner = client.beta.messages.tool_runner(model=MODEL, max_tokens=256, tools=[_weather_tool()], messages=QUESTION)
+    for _ in runner:
+        break
+    runner.close()
+    assert spanline.flush(30)
+    (trace,) = traces_in(traced)
+    root = root_of(trace)
+    assert root.span_type == "AGENT" and trace.info.state == "OK"
+    assert [s.span_type for s in children_of(trace, root)] == ["CHAT_MODEL"]
