@@ -5,9 +5,10 @@ seam, same recorder) with the surface ``batch``. ``create`` also keeps its reque
 made, by reference) under the new batch's id, so that its results can be linked to their requests.
 
 ``results`` streams a JSONL file the caller reads lazily. The call parks its event, keyed by the ``httpx``
-response, and the decoder's ``__decode__`` keeps each chunk the SDK reads (a list append) and emits the event
-once the caller is done with it (exhausted, closed or dropped): the worker turns each line into a
-``CHAT_MODEL`` span under the ``results`` span (``pipeline/surfaces.py``).
+response (``patches/raw_response.py``: emitted as it is if the response is dropped unread), and the
+decoder's ``__decode__`` keeps each chunk the SDK reads (a list append) and emits the event once the caller
+is done with it (exhausted, closed or dropped): the worker turns each line into a ``CHAT_MODEL`` span under
+the ``results`` span (``pipeline/surfaces.py``).
 
 ``retrieve`` and ``list`` are not traced (see ``patches/coverage.py``).
 """
@@ -15,7 +16,6 @@ once the caller is done with it (exhausted, closed or dropped): the worker turns
 from __future__ import annotations
 
 import functools
-import weakref
 from collections.abc import AsyncIterator, Iterator
 from time import time_ns
 from typing import Any
@@ -28,7 +28,7 @@ from spanline.pipeline.stats import report_internal_error
 from spanline import _runtime
 from spanline.tracing import emit, placement
 
-from . import messages, patch, resources
+from . import messages, patch, raw_response, resources
 from .http_capture import inflight
 
 # Batch id -> the create request's body, for the results of a batch created in this process. Bounded, oldest
@@ -37,8 +37,6 @@ MAX_REMEMBERED_BATCHES = 256
 MAX_REMEMBERED_BYTES = 64 * 1024 * 1024
 _created: dict[str, bytes] = {}
 _created_bytes = 0
-# The results call's event, until its body has been read: keyed weakly by the httpx response.
-_pending: weakref.WeakKeyDictionary[Any, ApiCall] = weakref.WeakKeyDictionary()
 
 
 def install() -> None:
@@ -147,7 +145,7 @@ def _park(self: Any, args: tuple, kwargs: dict, parent: Any, start: int, decoder
             trace, span, parent_span, root, names[type(self)], surfaces[type(self._client)], start, 0,
             envelope, b"", request_id, None, ext_trace, experiment, tracking_uri,
         )
-        _pending[http_response] = event
+        raw_response.park(http_response, event)  # emitted as it is if the caller never reads the results
     except Exception as internal:
         report_internal_error(_runtime.pipeline.counters, "batches.results", internal)
 
@@ -235,7 +233,7 @@ def _emitting(items: Iterator[Any], event: ApiCall, kept: list[bytes]) -> Iterat
 def _wrap_decode(original: Any) -> Any:
     @functools.wraps(original)
     def __decode__(self: Any) -> Any:
-        event = _pending.pop(self.http_response, None) if _pending else None
+        event = raw_response.take(self.http_response)
         if event is None:
             return original(self)
         kept: list[bytes] = []
@@ -262,7 +260,7 @@ async def _aemitting(items: AsyncIterator[Any], event: ApiCall, kept: list[bytes
 def _wrap_adecode(original: Any) -> Any:
     @functools.wraps(original)
     def __decode__(self: Any) -> Any:
-        event = _pending.pop(self.http_response, None) if _pending else None
+        event = raw_response.take(self.http_response)
         if event is None:
             return original(self)
         kept: list[bytes] = []

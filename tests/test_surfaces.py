@@ -446,3 +446,36 @@ def test_tool_runner_closed_early_ends_its_span(traced, fake):
     root = root_of(trace)
     assert root.span_type == "AGENT" and trace.info.state == "OK"
     assert [s.span_type for s in children_of(trace, root)] == ["CHAT_MODEL"]
+
+
+def test_a_streamed_body_never_read_or_exited_is_still_recorded(traced, fake):
+    import gc
+
+    client = fake.client()
+    manager = client.messages.with_streaming_response.create(model=MODEL, max_tokens=64, messages=HELLO)
+    manager.__enter__()  # by hand, never exited: the caller drops it
+    del manager
+    gc.collect()
+    _, span = _one_span(traced)
+    assert span.name == "Messages.create" and span.inputs["messages"] == HELLO
+
+
+def test_batch_results_dropped_unread_or_half_read_are_recorded(traced, fake):
+    import gc
+
+    client = fake.client()
+    batch = client.messages.batches.create(requests=_batch_requests())
+    unread = client.messages.batches.results(batch.id)
+    del unread
+    half = client.messages.batches.results(batch.id)
+    next(half)
+    del half
+    gc.collect()
+    assert spanline.flush(30)
+    _create, first, second = traces_in(traced)
+    for trace in (first, second):
+        assert root_of(trace).name == "Batches.results"
+    assert len(first.data.spans) == 1 and root_of(first).outputs == {"results": 0}
+    # Half read: what the SDK had read of the body when the caller dropped it (at least the line it yielded).
+    read = children_of(second, root_of(second))
+    assert read and read[0].name == "batch.paris" and root_of(second).outputs["results"] == len(read)
