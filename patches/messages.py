@@ -169,11 +169,12 @@ def _record_failure(self: Any, kwargs: dict, parent: Parent | None, start: int, 
 
 def _wrap_sync(original: Any, surface: str = "messages") -> Any:
     names, surfaces = resources.SpanNames(original.__name__), resources.Surfaces(surface)
+    mlflow_too = resources.mlflow_traces(original)  # only MLflow's own autolog targets make spanline step aside
 
     @functools.wraps(original)
     def create(self: Any, *args: Any, **kwargs: Any) -> Any:
         if (not _runtime.recording or kwargs.get("stream") is True or inflight.get() is not None
-                or ("anthropic" in _mlflow_integrations and _mlflow_records_it())):
+                or ("anthropic" in _mlflow_integrations and mlflow_too and _mlflow_records_it())):
             return original(self, *args, **kwargs)
         parent = current.get() or mlflow_parent()
         slot: list[Any] = []
@@ -194,11 +195,12 @@ def _wrap_sync(original: Any, surface: str = "messages") -> Any:
 
 def _wrap_async(original: Any, surface: str = "messages") -> Any:
     names, surfaces = resources.SpanNames(original.__name__), resources.Surfaces(surface)
+    mlflow_too = resources.mlflow_traces(original)
 
     @functools.wraps(original)
     async def create(self: Any, *args: Any, **kwargs: Any) -> Any:
         if (not _runtime.recording or kwargs.get("stream") is True or inflight.get() is not None
-                or ("anthropic" in _mlflow_integrations and _mlflow_records_it())):
+                or ("anthropic" in _mlflow_integrations and mlflow_too and _mlflow_records_it())):
             return await original(self, *args, **kwargs)
         parent = current.get() or mlflow_parent()
         slot: list[Any] = []

@@ -48,6 +48,12 @@ class Surfaces(dict):
         return value
 
 
+def mlflow_traces(function: Any) -> bool:
+    """Whether ``mlflow.anthropic.autolog()`` traces this SDK function too (it patches the first-party
+    ``Messages.create`` and ``AsyncMessages.create`` only); for the rest spanline records even then."""
+    return function.__module__ == "anthropic.resources.messages.messages" and function.__name__ == "create"
+
+
 def message_classes() -> Iterator[tuple[type, type]]:
     """(sync, async) resource classes whose ``create`` / ``parse`` / ``count_tokens`` send one Messages request.
 

@@ -8,6 +8,7 @@ import warnings
 
 import anthropic
 import httpx2
+import mlflow
 import pydantic
 import pytest
 from helpers import attr_json, children_of, root_of, token_usage, traces_in
@@ -479,3 +480,20 @@ def test_batch_results_dropped_unread_or_half_read_are_recorded(traced, fake):
     # Half read: what the SDK had read of the body when the caller dropped it (at least the line it yielded).
     read = children_of(second, root_of(second))
     assert read and read[0].name == "batch.paris" and root_of(second).outputs["results"] == len(read)
+
+
+def test_with_mlflow_autolog_on_spanline_still_records_what_mlflow_does_not(experiment, fake):
+    # MLflow's autolog patches the first-party Messages.create only: spanline steps aside there, nowhere else.
+    spanline.autolog()
+    mlflow.anthropic.autolog()
+    try:
+        client = fake.client()
+        client.messages.create(model=MODEL, max_tokens=32, messages=HELLO)
+        client.messages.count_tokens(model=MODEL, messages=HELLO)
+        client.beta.messages.create(model=MODEL, max_tokens=32, messages=HELLO)
+        assert spanline.flush(30)
+        names = sorted(t.data.spans[0].name for t in traces_in(experiment))
+        assert names == ["Messages.count_tokens", "Messages.create", "beta.Messages.create"]
+    finally:
+        mlflow.anthropic.autolog(disable=True)
+        spanline.autolog(disable=True)
