@@ -23,7 +23,7 @@ from spanline.pipeline.stats import report_internal_error
 from spanline import _runtime
 from spanline.tracing import emit, failure, placement
 
-from . import patch, streaming
+from . import patch, raw_response, resources, streaming
 from .http_capture import bodies, inflight
 
 # MLflow's own anthropic autolog, when enabled, records these calls itself; spanline then steps aside
@@ -45,6 +45,22 @@ def install() -> None:
         _mlflow_integrations = AUTOLOGGING_INTEGRATIONS
     patch(Messages, "create", _wrap_sync)
     patch(AsyncMessages, "create", _wrap_async)
+    # The same wrappers serve every resource class whose method sends one Messages request and returns one
+    # Message: ``messages.parse``, ``beta.messages.create`` / ``parse`` (and the provider clients' own beta
+    # classes, which copy the first-party functions at import, so they are patched where they live).
+    for sync_cls, async_cls in resources.message_classes():
+        for method in ("create", "parse"):
+            if method in sync_cls.__dict__:
+                patch(sync_cls, method, _wrap_sync)
+            if method in async_cls.__dict__:
+                patch(async_cls, method, _wrap_async)
+    # The surfaces that reuse these wrappers or hang off the same calls (spanline._api installs this module).
+    from . import batches, count_tokens, tool_runner
+
+    raw_response.install()
+    count_tokens.install()
+    batches.install()
+    tool_runner.install()
     streaming.install()
 
 
@@ -66,15 +82,12 @@ def _mlflow_records_it() -> bool:
     return True
 
 
-_span_names: dict[type, str] = {}
+_span_names = resources.SpanNames("create")
+_surfaces = resources.Surfaces("messages")
 
 
 def _span_name(cls: type) -> str:
-    # MLflow's name for the span: the resource class and the method, e.g. "AsyncMessages.create".
-    name = _span_names.get(cls)
-    if name is None:
-        name = _span_names[cls] = f"{cls.__name__}.create"
-    return name
+    return _span_names[cls]
 
 
 def _fallback_request(kwargs: dict[str, Any]) -> bytes:
@@ -82,7 +95,8 @@ def _fallback_request(kwargs: dict[str, Any]) -> bytes:
     return to_json_bytes({k: v for k, v in kwargs.items() if k not in _SECRET_KWARGS})
 
 
-def _record(self: Any, kwargs: dict, parent: Parent | None, start: int, slot: list, result: Any) -> None:
+def _record(self: Any, kwargs: dict, parent: Parent | None, start: int, slot: list, result: Any,
+            names: dict[type, str] = _span_names, surfaces: dict[type, str] = _surfaces) -> None:
     """Append the event of a call that returned. Never raises: a failure here is counted, and the
     caller's call goes on.
 
@@ -104,18 +118,23 @@ def _record(self: Any, kwargs: dict, parent: Parent | None, start: int, slot: li
             if not sampled:
                 return
             root = root or span
+        unread = None
         try:
             response = slot[-1]
             request_body, response_body = response.request.content, response.content
         except Exception:  # no response reached the seam (another wrapper in between), or an unread body
-            request_body, response_body = bodies(slot[-1] if slot else None)
+            unread = slot[-1] if slot else None
+            request_body, response_body = bodies(unread)
         request_id = getattr(result, "_request_id", None)
-        name = _span_names.get(type(self)) or _span_name(type(self))
+        if request_id is None:  # a with_raw_response / with_streaming_response call returns the APIResponse
+            request_id = getattr(result, "request_id", None)
         event = ApiCall(
-            trace, span, parent_span, root, name, "messages", start, end,
+            trace, span, parent_span, root, names[type(self)], surfaces[type(self._client)], start, end,
             request_body or _fallback_request(kwargs), response_body,
             request_id if type(request_id) is str else "", None, ext_trace, experiment, tracking_uri,
         )
+        if unread is not None and raw_response.defer(unread, event):
+            return  # with_streaming_response: the body is read later, by the caller; recorded then
         pipeline = _runtime.pipeline
         if pipeline._thread is None:
             pipeline.start()
@@ -124,8 +143,8 @@ def _record(self: Any, kwargs: dict, parent: Parent | None, start: int, slot: li
         report_internal_error(_runtime.pipeline.counters, "messages.create", internal)
 
 
-def _record_failure(self: Any, kwargs: dict, parent: Parent | None, start: int, slot: list,
-                    exc: BaseException, name: str | None = None) -> None:
+def _record_failure(self: Any, kwargs: dict, parent: Parent | None, start: int, slot: list, exc: BaseException,
+                    names: dict[type, str] = _span_names, surfaces: dict[type, str] = _surfaces) -> None:
     """Append the event of a call that raised: the error as MLflow records it, and whatever of the HTTP
     exchange the exception holds. Never raises."""
     try:
@@ -140,7 +159,7 @@ def _record_failure(self: Any, kwargs: dict, parent: Parent | None, start: int, 
         request_id = getattr(exc, "request_id", None)
         emit(
             ApiCall(
-                trace, span, parent_span, root, name or _span_name(type(self)), "messages", start, end,
+                trace, span, parent_span, root, names[type(self)], surfaces[type(self._client)], start, end,
                 request_body or _fallback_request(kwargs), response_body,
                 request_id if type(request_id) is str else "", failure(exc), ext_trace, experiment,
                 tracking_uri,
@@ -150,15 +169,18 @@ def _record_failure(self: Any, kwargs: dict, parent: Parent | None, start: int, 
         report_internal_error(_runtime.pipeline.counters, "messages.create", internal)
 
 
-def _wrap_sync(original: Any) -> Any:
+def _wrap_sync(original: Any, surface: str = "messages") -> Any:
+    names, surfaces = resources.SpanNames(original.__name__), resources.Surfaces(surface)
+    mlflow_too = resources.mlflow_traces(original)  # only MLflow's own autolog targets make spanline step aside
+
     @functools.wraps(original)
     def create(self: Any, *args: Any, **kwargs: Any) -> Any:
         if (not _runtime.recording or inflight.get() is not None
-                or ("anthropic" in _mlflow_integrations and _mlflow_records_it())):
+                or ("anthropic" in _mlflow_integrations and mlflow_too and _mlflow_records_it())):
             return original(self, *args, **kwargs)
         if kwargs.get("stream") is True:
             return streaming.call_sync(
-                functools.partial(original, self, *args, **kwargs), self, kwargs, _span_name(type(self))
+                functools.partial(original, self, *args, **kwargs), self, kwargs, names, surfaces
             )
         parent = current.get() or mlflow_parent()
         slot: list[Any] = []
@@ -168,24 +190,27 @@ def _wrap_sync(original: Any) -> Any:
             result = original(self, *args, **kwargs)
         except BaseException as exc:
             inflight.reset(token)
-            _record_failure(self, kwargs, parent, start, slot, exc)
+            _record_failure(self, kwargs, parent, start, slot, exc, names, surfaces)
             raise
         inflight.reset(token)
-        _record(self, kwargs, parent, start, slot, result)
+        _record(self, kwargs, parent, start, slot, result, names, surfaces)
         return result
 
     return create
 
 
-def _wrap_async(original: Any) -> Any:
+def _wrap_async(original: Any, surface: str = "messages") -> Any:
+    names, surfaces = resources.SpanNames(original.__name__), resources.Surfaces(surface)
+    mlflow_too = resources.mlflow_traces(original)
+
     @functools.wraps(original)
     async def create(self: Any, *args: Any, **kwargs: Any) -> Any:
         if (not _runtime.recording or inflight.get() is not None
-                or ("anthropic" in _mlflow_integrations and _mlflow_records_it())):
+                or ("anthropic" in _mlflow_integrations and mlflow_too and _mlflow_records_it())):
             return await original(self, *args, **kwargs)
         if kwargs.get("stream") is True:
             return await streaming.call_async(
-                functools.partial(original, self, *args, **kwargs), self, kwargs, _span_name(type(self))
+                functools.partial(original, self, *args, **kwargs), self, kwargs, names, surfaces
             )
         parent = current.get() or mlflow_parent()
         slot: list[Any] = []
@@ -195,10 +220,10 @@ def _wrap_async(original: Any) -> Any:
             result = await original(self, *args, **kwargs)
         except BaseException as exc:
             inflight.reset(token)
-            _record_failure(self, kwargs, parent, start, slot, exc)
+            _record_failure(self, kwargs, parent, start, slot, exc, names, surfaces)
             raise
         inflight.reset(token)
-        _record(self, kwargs, parent, start, slot, result)
+        _record(self, kwargs, parent, start, slot, result, names, surfaces)
         return result
 
     return create

@@ -31,7 +31,7 @@ from spanline.pipeline.stats import report_internal_error
 from spanline import _runtime
 from spanline.tracing import failure, placement
 
-from . import patch
+from . import patch, resources
 from .http_capture import inflight
 
 try:
@@ -47,21 +47,11 @@ STAMPED = 32
 
 def install() -> None:
     """Patch the ``.stream(...)`` helpers; ``create(stream=True)`` goes through ``messages``' wrappers."""
-    from anthropic.resources.messages import AsyncMessages, Messages
-
-    patch(Messages, "stream", _wrap_stream_sync)
-    patch(AsyncMessages, "stream", _wrap_stream_async)
-    try:
-        from anthropic.resources.beta.messages import AsyncMessages as BetaAsyncMessages
-        from anthropic.resources.beta.messages import Messages as BetaMessages
-    except ImportError:
-        return
-    from . import messages
-
-    patch(BetaMessages, "create", messages._wrap_sync)
-    patch(BetaAsyncMessages, "create", messages._wrap_async)
-    patch(BetaMessages, "stream", _wrap_stream_sync)
-    patch(BetaAsyncMessages, "stream", _wrap_stream_async)
+    for sync_cls, async_cls in resources.message_classes():
+        if "stream" in sync_cls.__dict__:
+            patch(sync_cls, "stream", _wrap_stream_sync)
+        if "stream" in async_cls.__dict__:
+            patch(async_cls, "stream", _wrap_stream_async)
 
 
 # --- the recorder on the response's body ---------------------------------------------------------------
@@ -212,7 +202,7 @@ def _response_headers(response: Any) -> tuple[str, str]:
     return request_id, encoding
 
 
-def _opened(result: Any, kwargs: dict, parent: Parent | None, start: int, slot: list, name: str,
+def _opened(result: Any, kwargs: dict, parent: Parent | None, start: int, slot: list, name: str, surface: str,
             recorder: type[_Recorder]) -> None:
     """A streamed call returned: emit ``StreamStart`` and put the recorder on the response's body.
     Never raises."""
@@ -230,7 +220,7 @@ def _opened(result: Any, kwargs: dict, parent: Parent | None, start: int, slot: 
 
             request_body = _fallback_request(kwargs)
         request_id, encoding = _response_headers(response)
-        event = StreamStart(trace, span, parent_span, root, name, "messages", start, request_body, request_id,
+        event = StreamStart(trace, span, parent_span, root, name, surface, start, request_body, request_id,
                             encoding, ext_trace, experiment, tracking_uri)
         pipeline = _runtime.pipeline
         if pipeline._thread is None:
@@ -241,7 +231,8 @@ def _opened(result: Any, kwargs: dict, parent: Parent | None, start: int, slot: 
         report_internal_error(_runtime.pipeline.counters, "stream", internal)
 
 
-def call_sync(call: Any, self: Any, kwargs: dict, name: str) -> Any:
+def call_sync(call: Any, self: Any, kwargs: dict, names: dict[type, str],
+                        surfaces: dict[type, str]) -> Any:
     """Make the streamed call ``call()`` (sync) traced; returns what it returns, raises what it raises."""
     from .messages import _record_failure
 
@@ -253,14 +244,15 @@ def call_sync(call: Any, self: Any, kwargs: dict, name: str) -> Any:
         result = call()
     except BaseException as exc:
         inflight.reset(token)
-        _record_failure(self, kwargs, parent, start, slot, exc, name)
+        _record_failure(self, kwargs, parent, start, slot, exc, names, surfaces)
         raise
     inflight.reset(token)
-    _opened(result, kwargs, parent, start, slot, name, SyncRecorder)
+    _opened(result, kwargs, parent, start, slot, names[type(self)], surfaces[type(self._client)], SyncRecorder)
     return result
 
 
-async def call_async(call: Any, self: Any, kwargs: dict, name: str) -> Any:
+async def call_async(call: Any, self: Any, kwargs: dict, names: dict[type, str],
+                               surfaces: dict[type, str]) -> Any:
     """``call_sync`` for an async call: ``call()`` returns the awaitable to await."""
     from .messages import _record_failure
 
@@ -272,23 +264,19 @@ async def call_async(call: Any, self: Any, kwargs: dict, name: str) -> Any:
         result = await call()
     except BaseException as exc:
         inflight.reset(token)
-        _record_failure(self, kwargs, parent, start, slot, exc, name)
+        _record_failure(self, kwargs, parent, start, slot, exc, names, surfaces)
         raise
     inflight.reset(token)
-    _opened(result, kwargs, parent, start, slot, name, AsyncRecorder)
+    _opened(result, kwargs, parent, start, slot, names[type(self)], surfaces[type(self._client)],
+            AsyncRecorder)
     return result
 
 
 # --- the .stream(...) helpers -----------------------------------------------------------------------------
 
-_stream_names: dict[type, str] = {}
-
-
-def _stream_name(cls: type) -> str:
-    name = _stream_names.get(cls)
-    if name is None:
-        name = _stream_names[cls] = f"{cls.__name__}.stream"
-    return name
+# Span names ("Messages.stream", "beta.Messages.stream") by resource class; surfaces by client class.
+_stream_names = resources.SpanNames("stream")
+_stream_surfaces = resources.Surfaces("messages")
 
 
 def _request_attribute(manager: Any) -> str:
@@ -298,9 +286,8 @@ def _request_attribute(manager: Any) -> str:
 
 
 def _should_record() -> bool:
-    from .messages import _mlflow_integrations, _mlflow_records_it
-
-    return _runtime.recording and not ("anthropic" in _mlflow_integrations and _mlflow_records_it())
+    # MLflow's autolog never traces ``.stream()`` (it calls ``_post``, not ``create``): no stepping aside here.
+    return _runtime.recording
 
 
 def _wrap_stream_sync(original: Any) -> Any:
@@ -312,9 +299,9 @@ def _wrap_stream_sync(original: Any) -> Any:
         try:
             attribute = _request_attribute(manager)
             api_request = getattr(manager, attribute)
-            name = _stream_names.get(type(self)) or _stream_name(type(self))
             # The request is made when the manager is entered: trace it then.
-            setattr(manager, attribute, functools.partial(call_sync, api_request, self, kwargs, name))
+            setattr(manager, attribute,
+                    functools.partial(call_sync, api_request, self, kwargs, _stream_names, _stream_surfaces))
         except Exception as internal:
             report_internal_error(_runtime.pipeline.counters, "messages.stream", internal)
         return manager
@@ -331,8 +318,7 @@ def _wrap_stream_async(original: Any) -> Any:
         try:
             attribute = _request_attribute(manager)
             api_request = getattr(manager, attribute)  # a coroutine, awaited when the manager is entered
-            name = _stream_names.get(type(self)) or _stream_name(type(self))
-            setattr(manager, attribute, call_async(lambda: api_request, self, kwargs, name))
+            setattr(manager, attribute, call_async(lambda: api_request, self, kwargs, _stream_names, _stream_surfaces))
         except Exception as internal:
             report_internal_error(_runtime.pipeline.counters, "messages.stream", internal)
         return manager

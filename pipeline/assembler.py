@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import context, convert, streams
+from . import context, convert, streams, surfaces
 from .events import ApiCall, Event, Failure, SpanEnd, SpanStart, StreamChunk, StreamEnd, StreamStart
 from .stats import Counters, DropReason
 
@@ -74,7 +74,10 @@ class Assembler:
 
     def add(self, event: Event) -> None:
         if type(event) is ApiCall:
-            self._finish(self._api_call(event), event.root)
+            if event.surface == "messages":
+                self._finish(self._api_call(event), event.root)
+            else:  # providers, count_tokens, batches: pipeline/surfaces.py
+                surfaces.add(self, event)
         elif type(event) is SpanStart:
             self._start(event)
         elif type(event) is SpanEnd:
@@ -175,7 +178,8 @@ class Assembler:
         if type(ev) is StreamStart:
             rec = self._record(ev, "CHAT_MODEL")
             self._open(rec)
-            self.streams[ev.span] = streams.StreamState(ev.request, ev.request_id, ev.encoding, ev.start_ns)
+            provider = ev.surface.partition("@")[2]
+            self.streams[ev.span] = streams.StreamState(ev.request, ev.request_id, ev.encoding, ev.start_ns, provider)
             return
         rec, state = self.open.get(ev.span), self.streams.get(ev.span)
         if rec is None or state is None:

@@ -48,11 +48,12 @@ class StreamState:
     """One open stream: the SSE parser's state, the message assembled so far, the stream's counts."""
 
     __slots__ = ("_cr", "_decoder", "_delta_seen", "_json_bufs", "_pending", "_sse", "_tail", "assembly_error",
-                 "error_body", "events", "first_delta_ns", "request", "request_id", "snapshot", "start_ns")
+                 "error_body", "events", "first_delta_ns", "provider", "request", "request_id", "snapshot", "start_ns")
 
-    def __init__(self, request: bytes, request_id: str, encoding: str, start_ns: int) -> None:
+    def __init__(self, request: bytes, request_id: str, encoding: str, start_ns: int, provider: str = "") -> None:
         from anthropic._streaming import SSEDecoder
 
+        self.provider = provider  # "" for Anthropic's own API, else who served it ("bedrock", "vertex_ai", ...)
         self.request = request
         self.request_id = request_id
         self.start_ns = start_ns
@@ -151,6 +152,10 @@ class StreamState:
         message = self.message()
         response = convert.to_json_bytes(message) if message is not None else b""
         attrs = convert.messages_attributes(self.request, response, self.request_id, False, policy)
+        if self.provider:
+            from .surfaces import name_provider
+
+            name_provider(attrs, self.provider, message)
         if self.error_body is not None:
             attrs["anthropic.error"] = convert.bounded(
                 convert.dumps(convert.load(self.error_body.encode())), policy.max_content_bytes

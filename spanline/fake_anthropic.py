@@ -29,6 +29,7 @@ import re
 import socket
 import threading
 import time
+import urllib.parse
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -451,6 +452,69 @@ def _validate_messages_body(body: Any, *, need_max_tokens: bool) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Routes: the first-party paths, the provider clients' URL shapes, and the Message Batches endpoints
+# --------------------------------------------------------------------------------------------------
+
+# Bedrock: POST /model/{model}/invoke (and /invoke-with-response-stream, an AWS event stream the fake does not
+# speak). Vertex: POST .../publishers/anthropic/models/{model}:rawPredict (:streamRawPredict streams SSE), and
+# .../models/count-tokens:rawPredict. Foundry, AWS, Google Cloud and Bedrock Mantle put the first-party paths
+# under a prefix of their own (".../anthropic/v1/messages", ".../invoke/v1/messages").
+_BEDROCK_PATH = re.compile(r"/model/(?P<model>[^/]+)/invoke")
+_VERTEX_PATH = re.compile(r"/publishers/anthropic/models/(?P<model>[^/:]+):(?P<verb>rawPredict|streamRawPredict)")
+_BATCH_PATH = re.compile(r"/v1/messages/batches(?:/(?P<id>[^/]+)(?P<rest>/cancel|/results)?)?")
+
+
+def _route(method: str, path: str) -> tuple[str | None, str | None]:
+    """(route, model named in the URL) for a request path; route None when the fake has no such endpoint.
+
+    Routes: ``messages``, ``stream`` (a provider's streaming URL), ``count_tokens``, ``batch_create``,
+    ``batch_list``, ``batch_retrieve``, ``batch_cancel``, ``batch_delete``, ``batch_results``."""
+    if (match := _BEDROCK_PATH.fullmatch(path)) is not None and method == "POST":
+        return "messages", urllib.parse.unquote(match["model"])
+    if (match := _VERTEX_PATH.search(path)) is not None and method == "POST":
+        model = urllib.parse.unquote(match["model"])
+        if model == "count-tokens":
+            return "count_tokens", None
+        return ("stream" if match["verb"] == "streamRawPredict" else "messages"), model
+    at = path.rfind("/v1/messages")
+    if at < 0:
+        return None, None
+    path = path[at:]
+    if path in ("/v1/messages", "/v1/messages/count_tokens"):
+        return ("messages" if path == "/v1/messages" else "count_tokens") if method == "POST" else None, None
+    match = _BATCH_PATH.fullmatch(path)
+    if match is None:
+        return None, None
+    batch_id, rest = match["id"], match["rest"]
+    if batch_id is None:
+        return {"POST": "batch_create", "GET": "batch_list"}.get(method), None
+    if rest is None:
+        return {"GET": "batch_retrieve", "DELETE": "batch_delete"}.get(method), None
+    if rest == "/cancel":
+        return ("batch_cancel" if method == "POST" else None), None
+    return ("batch_results" if method == "GET" else None), None
+
+
+def _schema_instance(schema: Any, question: str, depth: int = 0) -> Any:
+    """A value that satisfies a (structured-output) JSON schema, from the same rules as tool inputs."""
+    if not isinstance(schema, dict) or depth > 8:
+        return _key_word(question)
+    if schema.get("type") == "object" or "properties" in schema:
+        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        return {name: _schema_instance(prop, question, depth + 1) for name, prop in props.items()}
+    if schema.get("type") == "array":
+        return [_schema_instance(schema.get("items"), question, depth + 1)]
+    for key in ("anyOf", "oneOf"):
+        if isinstance(schema.get(key), list) and schema[key]:
+            return _schema_instance(schema[key][0], question, depth + 1)
+    return _schema_value(schema, question)
+
+
+def _iso(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+# --------------------------------------------------------------------------------------------------
 # The fake API
 # --------------------------------------------------------------------------------------------------
 
@@ -516,7 +580,8 @@ class FakeAnthropicAPI:
         self._latency = float(latency)
         self._model_latency = dict(model_latency or {})
         self._lock = threading.Lock()
-        self._counters: dict[str, int] = {"req": 0, "msg": 0, "toolu": 0}
+        self._counters: dict[str, int] = {"req": 0, "msg": 0, "toolu": 0, "msgbatch": 0}
+        self._batch_store: dict[str, dict[str, Any]] = {}  # batch id -> {"batch": MessageBatch JSON, "results": [...]}
         self._faults: deque[tuple[int, str | None]] = deque()
         self._record_requests = record_requests
         self.requests = []
@@ -601,11 +666,19 @@ class FakeAnthropicAPI:
         if not (headers.get("x-api-key") or headers.get("authorization")):
             return self._error(401, request_id, "x-api-key header is required")
 
-        if request.method != "POST" or path not in ("/v1/messages", "/v1/messages/count_tokens"):
+        route, url_model = _route(request.method, path)
+        if route is None:
             return self._error(404, request_id, f"Not found: {request.method} {path}")
         if malformed:
             return self._error(400, request_id, "There was an issue with your request body: invalid JSON.")
-        counting = path == "/v1/messages/count_tokens"
+        if route.startswith("batch"):
+            return self._batches(route, request, body, request_id)
+        if url_model is not None and isinstance(body, dict):
+            # Bedrock and Vertex carry the model in the URL, not in the body: the reply still names it.
+            body = {**body, "model": url_model}
+            if route == "stream":
+                body["stream"] = True
+        counting = route == "count_tokens"
         problem = _validate_messages_body(body, need_max_tokens=not counting)
         if problem is not None:
             return self._error(400, request_id, problem)
@@ -627,6 +700,78 @@ class FakeAnthropicAPI:
         return httpx2.Response(
             200, headers=sse_headers, stream=_SSEStream(lambda: _stream_events(message, features))
         )
+
+    # -- Message Batches ----------------------------------------------------------------------------
+
+    def _batches(self, route: str, request: httpx2.Request, body: Any, request_id: str) -> httpx2.Response:
+        """The Message Batches endpoints. A batch is processed when it is created (``ended`` at once), each
+        request answered as ``/v1/messages`` would; its results are JSONL at its ``results_url``."""
+        match = _BATCH_PATH.search(request.url.path)
+        batch_id = match["id"] if match is not None else None
+        if route == "batch_create":
+            return self._create_batch(request, body, request_id)
+        if route == "batch_list":
+            with self._lock:
+                data = [entry["batch"] for entry in reversed(self._batch_store.values())]
+            page = {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                    "last_id": data[-1]["id"] if data else None}
+            return self._json(page, request_id)
+        with self._lock:
+            entry = self._batch_store.get(batch_id or "")
+        if entry is None:
+            return self._error(404, request_id, f"Message batch {batch_id} not found")
+        if route == "batch_retrieve":
+            return self._json(entry["batch"], request_id)
+        if route == "batch_cancel":
+            entry["batch"] = {**entry["batch"], "cancel_initiated_at": _iso(time.time())}
+            return self._json(entry["batch"], request_id)
+        if route == "batch_delete":
+            with self._lock:
+                self._batch_store.pop(batch_id or "", None)
+            return self._json({"id": batch_id, "type": "message_batch_deleted"}, request_id)
+        lines = b"".join(_json_bytes(line) + b"\n" for line in entry["results"])
+        headers = {"request-id": request_id, "content-type": "application/binary"}
+        return httpx2.Response(200, headers=headers, content=lines)
+
+    def _create_batch(self, request: httpx2.Request, body: Any, request_id: str) -> httpx2.Response:
+        requests = body.get("requests") if isinstance(body, dict) else None
+        if not isinstance(requests, list) or not requests:
+            return self._error(400, request_id, "requests: at least one request is required")
+        results: list[dict[str, Any]] = []
+        counts = {"canceled": 0, "errored": 0, "expired": 0, "processing": 0, "succeeded": 0}
+        for i, item in enumerate(requests):
+            if not isinstance(item, dict) or not isinstance(item.get("custom_id"), str):
+                return self._error(400, request_id, f"requests.{i}.custom_id: Field required")
+            params = item.get("params")
+            problem = _validate_messages_body(params, need_max_tokens=True)
+            forced = _FAKE_ERROR_MODEL.fullmatch(params["model"]) if problem is None else None
+            if problem is not None or forced is not None:
+                status = int(forced.group(1)) if forced is not None else 400
+                error = json.loads(self._error(status, self._next_id("req"), problem).content)
+                results.append({"custom_id": item["custom_id"], "result": {"type": "errored", "error": error}})
+                counts["errored"] += 1
+                continue
+            message = self._build_message({k: v for k, v in params.items() if k != "stream"})
+            results.append({"custom_id": item["custom_id"], "result": {"type": "succeeded", "message": message}})
+            counts["succeeded"] += 1
+        batch_id = self._next_id("msgbatch")
+        now = time.time()
+        base = str(request.url.copy_with(query=None)).split("/v1/messages/batches")[0]
+        batch = {
+            "id": batch_id,
+            "archived_at": None,
+            "cancel_initiated_at": None,
+            "created_at": _iso(now),
+            "ended_at": _iso(now),
+            "expires_at": _iso(now + 86400),
+            "processing_status": "ended",
+            "request_counts": counts,
+            "results_url": f"{base}/v1/messages/batches/{batch_id}/results",
+            "type": "message_batch",
+        }
+        with self._lock:
+            self._batch_store[batch_id] = {"batch": batch, "results": results}
+        return self._json(batch, request_id)
 
     def _build_message(self, body: dict[str, Any]) -> dict[str, Any]:
         """The complete non-streaming Message JSON; streaming replays the same object as events."""
@@ -661,7 +806,14 @@ class FakeAnthropicAPI:
             stop_reason = "tool_use"
         else:
             thought = "The user said something; I should reply politely."
-            blocks.append({"citations": None, "text": f"Hello! You said: {question[:40]}", "type": "text"})
+            output_config = body.get("output_config")
+            form = output_config.get("format") if isinstance(output_config, dict) else None
+            if isinstance(form, dict) and form.get("type") == "json_schema":
+                # Structured output: the text is JSON that satisfies the schema, as the SDK's parse() expects.
+                text = json.dumps(_schema_instance(form.get("schema"), question), ensure_ascii=False)
+            else:
+                text = f"Hello! You said: {question[:40]}"
+            blocks.append({"citations": None, "text": text, "type": "text"})
 
         features = _features(question)
         blocks = _with_features(blocks, question, features)
