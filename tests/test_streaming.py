@@ -321,7 +321,7 @@ def test_beta_streams(traced, fake):
     with client.beta.messages.stream(**_kwargs(BLOCKS["tool_use"])) as stream:
         stream.get_final_message()
     spans = _spans(traced)
-    assert [s.name for s in spans] == ["Messages.create", "Messages.stream"]
+    assert [s.name for s in spans] == ["beta.Messages.create", "beta.Messages.stream"]
     for span in spans:
         _assert_stream_span(span, end="completed", completed=True, name=span.name)
         assert span.outputs["content"][1]["input"] == {"city": "Paris"}
