@@ -20,14 +20,7 @@ def _ask(client, text="hello"):
     return client.messages.create(model=MODEL, max_tokens=32, messages=[{"role": "user", "content": text}])
 
 
-@pytest.fixture
-def reset_options():
-    yield
-    spanline.configure(**{f: getattr(options_module.Options(), f) for f in (
-        "sample_rate", "capture_content", "redact", "max_content_bytes")})
-
-
-def test_sample_rate_keeps_whole_traces_or_none(traced, fake, reset_options):
+def test_sample_rate_keeps_whole_traces_or_none(traced, fake, restore_options):
     spanline.configure(sample_rate=0.0)
     client = fake.client()
 
@@ -43,7 +36,7 @@ def test_sample_rate_keeps_whole_traces_or_none(traced, fake, reset_options):
     assert len(trace.data.spans) == 2
 
 
-def test_metadata_mode_records_no_prompt_or_completion(traced, fake, reset_options):
+def test_metadata_mode_records_no_prompt_or_completion(traced, fake, restore_options):
     spanline.configure(capture_content="metadata")
     _ask(fake.client(), "my secret prompt")
     assert spanline.flush(30)
@@ -56,7 +49,7 @@ def test_metadata_mode_records_no_prompt_or_completion(traced, fake, reset_optio
     assert trace.info.trace_metadata["mlflow.trace.tokenUsage"]
 
 
-def test_redact_runs_on_inputs_and_outputs(traced, fake, reset_options):
+def test_redact_runs_on_inputs_and_outputs(traced, fake, restore_options):
     def redact(value):
         if isinstance(value, dict):
             return {k: ("[email]" if isinstance(v, str) and "@" in v else redact(v)) for k, v in value.items()}
@@ -79,7 +72,7 @@ def test_redact_runs_on_inputs_and_outputs(traced, fake, reset_options):
     assert second.data.spans[0].inputs["messages"][0]["content"] == "[email]"
 
 
-def test_max_content_bytes_truncates_with_a_marker(traced, fake, reset_options):
+def test_max_content_bytes_truncates_with_a_marker(traced, fake, restore_options):
     spanline.configure(max_content_bytes=1024)
     _ask(fake.client(), "word " * 2000)
     assert spanline.flush(30)
