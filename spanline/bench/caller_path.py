@@ -155,5 +155,6 @@ def run_paired_job(job: dict[str, Any]) -> dict[str, Any]:
             "diff_range_ns": [min(diffs), max(diffs)],
         }
     result["samples_ns_by_client"] = samples  # for the picture; the JSON keeps a summary only
+    result["block_medians_ns"] = medians
     result["events_queued"] = spanline.stats().queue_depth
     return result

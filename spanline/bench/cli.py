@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     started_utc = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load_at_start = os.getloadavg()[0]
     workdir = tempfile.mkdtemp(prefix="spanline-bench-")
     results: list[tuple[dict[str, Any], dict[str, Any]]] = []
     progress = Progress(len(plan.jobs) + 1, enabled=not args.no_progress)
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": sizes.name,
         "command": " ".join(["spanline bench", *(sys.argv[1:] if argv is None else argv)]),
         "started_utc": started_utc,
+        "load_average": [round(load_at_start, 2), round(os.getloadavg()[0], 2)],  # 1-minute, at start and end
         "workdir": workdir if args.keep else None,
     }
     if args.save_raw:

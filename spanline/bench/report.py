@@ -88,6 +88,18 @@ class Row:
         return f"{'/'.join(map(str, ns)) or '-'}×{len(self.ok_runs)}"
 
 
+def _load_note(meta: dict[str, Any]) -> str:
+    """The machine's load during the run: above its core count, other processes took CPU from the bench's,
+    and the absolute times (and the smaller differences) carry that noise."""
+    load = meta.get("load_average")
+    if not load:
+        return ""
+    busy = max(load) > (meta.get("nproc") or 1)
+    return f"; load average {load[0]:.1f} at start, {load[1]:.1f} at the end" + (
+        " (busier than its cores: other processes shared the CPU, so times are noisy)" if busy else ""
+    )
+
+
 def _fmt(value: float | None, digits: int = 1, unit: str = "") -> str:
     if value is None or value != value:  # None or NaN
         return "–"
@@ -151,7 +163,7 @@ class Report:
         lines += [
             f"- versions: Python {m['python']}, mlflow {m['mlflow']}, anthropic {m['anthropic']}, "
             f"spanline {m['spanline']}, msgspec {m['msgspec']}, httpx2 {m['httpx2']}",
-            f"- machine: {m['cpu']}, nproc {m['nproc']}, {m['platform']}",
+            f"- machine: {m['cpu']}, nproc {m['nproc']}, {m['platform']}" + _load_note(m),
             f"- fake API: {m.get('fake', '?')}; store: sqlite file per process (a copy of one template)",
             f"- method: each configuration in its own {m['processes']}, alternated ABCD/DCBA for "
             f"{self.sizes.rounds} rounds (S5: {self.sizes.s5_rounds}); medians and p99 over all rounds' "
@@ -502,6 +514,16 @@ class Report:
             "",
             f"- goal: spanline's caller path ≤ {CALLER_PATH_GOAL_PCT:g}% of the untraced call (median, one process, "
             f"interleaved): {pct:.2f}%, {'met' if goal_met else 'not met'}.",
+        ]
+        if floor_added <= 0 or rest < 0:
+            out += [
+                "- where it goes: not measurable in this run: the floor came out at or above spanline, so the "
+                "machine's noise (see the block-pair ranges) is larger than both differences. Run again on a "
+                "quieter machine, or more blocks.",
+                "",
+            ]
+            return out
+        out += [
             f"- where it goes: {floor_added:,.2f} µs of spanline's {added:,.2f} µs is the floor, what any Python "
             "patch that captures both bodies pays (two wrappers, two clock reads, an id, encoding and keeping the "
             f"event); the other {rest:,.2f} µs is spanline's own (`patches/messages.py`): its checks (recording, "
