@@ -233,11 +233,10 @@ class Writer:
         read_any = False
         for producer in list(self.producers.values()):
             read_any |= self._read(producer)
-        units: list[Unit] = []
         for producer in self.producers.values():
             if producer.assembler is not None:
-                units.extend(self._place(producer, u) for u in producer.assembler.take())
-        self.unwritten = units
+                self.unwritten.extend(self._place(producer, u) for u in producer.assembler.take())
+        units = self.unwritten
         if units and not self._write_unwritten():
             return True
         self._commit()
@@ -409,6 +408,8 @@ class Writer:
                     self._drop(producer, DropReason.DECODE_ERROR, 1)
                     self.last_error = f"assembler: {type(exc).__name__}: {exc}"
             elif kind == eventlog.POLICY:
+                # Units completed so far go where the policy in force until now sends them.
+                self.unwritten.extend(self._place(producer, u) for u in assembler.take())
                 producer.policy = json.loads(payload)
             elif kind == eventlog.TICK and not producer.oldest_tick_ns:
                 producer.oldest_tick_ns = int.from_bytes(payload, "little", signed=True)

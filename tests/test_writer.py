@@ -108,8 +108,8 @@ def _assert_each_once(traces: list, n: int, spans_per_trace: int = 2) -> None:
 def test_writer_killed_mid_batch_then_restarted_stores_every_trace_once(tmp_path, own_cache):
     uri = f"sqlite:///{tmp_path}/store.db"
     directory = log_dir_of(uri)
-    n = 1500
-    # The app only appends (no writer yet): a backlog of 1,500 traces in the log.
+    n = 800
+    # The app only appends (no writer yet): a backlog of 800 traces in the log, four batches of 200.
     _run(APP + "spanline.shutdown(wait_for_store=False)\n",
          _env(uri, "killed-writer", n, SPANLINE_WRITER_AUTOSTART="0"))
     writer = _writer(directory)
@@ -246,7 +246,7 @@ def test_a_store_outage_is_waited_out_and_every_trace_stored_once(tmp_path, own_
 
     The issue's scenario is a 60 s outage; 8 s here keeps the suite fast, and the writer's retry loop is the
     same (backoff with jitter, capped at 10 s, for as long as the log is within its bound)."""
-    n = 300
+    n = 120
     server_dir = tmp_path / "server"
     server_dir.mkdir()
     code = APP + textwrap.dedent("""
