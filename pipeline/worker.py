@@ -294,8 +294,6 @@ class Pipeline:
         state = status.get("state", "none")
         if state != "stopped" and not _alive(pid):
             state = "none"
-        if status.get("last_error"):
-            stored.setdefault("last_error", None)
         return {
             "log_segments": segments,
             "log_bytes": size,
