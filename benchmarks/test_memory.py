@@ -43,13 +43,14 @@ def stalled_store(tracking_store: str) -> Iterator[threading.Event]:
         spanline.shutdown(timeout=60)
         pipeline.set_sink(real_sink)
         spanline.configure(queue_size=100_000, on_full="drop")
-        spanline.autolog(disable=True, silent=True)
+        spanline.autolog(disable=True, silent=True, durability="page_cache")
 
 
 def test_flush_returns_false_on_timeout_quick(clients: tuple[Any, Any], stalled_store: threading.Event) -> None:
     import spanline
 
-    spanline.autolog(silent=True)
+    # In-process (durability="memory"): with the log, a stalled store never reaches the application.
+    spanline.autolog(silent=True, durability="memory")
     clients[0].messages.create(**CHAT_KWARGS)
     assert spanline.flush(timeout=0.5) is False, "the store is stuck: flush must give up at its deadline"
     stalled_store.set()
@@ -63,7 +64,7 @@ def test_stalled_store_bounded(benchmark: Any, clients: tuple[Any, Any], stalled
     import spanline
 
     benchmark.group = f"MEM {calls:,} calls, store stalled, queue_size {queue:,}"
-    spanline.autolog(silent=True, queue_size=queue, on_full="drop")
+    spanline.autolog(silent=True, queue_size=queue, on_full="drop", durability="memory")
     create = clients[0].messages.create
     create(**CHAT_KWARGS)
     # The store blocks from its first write: flush() gives up, and the worker stays stuck in that write.
