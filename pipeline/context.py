@@ -122,10 +122,13 @@ def enable_mlflow_join() -> None:
         runtime = mlflow_runtime_context
     else:
         runtime = otel_context._RUNTIME_CONTEXT
-    original_get_current = _install_hooks(runtime)
+    # MLflow's own current span, read past the hooks (set in this order: each global is in place before
+    # anything that reads it).
+    original_get_current = getattr(runtime, "_spanline_original_get_current", runtime.get_current)
     _otel_current_span = lambda: get_current_span(original_get_current())  # noqa: E731
-    _mlflow_traces = InMemoryTraceManager.get_instance()
     _fluent, _tracking = fluent, tracking
+    _mlflow_traces = InMemoryTraceManager.get_instance()
+    _install_hooks(runtime)
 
 
 class _JoinToken:
@@ -280,7 +283,10 @@ def _forget_expired(now: float | None = None) -> None:
     if now is None:
         now = time.monotonic()
     while _forget and _forget[0][0] <= now:
-        _, otel_id = _forget.popleft()
+        try:
+            _, otel_id = _forget.popleft()
+        except IndexError:  # another thread took the last one
+            return
         if _joined.pop(otel_id, None) is not None and _mlflow_traces is not None:
             _mlflow_traces.pop_trace(otel_id)
 

@@ -339,3 +339,54 @@ def test_size_figures_of_a_spanline_trace_count_every_span(traced, fake):
     assert json.loads(metadata["mlflow.traceInputs"]) == {"question": "What's the weather like in Tokyo today?"}
     assert metadata["mlflow.trace_schema.version"] == "3"
     assert metadata["mlflow.source.type"] == "LOCAL"
+
+
+_GLOBAL_MODE_SCRIPT = r"""
+import asyncio, json, os, sys
+import mlflow, spanline
+from spanline.fake_anthropic import FakeAnthropicAPI
+mlflow.set_tracking_uri(sys.argv[1])
+experiment = mlflow.set_experiment("global-mode").experiment_id
+spanline.autolog()
+client = FakeAnthropicAPI().client()
+ask = lambda: client.messages.create(model="claude-sonnet-4-5", max_tokens=8,
+                                     messages=[{"role": "user", "content": "hi"}])
+with spanline.start_span("S1"):
+    with mlflow.start_span("M2"):
+        with spanline.start_span("S3"):
+            ask()
+with mlflow.start_span("M1"):
+    with spanline.start_span("S2"):
+        with mlflow.start_span("M3"):
+            ask()
+assert spanline.flush(30)
+mlflow.flush_trace_async_logging()
+out = []
+for found in mlflow.search_traces(locations=[experiment], return_type="list"):
+    spans = {s.span_id: s for s in found.data.spans}
+    out.append({s.name: (spans[s.parent_id].name if s.parent_id else None) for s in spans.values()})
+print(json.dumps(out))
+"""
+
+
+def test_nesting_in_mlflows_global_otel_mode(tmp_path):
+    """With MLFLOW_USE_DEFAULT_TRACER_PROVIDER=false MLflow keeps its spans in OpenTelemetry's global context:
+    the hooks go there, and nesting works the same."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MLFLOW_USE_DEFAULT_TRACER_PROVIDER": "false", "MLFLOW_MODEL_CATALOG_URI": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", _GLOBAL_MODE_SCRIPT, f"sqlite:///{tmp_path}/global.db"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    trees = json.loads(done.stdout.strip().splitlines()[-1])
+    for tree in trees:
+        # In this mode MLflow records every OpenTelemetry span of the process, so the SDK's own span of the
+        # call is there too, beside spanline's, under the same parent.
+        assert tree.pop("anthropic.messages.create") == tree["Messages.create"]
+    assert {frozenset(tree.items()) for tree in trees} == {
+        frozenset({"S1": None, "M2": "S1", "S3": "M2", "Messages.create": "S3"}.items()),
+        frozenset({"M1": None, "S2": "M1", "M3": "S2", "Messages.create": "M3"}.items()),
+    }, trees
