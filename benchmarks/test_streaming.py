@@ -251,3 +251,48 @@ def test_record_stream_start_and_end(benchmark: Any, recorded_calls: dict[str, A
 
     benchmark.group = f"streaming: record one call, x{LOOP}"
     benchmark(_drained(work))
+
+
+def test_recorder_per_chunk(benchmark: Any) -> None:
+    """The recorder alone, per network chunk: iterating a body through it against iterating the body itself,
+    interleaved, in the calling thread's CPU time (the StreamChunk batches encoded, the queue stubbed)."""
+    from spanline.patches.streaming import SyncRecorder
+
+    from spanline import _runtime
+
+    chunks = [b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0}\n\n'] * 1000
+
+    class Body:
+        def __iter__(self) -> Iterator[bytes]:
+            return iter(chunks)
+
+        def close(self) -> None:
+            pass
+
+    def plain() -> None:
+        for _ in Body():
+            pass
+
+    def recorded() -> None:
+        recorder = SyncRecorder(Body(), 1, 1)
+        for _ in recorder:
+            pass
+
+    samples: dict[str, list[float]] = {"plain": [], "recorded": []}
+
+    def one_round() -> None:
+        for name, run in (("plain", plain), ("recorded", recorded), ("recorded", recorded), ("plain", plain)):
+            t = time.thread_time_ns()
+            run()
+            samples[name].append((time.thread_time_ns() - t) / len(chunks))
+
+    emit = _runtime.pipeline.emit
+    _runtime.pipeline.emit = lambda event: None
+    try:
+        benchmark.group = "streaming: recorder, 1000 chunks"
+        benchmark.pedantic(one_round, rounds=200)
+    finally:
+        _runtime.pipeline.emit = emit
+    added = statistics.median(samples["recorded"]) - statistics.median(samples["plain"])
+    benchmark.extra_info["added_ns_per_chunk"] = added
+    print(f"\n  recorder: {added:.0f} ns added per chunk")
