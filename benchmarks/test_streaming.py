@@ -169,3 +169,130 @@ def _policy() -> Any:
     from spanline.pipeline.convert import ContentPolicy
 
     return ContentPolicy()
+
+
+# --- the same work in a tight loop: start and end of a streamed call against a non-streaming call's record ---
+# The queue hands the GIL over (``time.sleep(0)``) on every 256th event; on a loaded machine that yield costs
+# milliseconds and would dominate both figures, so each round empties the queue before it gets there.
+
+LOOP = 100  # calls per round; the queue is emptied after each, so it never reaches its every-256th-event yield
+
+
+@pytest.fixture
+def recorded_calls(spanline_idle: None) -> Iterator[dict[str, Any]]:
+    """A finished non-streaming call and a streamed one, each with what spanline's recording reads of it."""
+    from spanline.bench import fake_clients
+
+    chat = fake_clients()[0]
+    slot: list[Any] = []
+    original = type(chat)._process_response
+
+    def keep(self: Any, *args: Any, **kwargs: Any) -> Any:
+        slot.append(kwargs["response"])
+        return original(self, *args, **kwargs)
+
+    type(chat)._process_response = keep  # the capture seam, as http_capture's (spanline's is bypassed below)
+    try:
+        message = chat.messages.with_raw_response.create(**CHAT_KWARGS).parse()
+        stream = _sse_client(SHORT)[0].messages.create(**STREAM_KWARGS)
+    finally:
+        type(chat)._process_response = original
+    chunks = list(stream.response.iter_bytes())
+    yield {"chat": chat, "message": message, "chat_slot": [slot[0]], "stream": stream, "chunks": chunks}
+
+
+def _drained(work: Any) -> Any:
+    from spanline import _runtime
+
+    def run() -> None:
+        work()
+        _runtime.pipeline.queue.items.clear()
+
+    return run
+
+
+def test_record_non_streaming_call(benchmark: Any, recorded_calls: dict[str, Any]) -> None:
+    """What spanline does after a non-streaming call returns (``messages._record``), LOOP times."""
+    from spanline.patches import messages
+
+    chat, message, slot = recorded_calls["chat"], recorded_calls["message"], recorded_calls["chat_slot"]
+    kwargs = dict(CHAT_KWARGS)
+    record = messages._record
+    resource = chat.messages
+
+    def work() -> None:
+        for _ in range(LOOP):
+            record(resource, kwargs, None, 0, slot, message)
+
+    benchmark.group = f"streaming: record one call, x{LOOP}"
+    benchmark(_drained(work))
+
+
+def test_record_stream_start_and_end(benchmark: Any, recorded_calls: dict[str, Any]) -> None:
+    """What spanline does at a streamed call's start (``_opened``: StreamStart, the recorder) and end
+    (``StreamEnd`` with a short stream's chunks), LOOP times."""
+    from spanline.patches import streaming
+
+    stream, chunks = recorded_calls["stream"], recorded_calls["chunks"]
+    response = stream.response
+    body = response.stream
+    kwargs = dict(STREAM_KWARGS)
+    opened, recorder_class = streaming._opened, streaming.SyncRecorder
+    slot = [response]
+
+    def work() -> None:
+        for _ in range(LOOP):
+            opened(stream, kwargs, None, 0, slot, "Messages.create", recorder_class)
+            recorder = response.stream
+            recorder.chunks.extend(chunks)
+            recorder.times.extend(range(len(chunks)))
+            recorder._closing()
+            response.stream = body
+
+    benchmark.group = f"streaming: record one call, x{LOOP}"
+    benchmark(_drained(work))
+
+
+def test_recorder_per_chunk(benchmark: Any) -> None:
+    """The recorder alone, per network chunk: iterating a body through it against iterating the body itself,
+    interleaved, in the calling thread's CPU time (the StreamChunk batches encoded, the queue stubbed)."""
+    from spanline.patches.streaming import SyncRecorder
+
+    from spanline import _runtime
+
+    chunks = [b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0}\n\n'] * 1000
+
+    class Body:
+        def __iter__(self) -> Iterator[bytes]:
+            return iter(chunks)
+
+        def close(self) -> None:
+            pass
+
+    def plain() -> None:
+        for _ in Body():
+            pass
+
+    def recorded() -> None:
+        recorder = SyncRecorder(Body(), 1, 1)
+        for _ in recorder:
+            pass
+
+    samples: dict[str, list[float]] = {"plain": [], "recorded": []}
+
+    def one_round() -> None:
+        for name, run in (("plain", plain), ("recorded", recorded), ("recorded", recorded), ("plain", plain)):
+            t = time.thread_time_ns()
+            run()
+            samples[name].append((time.thread_time_ns() - t) / len(chunks))
+
+    emit = _runtime.pipeline.emit
+    _runtime.pipeline.emit = lambda event: None
+    try:
+        benchmark.group = "streaming: recorder, 1000 chunks"
+        benchmark.pedantic(one_round, rounds=200)
+    finally:
+        _runtime.pipeline.emit = emit
+    added = statistics.median(samples["recorded"]) - statistics.median(samples["plain"])
+    benchmark.extra_info["added_ns_per_chunk"] = added
+    print(f"\n  recorder: {added:.0f} ns added per chunk")

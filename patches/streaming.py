@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import weakref
 from time import time_ns
 from typing import Any
 
@@ -60,7 +61,7 @@ def install() -> None:
 class _Recorder:
     """Sees every chunk of a response body and how reading it ended; emits the stream's events."""
 
-    __slots__ = ("_body", "chunks", "ended", "root", "span", "times")
+    __slots__ = ("_body", "chunks", "ended", "ref", "root", "span", "times")
 
     def __init__(self, body: Any, span: int, root: int) -> None:
         self._body = body
@@ -69,6 +70,7 @@ class _Recorder:
         self.chunks: list[bytes] = []
         self.times: list[int] = []
         self.ended = False
+        self.ref: Any = None  # a weak reference to the response, while it is in ``_unread``
 
     def _batch(self) -> None:
         try:
@@ -83,6 +85,7 @@ class _Recorder:
             return
         self.ended = True
         try:
+            _unread.pop(self.ref, None)
             end = time_ns()
             error = failure(exc) if exc is not None else None
             _runtime.pipeline.emit(encode(StreamEnd(self.span, self.root, end, how, self.chunks, self.times, error)))
@@ -114,10 +117,19 @@ class _Recorder:
             raise AttributeError(name)
         return getattr(self._body, name)
 
-    def __del__(self) -> None:
-        # Dropped unread, or half read: the application abandoned the stream.
-        if not getattr(self, "ended", True):
-            self._end("abandoned")
+
+
+# Recorders of responses whose stream has not ended, by a weak reference to the response. When the application
+# drops a stream it never read, nothing else learns of it: the response's collection ends the span. (A stream
+# dropped half read ends sooner: the SDK's generator closes the response as it is collected.) A weak reference
+# costs a fraction of what a ``__del__`` method costs every recorder when it is freed.
+_unread: dict[Any, _Recorder] = {}
+
+
+def _response_gone(ref: Any) -> None:
+    recorder = _unread.pop(ref, None)
+    if recorder is not None:
+        recorder._end("abandoned")
 
 
 class SyncRecorder(_Recorder, _httpx.SyncByteStream):
@@ -226,7 +238,9 @@ def _opened(result: Any, kwargs: dict, parent: Parent | None, start: int, slot: 
         if pipeline._thread is None:
             pipeline.start()
         pipeline.emit(encode(event))
-        response.stream = recorder(response.stream, span, root)
+        stream = response.stream = recorder(response.stream, span, root)
+        stream.ref = ref = weakref.ref(response, _response_gone)
+        _unread[ref] = stream
     except Exception as internal:
         report_internal_error(_runtime.pipeline.counters, "stream", internal)
 
