@@ -523,3 +523,19 @@ def test_with_mlflow_autolog_on_spanline_still_records_what_mlflow_does_not(expe
     finally:
         mlflow.anthropic.autolog(disable=True)
         spanline.autolog(disable=True)
+
+
+def test_capture_content_metadata_keeps_no_prompt_on_the_new_surfaces(traced, fake):
+    spanline.configure(capture_content="metadata")
+    try:
+        client = fake.client()
+        client.messages.count_tokens(model=MODEL, messages=HELLO)
+        batch = client.messages.batches.create(requests=_batch_requests())
+        list(client.messages.batches.results(batch.id))
+        assert spanline.flush(30)
+    finally:
+        spanline.configure(capture_content="full")
+    stored = json.dumps([s.to_dict() for t in traces_in(traced) for s in t.data.spans])
+    assert "Hello there" not in stored and "Hello from Paris" not in stored, "no prompt or completion"
+    assert '\\"input_tokens\\": 5' in stored or "anthropic.input_tokens" in stored, "the count is metadata"
+    assert "msgbatch_fake_0001" in stored and "tokenUsage" in stored
