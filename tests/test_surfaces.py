@@ -539,3 +539,15 @@ def test_capture_content_metadata_keeps_no_prompt_on_the_new_surfaces(traced, fa
     assert "Hello there" not in stored and "Hello from Paris" not in stored, "no prompt or completion"
     assert '\\"input_tokens\\": 5' in stored or "anthropic.input_tokens" in stored, "the count is metadata"
     assert "msgbatch_fake_0001" in stored and "tokenUsage" in stored
+
+
+def test_a_message_thread_is_traced_through_its_turns(traced, fake):
+    client = fake.client()
+    thread = client.beta.messages.thread(model=MODEL, max_tokens=64)
+    thread.send({"role": "user", "content": "Hello from a thread"})
+    thread.send({"role": "user", "content": "And again"})
+    assert spanline.flush(30)
+    first, second = traces_in(traced)
+    assert [t.data.spans[0].name for t in (first, second)] == ["beta.Messages.create"] * 2
+    assert second.data.spans[0].inputs["thread"]["type"] == "continue"
+    assert second.data.spans[0].outputs["content"][0]["text"] == "Hello! You said: And again"
