@@ -1,5 +1,10 @@
 """``Messages.create`` and ``AsyncMessages.create`` as one ``ApiCall`` event each (streamed ones: ``streaming``).
 
+The same two wrapper factories serve every SDK method that sends one request and gets one JSON body back:
+``messages.parse``, ``beta.messages.create`` / ``parse`` (``install``), ``count_tokens`` and the batch calls
+(``patches/count_tokens.py``, ``patches/batches.py``): the span name comes from the resource class and the
+method, the event's ``surface`` from the converter and the client's provider (``patches/resources.py``).
+
 The caller's path, top to bottom: read the parent span, make a span id, read the clock, open a slot for
 the SDK's HTTP exchange, call the SDK, read the clock, encode one event holding the request and response
 bodies as the SDK sent and received them (references, then one memcpy), append it. No lock, no I/O, no
@@ -84,10 +89,6 @@ def _mlflow_records_it() -> bool:
 
 _span_names = resources.SpanNames("create")
 _surfaces = resources.Surfaces("messages")
-
-
-def _span_name(cls: type) -> str:
-    return _span_names[cls]
 
 
 def _fallback_request(kwargs: dict[str, Any]) -> bytes:

@@ -128,13 +128,16 @@ def test_every_traced_method_is_patched(patched, fake):
 def test_the_untraced_methods_stay_untouched_and_autolog_undoes_it_all(fake):
     from anthropic.resources.messages.batches import Batches
 
-    before = Batches.__dict__["retrieve"]
     spanline.autolog()
     try:
-        assert Batches.__dict__["retrieve"] is before
+        patched = dict(patches._installed)
+        assert (Batches, "retrieve") not in patched and (Batches, "list") not in patched
     finally:
         spanline.autolog(disable=True)
     assert not patches._installed
+    # Every function is back, the very object the SDK shipped.
+    for (owner, attribute), (original, _wrapper) in patched.items():
+        assert owner.__dict__[attribute] is original, f"{owner.__qualname__}.{attribute}"
 
 
 def test_readme_shows_the_table():

@@ -750,3 +750,70 @@ def test_error_event_mid_stream(fake: FakeAnthropicAPI) -> None:
                 seen.append(event.type)
     assert seen == ["message_start", "content_block_start", "content_block_delta"]
     assert raised.value.body == {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+
+
+# --- routes beyond /v1/messages: providers' URL shapes and Message Batches --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "expected"),
+    [
+        ("POST", "/v1/messages", ("messages", None)),
+        ("POST", "/v1/messages/count_tokens", ("count_tokens", None)),
+        ("POST", "/model/anthropic.claude-x-v1%3A0/invoke", ("messages", "anthropic.claude-x-v1:0")),
+        ("POST", "/model/claude-x/invoke-with-response-stream", (None, None)),
+        ("POST", "/v1/projects/p/locations/l/publishers/anthropic/models/claude-x:rawPredict",
+         ("messages", "claude-x")),
+        ("POST", "/v1/projects/p/locations/l/publishers/anthropic/models/claude-x:streamRawPredict",
+         ("stream", "claude-x")),
+        ("POST", "/v1/projects/p/locations/l/publishers/anthropic/models/count-tokens:rawPredict",
+         ("count_tokens", None)),
+        ("POST", "/anthropic/v1/messages", ("messages", None)),
+        ("POST", "/v1/projects/p/locations/l/workspaces/w/invoke/v1/messages", ("messages", None)),
+        ("POST", "/v1/messages/batches", ("batch_create", None)),
+        ("GET", "/v1/messages/batches", ("batch_list", None)),
+        ("GET", "/v1/messages/batches/msgbatch_1", ("batch_retrieve", None)),
+        ("DELETE", "/v1/messages/batches/msgbatch_1", ("batch_delete", None)),
+        ("POST", "/v1/messages/batches/msgbatch_1/cancel", ("batch_cancel", None)),
+        ("GET", "/v1/messages/batches/msgbatch_1/results", ("batch_results", None)),
+        ("GET", "/v1/messages", (None, None)),
+        ("POST", "/v1/models", (None, None)),
+    ],
+)
+def test_routes(method: str, path: str, expected: tuple) -> None:
+    from spanline.fake_anthropic import _route
+
+    assert _route(method, path) == expected
+
+
+def test_structured_output_satisfies_the_schema(fake: FakeAnthropicAPI) -> None:
+    import pydantic
+
+    class Forecast(pydantic.BaseModel):
+        city: str
+        days: list[int]
+        sunny: bool
+        detail: dict[str, str]
+
+    with fake.client() as client:
+        parsed = client.messages.parse(model=MODEL, max_tokens=200, messages=_user("Weather in Oslo?"),
+                                       output_format=Forecast)
+    assert parsed.parsed_output == Forecast(city="Oslo", days=[1], sunny=True, detail={})
+
+
+def test_batches_round_trip_through_the_sdk(fake: FakeAnthropicAPI) -> None:
+    with fake.client() as client:
+        batch = client.messages.batches.create(requests=[
+            {"custom_id": "ok", "params": {"model": MODEL, "max_tokens": 20, "messages": _user("hi")}},
+            {"custom_id": "bad", "params": {"model": MODEL, "messages": _user("hi")}},
+        ])
+        assert batch.processing_status == "ended"
+        assert (batch.request_counts.succeeded, batch.request_counts.errored) == (1, 1)
+        results = {r.custom_id: r.result for r in client.messages.batches.results(batch.id)}
+        assert results["ok"].type == "succeeded" and results["ok"].message.content[0].text == "Hello! You said: hi"
+        assert results["bad"].type == "errored"
+        assert results["bad"].error.error.message == "max_tokens: Field required"
+        assert client.messages.batches.cancel(batch.id).cancel_initiated_at is not None
+        assert client.messages.batches.delete(batch.id).type == "message_batch_deleted"
+        with pytest.raises(anthropic.NotFoundError):
+            client.messages.batches.retrieve(batch.id)

@@ -112,6 +112,31 @@ def test_with_streaming_response_read_chunk_by_chunk_keeps_the_request(traced, f
     assert span.outputs is None  # httpx keeps no copy of a body streamed to the caller
 
 
+def test_with_streaming_response_over_a_network_waits_for_the_read(traced, fake):
+    # Over real sockets the body is still unread when create() returns: the span waits for the caller's read.
+    with fake.serve() as server, fake.client(base_url=server.base_url, http_client=httpx2.Client()) as client:
+        stream = client.messages.with_streaming_response.create(model=MODEL, max_tokens=64, messages=HELLO)
+        with stream as response:
+            assert spanline.flush(30) and traces_in(traced) == [], "nothing recorded before the body is read"
+            message = response.parse()
+    _, span = _one_span(traced)
+    assert span.outputs["id"] == message.id
+    assert attr_json(span, "mlflow.chat.tokenUsage")["output_tokens"] == message.usage.output_tokens
+
+
+@pytest.mark.anyio
+async def test_with_streaming_response_over_a_network_async(traced, fake):
+    with fake.serve() as server:
+        client = fake.async_client(base_url=server.base_url, http_client=httpx2.AsyncClient())
+        stream = client.beta.messages.with_streaming_response.create(model=MODEL, max_tokens=64, messages=HELLO)
+        async with stream as response:
+            message = await response.parse()
+        await client.close()
+    assert await spanline.aflush(30)
+    (trace,) = traces_in(traced)
+    assert trace.data.spans[0].outputs["id"] == message.id
+
+
 @pytest.mark.anyio
 async def test_raw_and_streaming_responses_async(traced, fake):
     client = fake.async_client()
@@ -452,11 +477,12 @@ def test_tool_runner_closed_early_ends_its_span(traced, fake):
 def test_a_streamed_body_never_read_or_exited_is_still_recorded(traced, fake):
     import gc
 
-    client = fake.client()
-    manager = client.messages.with_streaming_response.create(model=MODEL, max_tokens=64, messages=HELLO)
-    manager.__enter__()  # by hand, never exited: the caller drops it
-    del manager
-    gc.collect()
+    with fake.serve() as server, fake.client(base_url=server.base_url, http_client=httpx2.Client()) as client:
+        manager = client.messages.with_streaming_response.create(model=MODEL, max_tokens=64, messages=HELLO)
+        manager.__enter__().http_response.close()  # entered by hand, never exited: the caller drops it
+        assert spanline.flush(30) and traces_in(traced) == []
+        del manager
+        gc.collect()
     _, span = _one_span(traced)
     assert span.name == "Messages.create" and span.inputs["messages"] == HELLO
 
@@ -497,3 +523,31 @@ def test_with_mlflow_autolog_on_spanline_still_records_what_mlflow_does_not(expe
     finally:
         mlflow.anthropic.autolog(disable=True)
         spanline.autolog(disable=True)
+
+
+def test_capture_content_metadata_keeps_no_prompt_on_the_new_surfaces(traced, fake):
+    spanline.configure(capture_content="metadata")
+    try:
+        client = fake.client()
+        client.messages.count_tokens(model=MODEL, messages=HELLO)
+        batch = client.messages.batches.create(requests=_batch_requests())
+        list(client.messages.batches.results(batch.id))
+        assert spanline.flush(30)
+    finally:
+        spanline.configure(capture_content="full")
+    stored = json.dumps([s.to_dict() for t in traces_in(traced) for s in t.data.spans])
+    assert "Hello there" not in stored and "Hello from Paris" not in stored, "no prompt or completion"
+    assert '\\"input_tokens\\": 5' in stored or "anthropic.input_tokens" in stored, "the count is metadata"
+    assert "msgbatch_fake_0001" in stored and "tokenUsage" in stored
+
+
+def test_a_message_thread_is_traced_through_its_turns(traced, fake):
+    client = fake.client()
+    thread = client.beta.messages.thread(model=MODEL, max_tokens=64)
+    thread.send({"role": "user", "content": "Hello from a thread"})
+    thread.send({"role": "user", "content": "And again"})
+    assert spanline.flush(30)
+    first, second = traces_in(traced)
+    assert [t.data.spans[0].name for t in (first, second)] == ["beta.Messages.create"] * 2
+    assert second.data.spans[0].inputs["thread"]["type"] == "continue"
+    assert second.data.spans[0].outputs["content"][0]["text"] == "Hello! You said: And again"
