@@ -1,8 +1,5 @@
-"""The fake Anthropic backend for the benchmarks: ``spanline.fake_anthropic`` when importable, else a small
-``httpx2.MockTransport`` handler returning full Message JSON (and SSE for streams) with a ``request-id``.
-
-Both live in ``spanline.bench`` (``fake_clients``), so ``spanline bench`` and this suite measure the
-same backend.
+"""The fake Anthropic backend for the benchmarks: ``spanline.fake_anthropic``'s in-process transport, through
+``spanline.bench.fake_clients``, so ``spanline bench`` and this suite measure the same backend.
 """
 
 from __future__ import annotations

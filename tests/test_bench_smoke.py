@@ -37,3 +37,22 @@ def test_untraced_twin_runs_the_sdk_as_shipped(traced, experiment):
     assert spanline.flush(timeout=60)
     assert len(traces_in(experiment)) == 1 + 2 * 3  # the traced client's calls only
     assert len(result["diff_ns"]) == 2 and len(result["samples_ns"][False]) == 6
+
+
+def test_bench_talks_to_the_one_fake_anthropic_api():
+    """The bench measures the SDK against ``spanline.fake_anthropic``, the fake the tests and the demo use, not a
+    second fake of its own: answers carry that fake's ids, and no module of the package defines a handler."""
+    import pkgutil
+
+    import spanline.bench
+    from spanline.bench import CHAT_KWARGS, fake_clients
+
+    client, _, which = fake_clients()
+    answer = client.messages.create(**CHAT_KWARGS)
+    assert answer.id.startswith("msg_fake_") and answer._request_id.startswith("req_fake_")
+    assert "spanline.fake_anthropic" in which
+    for info in pkgutil.iter_modules(spanline.bench.__path__, "spanline.bench."):
+        if info.name.endswith("__main__"):  # importing it runs the bench
+            continue
+        module = __import__(info.name, fromlist=["_"])
+        assert not [name for name in vars(module) if name.startswith("_fallback")], info.name

@@ -1,0 +1,184 @@
+"""``spanline bench``: parse the arguments, run the plan through the runner, print and write the report."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any
+
+from .jobs import child_main
+from .plan import FULL, QUICK, SCENARIOS, Plan, Sizes, job_label
+from .progress import Progress
+from .report import Report, json_default, strip_samples
+from .runner import Runner, fork_server_main, mlflow_server
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("mlflow", "anthropic", "spanline", "msgspec", "httpx2"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "?"
+    return out
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="spanline bench",
+        description="Benchmark spanline against MLflow's own Anthropic autolog (interleaved, one process per "
+        "configuration) and print a markdown table.",
+    )
+    parser.add_argument("--quick", action="store_true", help="small counts, 2 rounds (about 3 minutes)")
+    parser.add_argument("--json", metavar="PATH", help="also write every figure (and per-run summaries) here")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all)",
+    )
+    parser.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
+    parser.add_argument("--no-server", action="store_true", help="skip the real `mlflow server` part of TW")
+    parser.add_argument(
+        "--spawn", action="store_true", help="start a fresh interpreter per process instead of forking"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (stores and logs)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    # Internal: the per-process runners.
+    parser.add_argument("--fork-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--job", help=argparse.SUPPRESS)
+    parser.add_argument("--save-raw", metavar="PATH", help=argparse.SUPPRESS)  # every sample, for --render
+    parser.add_argument("--render", metavar="PATH", help=argparse.SUPPRESS)  # print a --save-raw run again
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``spanline bench``: run the plan, print the markdown table; the exit code is 0 unless a run failed."""
+    args = _parse_args(argv)
+    if args.fork_server:
+        return fork_server_main()
+    if args.job:
+        child_main(json.loads(args.job))
+        return 0  # not reached: the child leaves through os._exit
+    if args.render:
+        return _render_saved(args.render, args.json)
+
+    os.environ["MLFLOW_MODEL_CATALOG_URI"] = ""
+    sizes = QUICK if args.quick else FULL
+    if args.rounds:
+        sizes = Sizes(**{**sizes.__dict__, "rounds": args.rounds})
+    scenarios = [s.strip().upper() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        print(
+            f"spanline bench: unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}",
+            file=sys.stderr,
+        )
+        return 2
+    plan = Plan(sizes, scenarios)
+    plan.build(server=not args.no_server)
+
+    started = time.monotonic()
+    workdir = tempfile.mkdtemp(prefix="spanline-bench-")
+    results: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    progress = Progress(len(plan.jobs) + 1, enabled=not args.no_progress)
+    runner = Runner(workdir, spawn=args.spawn)
+    failed = False
+    try:
+        template = os.path.join(workdir, "template.db")
+        progress.step("creating the template sqlite store")
+        init = runner.run({"kind": "init_db", "uri": f"sqlite:///{template}"}, timeout=300)
+        progress.advance()
+        if not init.get("ok"):
+            raise RuntimeError(f"could not create the template store: {init.get('error')}")
+        server_jobs = [j for j in plan.jobs if j.get("target") == "server"]
+        server_ctx = mlflow_server(workdir) if server_jobs else contextlib.nullcontext(None)
+        with server_ctx as server_url:
+            for i, job in enumerate(plan.jobs):
+                progress.step(job_label(job))
+                if job.get("target") == "server":
+                    job["uri"] = server_url
+                else:
+                    db = os.path.join(workdir, f"store{i:03d}.db")
+                    shutil.copyfile(template, db)
+                    job["uri"] = f"sqlite:///{db}"
+                result = runner.run(job)
+                failed |= not result.get("ok")
+                results.append((job, result))
+                progress.advance()
+                if job["kind"] == "scenario" and result.get("ok"):
+                    with contextlib.suppress(OSError):
+                        os.remove(job["uri"][len("sqlite:///") :])
+    finally:
+        runner.close()
+        progress.finish()
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    fake = next((r.get("fake") for _, r in results if r.get("fake")), "?")
+    meta = {
+        **_versions(),
+        "cpu": _cpu_model(),
+        "nproc": os.cpu_count(),
+        "platform": f"{platform.system()} {platform.release()}",
+        "processes": "process (spawned)" if args.spawn else "process (forked from a preloaded interpreter)",
+        "wall_s": time.monotonic() - started,
+        "fake": fake,
+        "mode": sizes.name,
+        "workdir": workdir if args.keep else None,
+    }
+    if args.save_raw:
+        with open(args.save_raw, "w") as f:
+            json.dump({"meta": meta, "sizes": sizes.__dict__, "results": results}, f)
+    return _print_report(sizes, results, meta, args.json, failed)
+
+
+def _print_report(
+    sizes: Sizes,
+    results: list[tuple[dict[str, Any], dict[str, Any]]],
+    meta: dict[str, Any],
+    json_path: str | None,
+    failed: bool,
+) -> int:
+    report = Report(sizes, results, meta)
+    print(report.render())
+    if json_path:
+        payload = {
+            "meta": meta,
+            "sizes": sizes.__dict__,
+            "summary": report.summary,
+            "targets": report.targets,
+            "runs": [{"job": j, "result": strip_samples(r)} for j, r in results],
+        }
+        with open(json_path, "w") as f:
+            json.dump(payload, f, indent=1, default=json_default)
+    return 1 if failed else 0
+
+
+def _render_saved(path: str, json_path: str | None) -> int:
+    """Print the report of a run saved with ``--save-raw`` (re-rendering without re-running)."""
+    with open(path) as f:
+        saved = json.load(f)
+    sizes = Sizes(**{k: tuple(v) if k == "tw_batches" else v for k, v in saved["sizes"].items()})
+    results = [(j, r) for j, r in saved["results"]]
+    failed = any(not r.get("ok") for _, r in results)
+    return _print_report(sizes, results, saved["meta"], json_path, failed)

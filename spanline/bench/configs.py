@@ -1,0 +1,82 @@
+"""One configuration inside one job's process: untraced, spanline, or MLflow's own autolog (async or
+sync export), set up as a user would, with the decorator and the flush each provides to a scenario."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .workload import FLUSH_TIMEOUT
+
+CONFIGS = ("untraced", "spanline", "mlflow_async", "mlflow_sync")
+# A diagnostic configuration for S1: spanline whose worker does everything but the store's write (it
+# still converts every span to MLflow's), to tell the worker's own share from the store's.
+NOSTORE = "spanline_nostore"
+S1_CONFIGS = ("untraced", "spanline", NOSTORE, "mlflow_async", "mlflow_sync")
+
+CONFIG_LABELS = {
+    "untraced": "untraced",
+    "spanline": "spanline",
+    NOSTORE: "spanline, store write stubbed (diagnostic)",
+    "mlflow_async": "MLflow autolog (async export)",
+    "mlflow_sync": "MLflow autolog (sync export)",
+}
+
+
+class Tracing:
+    """What a configuration provides to a scenario: a decorator for agent and tool functions, and the
+    call that waits until everything recorded so far is stored."""
+
+    def __init__(self, config: str, spanline_options: dict[str, Any] | None = None) -> None:
+        self.config = config
+        if config == "untraced":
+            return
+        if config in ("spanline", NOSTORE):
+            import spanline
+
+            if config == NOSTORE:
+                from spanline import _runtime
+
+                _runtime.pipeline.set_sink(_convert_only)
+            spanline.autolog(silent=True, **(spanline_options or {}))
+            return
+        if config not in ("mlflow_async", "mlflow_sync"):
+            raise ValueError(f"unknown configuration {config!r}; known: {', '.join(CONFIGS)}")
+        # Read by MLflow when it builds its span exporter, at the first trace of the process.
+        os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "true" if config == "mlflow_async" else "false"
+        import mlflow
+        import mlflow.anthropic
+
+        mlflow.anthropic.autolog(silent=True)
+
+    def decorate(self, span_type: str) -> Callable[[Callable], Callable]:
+        if self.config.startswith("spanline"):
+            import spanline
+
+            return spanline.trace(span_type=span_type)
+        if self.config.startswith("mlflow"):
+            import mlflow
+
+            return mlflow.trace(span_type=span_type)
+        return lambda func: func
+
+    def flush(self) -> bool:
+        if self.config.startswith("spanline"):
+            import spanline
+
+            return spanline.flush(FLUSH_TIMEOUT)
+        if self.config == "mlflow_async":
+            import mlflow
+
+            mlflow.flush_trace_async_logging()
+        return True
+
+
+def _convert_only(units: Sequence[Any]) -> None:
+    """A stand-in store for ``spanline_nostore``: build MLflow's spans, write nothing."""
+    from spanline.pipeline.sink import to_mlflow_span
+
+    for unit in units:
+        for rec in unit.spans:
+            to_mlflow_span(rec)
