@@ -3,19 +3,27 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import functools
+import json
 import os
 import random
+import signal
+import subprocess
+import sys
 import uuid
 
 import mlflow
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from spanline.pipeline import fanout
+from spanline.pipeline import fanout, logdir
 from spanline.pipeline.assembler import SpanRecord, Unit
 from spanline.pipeline.convert import dumps
 from spanline.pipeline.fanout import FanOut, PartialWrite
+
+from spanline.mlflow_server import run_mlflow_server
 
 # --- units as the assembler makes them: a trace in one unit, or in two (a root, and a late child) -----------
 
@@ -185,3 +193,102 @@ def test_a_killed_store_writer_process_is_replaced_and_nothing_is_lost(pg_experi
         fan.close()
     _assert_all_whole(uri, experiment, 100)
 
+
+# --- the issue's scenario: four producers, one writer with two store writers, a server on PostgreSQL ----------
+
+CALLS = 1000  # per producer: half the seed's agent (AGENT, 2 × CHAT_MODEL, TOOL), half plain calls
+
+PRODUCER = """
+import asyncio, os, sys
+import mlflow, spanline
+sys.path.insert(0, os.environ["TEST_HELPERS"])
+from helpers import make_agent
+from spanline.fake_anthropic import FakeAnthropicAPI
+
+mlflow.set_experiment(os.environ["TEST_EXPERIMENT"])
+spanline.autolog()
+api = FakeAnthropicAPI(record_requests=False)
+client, aclient = api.client(), api.async_client()
+agent = make_agent(aclient, spanline.trace(span_type="TOOL"), spanline.trace(span_type="AGENT"))
+tag, calls = os.environ["TEST_TAG"], int(os.environ["TEST_CALLS"])
+
+async def main():
+    for i in range(0, calls, 2):  # an agent and a plain call, turn about
+        await agent(f"What's the weather like in Tokyo today? [{tag}-{i}]")
+        client.messages.create(model="claude-fake-1", max_tokens=8,
+                               messages=[{"role": "user", "content": f"[{tag}-{i + 1}]"}])
+
+asyncio.run(main())
+assert spanline.flush(600), spanline.stats()
+"""
+
+
+def _call_key(trace) -> str:
+    """Which producer and call made a trace: the ``[p<k>-<i>]`` its root's inputs carry."""
+    root = next(s for s in trace.data.spans if s.parent_id is None)
+    text = json.dumps(root.inputs)
+    start = text.index("[p")
+    return text[start : text.index("]", start) + 1]
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+def test_four_producers_through_one_writer_into_a_server_on_postgresql(postgres_uri, tmp_path):
+    """The issue's test: ``mlflow server --workers 2`` on PostgreSQL with proxied artifacts, four producer
+    processes × 1,000 traced calls, one ``spanline writer --writers 2``: every trace stored once, each
+    agent trace whole (AGENT root, two CHAT_MODEL, one TOOL)."""
+    log = tmp_path / "log"
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    with run_mlflow_server(server_dir, timeout=240, backend_store_uri=postgres_uri, workers=2,
+                           serve_artifacts=True) as server:  # two workers start slower on a busy machine
+        mlflow.set_tracking_uri(server.url)
+        experiment = "scale-4x1000"
+        experiment_id = mlflow.create_experiment(experiment)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": server.url, "MLFLOW_MODEL_CATALOG_URI": "",
+               "SPANLINE_LOG_DIR": str(log), "SPANLINE_WRITER_AUTOSTART": "0",
+               "TEST_HELPERS": os.path.dirname(__file__), "TEST_EXPERIMENT": experiment, "TEST_CALLS": str(CALLS)}
+        with open(tmp_path / "writer.log", "wb") as writer_log:
+            writer = subprocess.Popen(
+                [sys.executable, "-m", "spanline.writer", "--log-dir", str(log), "--writers", "2"],
+                env=env, stdout=subprocess.DEVNULL, stderr=writer_log, start_new_session=True,
+            )
+        producers = []
+        try:
+            producers = [subprocess.Popen([sys.executable, "-c", PRODUCER], env={**env, "TEST_TAG": f"p{k}"},
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                         for k in range(4)]
+            for proc in producers:
+                _, err = proc.communicate(timeout=900)
+                assert proc.returncode == 0, err.decode()[-3000:]
+            status = logdir.read_status(str(log))
+        finally:
+            for proc in [*producers, writer]:
+                _kill_group(proc)
+        writer_said = (tmp_path / "writer.log").read_text()
+        assert "2 store writer(s) (thread)" in writer_said, writer_said[-3000:]
+        assert status["traces_stored"] == 4 * CALLS and not status["dropped"], status
+    # Read back from PostgreSQL itself, the server gone: what the store holds, not what a server answered.
+    mlflow.set_tracking_uri(postgres_uri)
+    traces = mlflow.search_traces(locations=[experiment_id], return_type="list", max_results=50_000,
+                                  include_spans=True)
+    keys = collections.Counter(_call_key(t) for t in traces)
+    assert not [k for k, c in keys.items() if c > 1], "a call stored twice"
+    assert set(keys) == {f"[p{k}-{i}]" for k in range(4) for i in range(CALLS)}, f"{len(keys)} of {4 * CALLS}"
+    for trace in traces:
+        types = sorted(s.span_type for s in trace.data.spans)
+        root = next(s for s in trace.data.spans if s.parent_id is None)
+        if root.span_type == "AGENT":
+            assert types == ["AGENT", "CHAT_MODEL", "CHAT_MODEL", "TOOL"], (trace.info.trace_id, types)
+        else:
+            assert types == ["CHAT_MODEL"] and root.name == "Messages.create", (trace.info.trace_id, types)
+    assert sum(1 for t in traces if len(t.data.spans) == 4) == 2 * CALLS
