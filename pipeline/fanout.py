@@ -38,6 +38,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from .assembler import Unit
+from .sink import MlflowSink  # imports mlflow: the writer imports this module once its socket is up
 
 logger = logging.getLogger("spanline.writer")
 
@@ -82,9 +83,7 @@ def _write_in_chunks(sink: Sink, part: Sequence[Unit]) -> None:
 
 
 def default_sink() -> Sink:
-    """The store writer of one part: MLflow's ``log_spans`` through spanline's sink (imports mlflow)."""
-    from .sink import MlflowSink
-
+    """The store writer of one part: MLflow's ``log_spans`` through spanline's sink."""
     return MlflowSink(lambda: None).write
 
 
