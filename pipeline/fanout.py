@@ -9,9 +9,15 @@ A unit goes to store writer ``crc32(trace id) % N``: every span of a trace is wr
 never by two at once (two concurrent ``log_spans`` of one trace race on creating its row). Which kind of
 store writer, and how many by default, depends on the store (``plan``):
 
-- an ``mlflow server`` (http/https): 4 threads. The work is waiting on the server, so threads overlap well;
-  each holds its own keep-alive connection from MLflow's connection pool, and since a connection stays on
-  the server worker that accepted it, several connections spread the load over the server's workers.
+- an ``mlflow server`` (http/https): 4 threads. The work is waiting on the server, so threads overlap well.
+  MLflow's REST store sends the OTLP protobuf to ``/v1/traces`` over its pooled session (retries with backoff
+  on 429/5xx and connection errors: ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``_BACKOFF_FACTOR``; the writer's
+  own retry loop takes over beyond). A keep-alive connection stays on the server worker that accepted it,
+  and uvicorn's workers share one listening socket: measured here, two and four connections opened together
+  all landed on one of two workers, and a second store writer added nothing. So the store writers' batch
+  requests each ask for a fresh connection (``Connection: close``); a local connect costs well under a
+  millisecond against the seconds of server work a batch of 100–200 traces takes, and each new connection
+  goes to whichever worker accepts first, usually an idle one.
 - PostgreSQL, MySQL, SQL Server (SQLAlchemy): 2 processes. ``log_spans`` there is mostly Python CPU
   (~3 ms per trace), so threads would share one GIL; processes use the machine's cores (DESIGN §7: a second
   PostgreSQL writer gives 1.5–2.2×). Units are pickled to the child (~tens of µs per trace).
@@ -158,11 +164,38 @@ class FanOut:
                 pool = _Processes(n, self.make_sink)
             elif kind == "thread":
                 pool = _Threads(n, self.make_sink)
+                if uri.startswith(("http://", "https://")):
+                    _fresh_connection_per_batch()
             else:
                 pool = _Inline(self.make_sink)
             logger.info("spanline writer: %d store writer(s) (%s) for %s", pool.n, pool.kind, _safe(uri))
             self._pools[uri] = pool
         return pool
+
+
+_STORE_WRITER_THREAD = "spanline-store-writer"
+_fresh_connections = False
+
+
+def _fresh_connection_per_batch() -> None:
+    """Make the store writer threads' requests to a server close their connection after the response (an
+    MLflow request-header provider, active on those threads only), so the next batch connects anew and
+    lands on whichever server worker accepts it, instead of every batch staying on one worker."""
+    global _fresh_connections
+    if _fresh_connections:
+        return
+    from mlflow.tracking.request_header.abstract_request_header_provider import RequestHeaderProvider
+    from mlflow.tracking.request_header.registry import _request_header_provider_registry
+
+    class _CloseAfterEachBatch(RequestHeaderProvider):
+        def in_context(self) -> bool:
+            return threading.current_thread().name.startswith(_STORE_WRITER_THREAD)
+
+        def request_headers(self) -> dict[str, str]:
+            return {"Connection": "close"}
+
+    _request_header_provider_registry.register(_CloseAfterEachBatch)
+    _fresh_connections = True
 
 
 def _safe(uri: str) -> str:
@@ -218,7 +251,7 @@ class _Threads(_Pool):
         self.n = n
         self._make_sink = make_sink
         self._sinks: list[Sink | None] = [None] * n
-        self._executor = ThreadPoolExecutor(n, thread_name_prefix="spanline-store-writer")
+        self._executor = ThreadPoolExecutor(n, thread_name_prefix=_STORE_WRITER_THREAD)
 
     def _write_one(self, index: int, part: list[Unit]) -> None:
         sink = self._sinks[index]
