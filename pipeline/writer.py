@@ -92,6 +92,7 @@ class Writer:
         poll: float = 0.2,
         sink: Callable[[list[Unit]], None] | None = None,
         max_log_bytes: int | None = None,
+        writers: int | None = None,
     ) -> None:
         self.directory = directory
         self.once = once
@@ -100,6 +101,7 @@ class Writer:
         self.poll = poll
         self._sink = sink
         self.max_log_bytes = max_log_bytes
+        self.writers = writers  # store writers in parallel (pipeline/fanout.py); None: the store kind's default
         self.producers: dict[str, Producer] = {}
         self.counters = Counters()  # for the assemblers' own drop and error accounting
         self.unwritten: list[Unit] = []
@@ -148,9 +150,9 @@ class Writer:
         self.selector = selectors.DefaultSelector()
         self.selector.register(server, selectors.EVENT_READ, None)
         if self._sink is None:
-            from .sink import MlflowSink  # imports mlflow: after the socket is up, so flushes can queue
+            from .fanout import FanOut  # imports mlflow once writing: after the socket is up, so flushes can queue
 
-            self._sink = MlflowSink(lambda: None).write
+            self._sink = FanOut(self.writers)
         self.state = "running"
         try:
             while True:
@@ -164,6 +166,8 @@ class Writer:
             self._write_status(force=True)
             for sock, _ in self.waiters:
                 sock.close()
+            if hasattr(self._sink, "close"):
+                self._sink.close()  # the fan-out's store writers (threads, processes)
             server.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
@@ -428,7 +432,7 @@ class Writer:
     def _write_unwritten(self) -> bool:
         assert self._sink is not None
         while self.unwritten:
-            batch = self.unwritten[:_BATCH_UNITS]
+            batch = self.unwritten[: getattr(self._sink, "batch_units", _BATCH_UNITS)]  # fan-out: one per writer
             try:
                 self._sink(batch)
             except Exception as exc:

@@ -16,6 +16,16 @@ def _cities(value: str) -> list[str]:
     return cities
 
 
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value!r}")
+    return n
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spanline",
@@ -66,6 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     writer.add_argument("--idle-exit", type=float, default=5.0, help="seconds idle before --exit-when-idle exits")
     writer.add_argument("--poll", type=float, default=0.2, help="seconds between looks for new records")
+    writer.add_argument(
+        "--writers",
+        type=_positive_int,
+        default=os.environ.get("SPANLINE_WRITERS") or None,  # argparse applies ``type`` to a string default
+        help="store writers in parallel, each trace always written by the same one (default per store: 4 "
+        "threads for an mlflow server, 2 processes for PostgreSQL/MySQL, 1 for sqlite, which does not scale; "
+        "also $SPANLINE_WRITERS)",
+    )
 
     status = sub.add_parser("status", help="print an event log's state: segments, lag, writer, producers")
     _log_location(status)
@@ -139,6 +157,7 @@ def _writer(args: argparse.Namespace) -> int:
         exit_when_idle=args.exit_when_idle,
         idle_exit=args.idle_exit,
         poll=args.poll,
+        writers=args.writers,
     )
     return writer.run()
 

@@ -1,7 +1,7 @@
 """A throwaway ``mlflow server`` on this machine, for spanline's tests and ``spanline bench``.
 
-It runs on 127.0.0.1 on a free port, one worker, a sqlite backend in the given folder, with job execution
-off (its job consumers would saturate a small machine) and an empty model catalog URI (offline, the first
+It runs on 127.0.0.1 on a free port, one worker, a sqlite backend in the given folder (or as asked), with job
+execution off (its job consumers would saturate a small machine) and an empty model catalog URI (offline, the first
 span with a model would otherwise stall ~7 s on a price-catalog fetch). It is started in its own process
 group and killed with that group on exit, and also when startup fails, so no process outlives its user.
 """
@@ -79,10 +79,18 @@ def _kill(proc: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def run_mlflow_server(
-    tmp: Path, timeout: float = STARTUP_TIMEOUT, port: int | None = None
+    tmp: Path,
+    timeout: float = STARTUP_TIMEOUT,
+    port: int | None = None,
+    *,
+    backend_store_uri: str | None = None,
+    workers: int = 1,
+    serve_artifacts: bool = False,
 ) -> Iterator[MlflowServer]:
     """Start ``mlflow server`` in ``tmp``, wait for ``/health``, yield it, and kill it afterwards.
-    ``port``: a given one (a server restarted on the same address, same store), else a free one."""
+    ``port``: a given one (a server restarted on the same address, same store), else a free one.
+    ``backend_store_uri``: e.g. PostgreSQL (default: a sqlite file in ``tmp``); ``workers``: its worker
+    processes; ``serve_artifacts``: artifacts through the server's proxy, stored in ``tmp/artifacts``."""
     port = port or _free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = tmp / "server.log"
@@ -97,11 +105,14 @@ def run_mlflow_server(
         "--port",
         str(port),
         "--workers",
-        "1",
+        str(workers),
         "--backend-store-uri",
-        f"sqlite:///{tmp / 'server.db'}",
-        "--default-artifact-root",
-        (tmp / "artifacts").as_uri(),
+        backend_store_uri or f"sqlite:///{tmp / 'server.db'}",
+        *(
+            ["--artifacts-destination", str(tmp / "artifacts"), "--serve-artifacts"]
+            if serve_artifacts
+            else ["--default-artifact-root", (tmp / "artifacts").as_uri()]
+        ),
     ]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(

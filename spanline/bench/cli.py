@@ -83,6 +83,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument("--save-raw", metavar="PATH", help=argparse.SUPPRESS)  # every sample, for --render
     parser.add_argument("--render", metavar="PATH", help=argparse.SUPPRESS)  # print a --save-raw run again
+    from .scale import add_arguments as add_scale_arguments  # the scale scenarios (--store / --server)
+
+    add_scale_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -97,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     outputs = _outputs(args)
     if args.render:
         return _render_saved(args.render, outputs)
+    if args.store or args.server:  # the scale scenarios: one writer, N store writers, a given store
+        from .scale import run as run_scale
+
+        return run_scale(args)
 
     os.environ["MLFLOW_MODEL_CATALOG_URI"] = ""
     sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
