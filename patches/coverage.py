@@ -13,7 +13,6 @@ from typing import NamedTuple
 
 TRACED = "traced"
 UNTRACED = "not traced"
-STREAMING = "streaming surface"  # traced by the streaming work (its own branch), passes through here
 VIA = "through its calls"  # sends nothing itself; the calls it makes are traced
 ACCESSOR = "accessor"  # returns a resource or wrapper whose own methods are rows of this table
 
@@ -35,10 +34,12 @@ _STREAMED_BODY = ("anthropic._response:ResponseContextManager.__exit__",
                   "anthropic._response:AsyncResponseContextManager.__aexit__")
 
 _MESSAGES = {
-    "create": Row(TRACED, "`CHAT_MODEL` span in MLflow's shape (`stream=True`: the streaming surface)"),
+    "create": Row(TRACED, "`CHAT_MODEL` span in MLflow's shape; `stream=True`: the same span, from the call until "
+                          "the stream ends, with the assembled message (see Streamed calls)"),
     "parse": Row(TRACED, "`CHAT_MODEL` span; the structured reply is the output"),
     "count_tokens": Row(TRACED, "`LLM` span: the request, and the count as output (no token usage)"),
-    "stream": Row(STREAMING, "`messages.stream()` is traced by the streaming surface"),
+    "stream": Row(TRACED, "`CHAT_MODEL` span named `Messages.stream`, from entering the helper until the stream "
+                          "ends, with the assembled message (see Streamed calls)"),
     "batches": Row(ACCESSOR, "the Message Batches resource (rows below)"),
     "with_raw_response": Row(ACCESSOR, "the raw-response wrapper (rows below)"),
     "with_streaming_response": Row(ACCESSOR, "the streamed-body wrapper (rows below)"),
@@ -59,7 +60,7 @@ _BATCHES = {
 }
 _BETA = {
     **_MESSAGES,
-    "create": Row(TRACED, "`CHAT_MODEL` span, named `beta.Messages.create` (`stream=True`: the streaming surface)"),
+    "create": Row(TRACED, "`CHAT_MODEL` span, named `beta.Messages.create` (`stream=True` too)"),
     "tool_runner": Row(TRACED, "the run as an `AGENT` span; each turn a `CHAT_MODEL` span, each tool call a "
                                "`TOOL` span under it", _RUNNER),
     "thread": Row(VIA, "a message thread sends nothing itself; each turn is a traced `beta.messages.create`"),
