@@ -392,6 +392,29 @@ async def test_async_ways_of_consuming(traced, fake):
     assert final.content[0].text == full_text
 
 
+@pytest.mark.anyio
+async def test_async_streams_dropped_unread_or_half_read(traced, fake):
+    import anyio
+
+    client = fake.async_client()
+    stream = await client.messages.create(**_kwargs(LONG), stream=True)
+    del stream
+    gc.collect()
+    stream = await client.messages.create(**_kwargs(LONG), stream=True)
+    async for event in stream:
+        if event.type == "content_block_delta":
+            break
+    del stream, event
+    gc.collect()
+    await anyio.sleep(0.1)  # the event loop finalises the dropped async generators
+    assert await spanline.aflush(60)
+    unread, half = _spans(traced)
+    _assert_stream_span(unread, end="abandoned", completed=False, name="AsyncMessages.create")
+    assert _attrs(half)["spanline.stream.completed"] == "false"
+    assert json.loads(_attrs(half)["spanline.stream.end"]) in ("abandoned", "closed")
+    assert half.outputs["content"][0]["text"]
+
+
 # --- the worker's side: SSE bytes however they are cut, an encoded body, a stream that never ends ------------
 
 
