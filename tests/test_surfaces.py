@@ -230,6 +230,8 @@ def _check_results_trace(trace, batch_id: str, prefix: str = "") -> None:
     assert attr_json(broken, "anthropic.error")["error"]["type"] == "api_error"
     # The trace aggregates the results' usage like the calls they stand for (MLflow computes cost from it).
     assert token_usage(trace) == attr_json(ok, "mlflow.chat.tokenUsage")
+    cost = json.loads(trace.info.trace_metadata["mlflow.trace.cost"])  # at list price: no batch discount
+    assert cost["total_cost"] > 0
     assert trace.info.tags["mlflow.traceName"] == root.name
 
 
