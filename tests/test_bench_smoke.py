@@ -18,9 +18,10 @@ def test_bench_runs_end_to_end_and_writes_markdown_json_and_picture(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "spanline.bench", "--smoke", "--scenarios", "S1,S5,TW,MEM", "--no-progress",
          "--out", str(out)],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench"], "the bench leaves its stores in its temp dir"
     table = done.stdout
     for heading in ("## At a glance", "## Caller's path, in one process", "## S1 ", "## S5 ",
                     "## Worker throughput", "## Memory", "## Targets"):

@@ -12,6 +12,7 @@ import shutil
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from .jobs import child_main
@@ -131,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         template = os.path.join(workdir, "template.db")
         progress.step("creating the template sqlite store")
-        init = runner.run({"kind": "init_db", "uri": f"sqlite:///{template}"}, timeout=300)
+        artifacts = Path(workdir, "artifacts").as_uri()
+        init = runner.run({"kind": "init_db", "uri": f"sqlite:///{template}", "artifacts": artifacts}, timeout=300)
         progress.advance()
         if not init.get("ok"):
             raise RuntimeError(f"could not create the template store: {init.get('error')}")

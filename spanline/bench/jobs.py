@@ -19,10 +19,11 @@ from .workload import EXPERIMENT
 
 def run_init_db_job(job: dict[str, Any]) -> dict[str, Any]:
     """Create the template sqlite store (MLflow's migrations run once per bench, not per process), with
-    the experiment every process then sets as its active one."""
+    the experiment every process then sets as its active one. Its artifacts (MLflow's own export uploads
+    each trace's data there) go to the bench's temp dir, not to ``./mlruns`` in the user's directory."""
     from mlflow.tracking import MlflowClient
 
-    MlflowClient(job["uri"]).create_experiment(EXPERIMENT)
+    MlflowClient(job["uri"]).create_experiment(EXPERIMENT, artifact_location=job["artifacts"])
     return {"ok": True}
 
 
