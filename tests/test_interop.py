@@ -18,7 +18,7 @@ import mlflow
 import pytest
 from helpers import make_agent, root_of, traces_in
 from hypothesis import given, settings
-from spanline.pipeline import context
+from spanline.pipeline import context, trace_metadata
 from spanline.pipeline.convert import to_json_bytes
 
 import spanline
@@ -272,6 +272,7 @@ def _metadata_of_one_call(recorder: str, experiment: str) -> dict[str, str]:
     try:
         _ask(FakeAnthropicAPI().client(), "Hello, Claude")
         assert spanline.flush(30)
+        assert trace_metadata.wait_idle(60)  # through a server, metadata follows the spans from its own thread
     finally:
         mlflow.anthropic.autolog(disable=True)
         spanline.autolog(disable=True)
