@@ -315,7 +315,9 @@ def test_a_trace_stays_in_the_experiment_and_store_it_began_in(traced, fake, tra
 
 def test_busy_program_defers_writes_but_not_forever(traced):
     """While calls keep coming the worker stays out of the GIL; a steady load is still stored."""
-    spanline.configure(flush_interval=0.05)  # so at most 10 x 0.05 s of deferral
+    # At most 10 x 0.05 s of deferral; a batch of 1 per interval (20 calls/s) counts as busy, so the load
+    # below makes the worker defer even on a loaded machine.
+    spanline.configure(flush_interval=0.05, batch_size=1)
     try:
         # 2 ms of network per call: a very fast API, yet one whose calls wait on I/O, like real ones.
         client = FakeAnthropicAPI(latency=0.002).client()
@@ -335,7 +337,7 @@ def test_busy_program_defers_writes_but_not_forever(traced):
             time.sleep(0.02)
         assert spanline.stats().traces_stored - before == calls
     finally:
-        spanline.configure(flush_interval=0.5)
+        spanline.configure(flush_interval=0.5, batch_size=100)
 
 
 def test_importing_spanline_imports_neither_mlflow_nor_anthropic():
