@@ -52,8 +52,9 @@ def test_fake_sync_latency_per_model(benchmark: Any) -> None:
 
 
 def test_busy_program_deferral_window(benchmark: Any, tracking_store: str) -> None:
-    """Under a steady load with ``flush_interval=0.05`` the first traces are stored within 2 s (the worker
-    defers at most 10 intervals), and the rest within 10 s of the load stopping, without a flush."""
+    """Under a steady load that counts as busy (a batch, ``batch_size=1``, per ``flush_interval=0.05``) the
+    first traces are stored within 2 s (the worker defers at most 10 intervals), and the rest within 10 s
+    of the load stopping, without a flush."""
     import mlflow
 
     import spanline
@@ -61,7 +62,7 @@ def test_busy_program_deferral_window(benchmark: Any, tracking_store: str) -> No
 
     benchmark.group = "worker deferral"
     mlflow.set_experiment(f"deferral-{uuid.uuid4().hex[:8]}")
-    spanline.autolog(silent=True, flush_interval=0.05)
+    spanline.autolog(silent=True, flush_interval=0.05, batch_size=1)
     client = FakeAnthropicAPI(latency=0.002, record_requests=False).client()
     result: dict[str, float] = {}
 
@@ -88,5 +89,5 @@ def test_busy_program_deferral_window(benchmark: Any, tracking_store: str) -> No
         assert result["stored"] == result["calls"], "not all stored within 10 s of the load stopping"
     finally:
         assert spanline.flush(60)
-        spanline.configure(flush_interval=0.5)
+        spanline.configure(flush_interval=0.5, batch_size=100)
         spanline.autolog(disable=True, silent=True)

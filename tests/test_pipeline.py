@@ -341,7 +341,7 @@ def test_a_steady_load_is_stored_while_it_runs(traced):
             time.sleep(0.02)
         assert spanline.stats().traces_stored - before == calls
     finally:
-        spanline.configure(flush_interval=0.5)
+        spanline.configure(flush_interval=0.5, batch_size=100)
 
 
 def test_importing_spanline_imports_neither_mlflow_nor_anthropic():
