@@ -403,13 +403,15 @@ class Pipeline:
                 kind = type(item)
                 if kind is bytes:
                     counters.events_processed += 1
-                    if self._rewrite:
+                    if self._rewrite or policy.holding():  # a stream begun under a policy keeps it
                         try:
                             item = apply(item, self._applied.policy)
                         except Exception as exc:  # a redact that raises, an undecodable event: counted
                             counters.drop(DropReason.DECODE_ERROR)
                             report_internal_error(counters, "content policy", exc)
                             continue
+                        if item is None:
+                            continue  # a stream's chunks, held until its end
                     if _JOINED_MLFLOW in item:
                         self._joins += 1
                     frames.append(frame(item))

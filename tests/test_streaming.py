@@ -484,3 +484,56 @@ def test_time_to_first_chunk_only_when_its_chunk_was_timed():
         state.feed([body[:cut], body[cut:]], times)
         attrs = state.attributes("completed", False, ContentPolicy())
         assert json.loads(attrs.get("gen_ai.response.time_to_first_chunk", "null")) == expected
+
+
+# --- a content policy before the log: streamed bodies are held and reduced in the application --------------
+
+
+def _through_policy(policy: ContentPolicy, text: str) -> tuple[list[bytes | None], dict]:
+    """A streamed call's events as the application's worker hands them to the log under ``policy``."""
+    from spanline.pipeline import policy as content_policy
+
+    body, message = _sse_body(text)
+    cut = len(body) // 2
+    request = json.dumps({"model": MODEL, "max_tokens": 64, "stream": True,
+                          "messages": [{"role": "user", "content": text}]}).encode()
+    sent = [events.StreamStart(9, 9, 0, 9, "Messages.create", "messages", 100, request, "req_9"),
+            events.StreamChunk(9, 9, [body[:cut]], [150]),
+            events.StreamEnd(9, 9, 300, "completed", [body[cut:]], [250])]
+    return [content_policy.apply(events.encode(e), policy) for e in sent], message
+
+
+def test_metadata_mode_keeps_a_streams_text_out_of_the_log_and_its_usage_in():
+    secret = "zebra-ledger-4471"
+    appended, message = _through_policy(ContentPolicy(capture_content="metadata"), f"Remember {secret} please")
+    assert appended[1] is None, "the chunks are held until the stream ends"
+    assert not any(secret.encode() in data for data in appended if data), "no prompt or completion on disk"
+    assembler = Assembler(Counters(), lambda: ContentPolicy(capture_content="metadata"))
+    for data in appended:
+        if data:
+            assembler.add(events.decode(data))
+    ((span,),) = [unit.spans for unit in assembler.take()]
+    usage = json.loads(span.attributes["mlflow.chat.tokenUsage"])
+    assert usage["output_tokens"] == message["usage"]["output_tokens"]
+    assert secret not in json.dumps(span.attributes)
+
+
+def test_redact_in_force_when_a_stream_began_applies_to_all_of_it(traced, fake, restore_options):
+    def redact(value):
+        if isinstance(value, dict):
+            return {k: redact(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [redact(v) for v in value]
+        return "[redacted]" if isinstance(value, str) and "mango" in value else value
+
+    spanline.configure(redact=redact)
+    stream = fake.client().messages.create(
+        **_kwargs({"messages": [{"role": "user", "content": "A mango sorbet, please"}]}), stream=True
+    )
+    spanline.configure(redact=None)  # the stream's chunks arrive after this: its call's policy still holds
+    text = "".join(e.delta.text for e in stream if e.type == "content_block_delta")
+    assert "mango" in text, "the caller's stream is never redacted"
+    (span,) = _spans(traced)
+    assert "mango" not in json.dumps(span.to_dict())
+    assert span.outputs["content"][0]["text"] == "[redacted]"
+    assert json.loads(_attrs(span)["mlflow.chat.tokenUsage"])["output_tokens"] > 0
