@@ -29,7 +29,8 @@ def test_stalled_store_bounded(benchmark: Any, clients: tuple[Any, Any], trackin
     release = threading.Event()
     real_sink = pipeline._sink
     pipeline.set_sink(lambda units: release.wait(300))
-    spanline.autolog(silent=True, queue_size=QUEUE, on_full="drop")
+    # In-process (durability="memory"): with the log, a stalled store never reaches the application.
+    spanline.autolog(silent=True, queue_size=QUEUE, on_full="drop", durability="memory")
     create = clients[0].messages.create
     create(**CHAT_KWARGS)
     # The store blocks from its first write: flush() gives up, and the worker stays stuck in that write.
@@ -56,4 +57,4 @@ def test_stalled_store_bounded(benchmark: Any, clients: tuple[Any, Any], trackin
         spanline.shutdown(timeout=60)
         pipeline.set_sink(real_sink)
         spanline.configure(queue_size=100_000)
-        spanline.autolog(disable=True, silent=True)
+        spanline.autolog(disable=True, silent=True, durability="page_cache")

@@ -20,10 +20,11 @@ TRACES = 200
 def recording(tracking_store: str) -> Any:
     import spanline
 
-    spanline.autolog(silent=True)
+    # The in-process worker (durability="memory"); the writer process is measured in test_eventlog.py.
+    spanline.autolog(silent=True, durability="memory")
     yield
     spanline.flush(timeout=300)
-    spanline.autolog(disable=True, silent=True)
+    spanline.autolog(disable=True, silent=True, durability="page_cache")
 
 
 @pytest.mark.parametrize("batch", [10, 100])

@@ -238,11 +238,15 @@ class Pipeline:
         self._start_lock = threading.Lock()
         mp_util = sys.modules.get("multiprocessing.util")
         if mp_util is not None:
-            # A multiprocessing worker ends with os._exit, skipping atexit but running these finalizers:
-            # its last events go to the log there.
-            mp_util.Finalize(None, self._at_exit, exitpriority=100)
+            # A multiprocessing worker ends with os._exit, skipping atexit but running multiprocessing's
+            # finalizers: its last events go to the log there. The child clears the finalizers it inherited
+            # right after this hook, then runs its after-fork callbacks: register from one of those.
+            mp_util.register_after_fork(self, Pipeline._finalize_in_multiprocessing_child)
         if was_running:
             self.start()
+
+    def _finalize_in_multiprocessing_child(self) -> None:
+        sys.modules["multiprocessing.util"].Finalize(None, self._at_exit, exitpriority=100)
 
     def stats(self) -> Stats:
         c = self.counters
@@ -290,8 +294,6 @@ class Pipeline:
         state = status.get("state", "none")
         if state != "stopped" and not _alive(pid):
             state = "none"
-        if status.get("last_error"):
-            stored.setdefault("last_error", None)
         return {
             "log_segments": segments,
             "log_bytes": size,

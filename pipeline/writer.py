@@ -69,7 +69,7 @@ class Producer:
     done: tuple[int, int] = (-1, 0)  # (seq, offset): everything before is stored (or dropped, counted)
     dead: bool = False
     counters: dict[str, Any] = field(default_factory=lambda: {"traces_stored": 0, "spans_stored": 0, "dropped": {}})
-    last_tick_ns: int = 0
+    oldest_tick_ns: int = 0  # append time of the oldest record read since the last commit
 
     def drop(self, reason: str, n: int) -> None:
         if n:
@@ -237,11 +237,10 @@ class Writer:
         read_any = False
         for producer in list(self.producers.values()):
             read_any |= self._read(producer)
-        units: list[Unit] = []
         for producer in self.producers.values():
             if producer.assembler is not None:
-                units.extend(self._place(producer, u) for u in producer.assembler.take())
-        self.unwritten = units
+                self.unwritten.extend(self._place(producer, u) for u in producer.assembler.take())
+        units = self.unwritten
         if units and not self._write_unwritten():
             return True
         self._commit()
@@ -269,6 +268,9 @@ class Writer:
             producer.segments.sort(key=lambda s: s.seq)
         for producer in self.producers.values():
             self._resume(producer)
+            current = self._current(producer)
+            if current is not None:
+                self._open(producer, current)  # its header: the producer's metadata and bound
 
     def _open(self, producer: Producer, seg: Segment) -> bool:
         """Open a segment and read its header; False if it cannot be read (yet, or ever)."""
@@ -339,7 +341,7 @@ class Writer:
             result = eventlog.read_records(seg.fd, seg.offset, min(budget, _READ_BYTES))
             if result.corrupt:
                 self.totals["corrupt_records"] += result.corrupt
-                producer.drop("corrupt_record", result.corrupt)
+                self._drop(producer, DropReason.CORRUPT_RECORD, result.corrupt)
                 self.last_error = f"{os.path.basename(seg.path)}: {result.corrupt} corrupt record(s) skipped"
             self._fold(producer, seg, result.records)
             budget -= result.end - seg.offset
@@ -357,7 +359,7 @@ class Writer:
                 # Not the newest, not sealed, nothing more: its producer died mid-append and a later
                 # segment exists (a crash during rotation). Its tail is torn; go on with the next.
                 if result.partial:
-                    producer.drop("torn_tail", 1)
+                    self._drop(producer, DropReason.TORN_TAIL, 1)
                 seg.sealed = True
                 continue
             return read_any
@@ -383,7 +385,7 @@ class Writer:
         self._fold(producer, seg, result.records)
         seg.offset = result.end
         if result.partial:
-            producer.drop("torn_tail", 1)
+            self._drop(producer, DropReason.TORN_TAIL, 1)
             self.last_error = f"{os.path.basename(seg.path)}: torn tail skipped (its producer died mid-append)"
         producer.dead = True
         if producer.assembler is not None:
@@ -399,7 +401,7 @@ class Writer:
                 try:
                     event = decode(payload)
                 except Exception:
-                    producer.drop(DropReason.DECODE_ERROR, 1)
+                    self._drop(producer, DropReason.DECODE_ERROR, 1)
                     continue
                 root = getattr(event, "root", None)
                 if root is not None and root not in first_pos:
@@ -407,12 +409,14 @@ class Writer:
                 try:
                     assembler.add(event)
                 except Exception as exc:
-                    producer.drop(DropReason.DECODE_ERROR, 1)
+                    self._drop(producer, DropReason.DECODE_ERROR, 1)
                     self.last_error = f"assembler: {type(exc).__name__}: {exc}"
             elif kind == eventlog.POLICY:
+                # Units completed so far go where the policy in force until now sends them.
+                self.unwritten.extend(self._place(producer, u) for u in assembler.take())
                 producer.policy = json.loads(payload)
-            elif kind == eventlog.TICK:
-                producer.last_tick_ns = int.from_bytes(payload, "little", signed=True)
+            elif kind == eventlog.TICK and not producer.oldest_tick_ns:
+                producer.oldest_tick_ns = int.from_bytes(payload, "little", signed=True)
             elif kind == eventlog.SEAL:
                 seg.sealed = True
         self.uncommitted.add(producer.pid)
@@ -474,8 +478,10 @@ class Writer:
             producer.done = read_pos
             checkpoint = min(producer.first_pos.values(), default=read_pos)
             self._checkpoint(producer, checkpoint)
-            if producer.last_tick_ns:
-                self.lags.append(max(0.0, (now_ns - producer.last_tick_ns) / 1e9))
+            if producer.oldest_tick_ns:
+                # Lag: from the append of the oldest record of this round to now, when it is stored.
+                self.lags.append(max(0.0, (now_ns - producer.oldest_tick_ns) / 1e9))
+                producer.oldest_tick_ns = 0
         self.uncommitted = set()
         for pid, producer in list(self.producers.items()):
             if producer.dead and not producer.first_pos and not any(
@@ -527,8 +533,7 @@ class Writer:
             if seg is producer.segments[-1] and not producer.dead:
                 continue
             lost = _count_events(seg)
-            producer.drop("log_full", lost)
-            self.dropped["log_full"] = self.dropped.get("log_full", 0) + lost
+            self._drop(producer, DropReason.LOG_FULL, lost)
             self.last_error = f"log over max_log_bytes ({limit}): dropped {os.path.basename(seg.path)}"
             logger.warning("spanline writer: %s", self.last_error)
             self._delete(producer, seg)
@@ -606,11 +611,16 @@ class Writer:
             "finished_producers": dict(list(self.finished_producers.items())[-50:]),
         }
 
+    def _drop(self, producer: Producer, reason: str, n: int) -> None:
+        """Count ``n`` events of ``producer`` lost for ``reason``: for it (answered to its flushes) and in all."""
+        producer.drop(reason, n)
+        if n:
+            self.dropped[reason] = self.dropped.get(reason, 0) + n
+
     def dropped_totals(self) -> dict[str, int]:
         out: dict[str, int] = dict(self.counters.dropped())
-        for p in [*self.producers.values()]:
-            for k, v in p.counters["dropped"].items():
-                out[k] = out.get(k, 0) + v
+        for k, v in self.dropped.items():
+            out[k] = out.get(k, 0) + v
         return out
 
     def _write_status(self, force: bool = False) -> None:

@@ -142,10 +142,14 @@ def _log_dir(args: argparse.Namespace) -> str:
 
 def _writer(args: argparse.Namespace) -> int:
     import logging
+    import signal
 
     from spanline.pipeline.writer import Writer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s spanline-writer[%(process)d] %(message)s")
+    # SIGTERM (a supervisor, a test's teardown): leave through the loop's cleanup. What was read but not
+    # checkpointed is stored again by the next writer, once (log_spans is idempotent).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     os.environ.setdefault("MLFLOW_MODEL_CATALOG_URI", "")  # offline, MLflow would stall ~7 s per process
     writer = Writer(
         _log_dir(args),

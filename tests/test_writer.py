@@ -108,8 +108,8 @@ def _assert_each_once(traces: list, n: int, spans_per_trace: int = 2) -> None:
 def test_writer_killed_mid_batch_then_restarted_stores_every_trace_once(tmp_path, own_cache):
     uri = f"sqlite:///{tmp_path}/store.db"
     directory = log_dir_of(uri)
-    n = 1500
-    # The app only appends (no writer yet): a backlog of 1,500 traces in the log.
+    n = 800
+    # The app only appends (no writer yet): a backlog of 800 traces in the log, four batches of 200.
     _run(APP + "spanline.shutdown(wait_for_store=False)\n",
          _env(uri, "killed-writer", n, SPANLINE_WRITER_AUTOSTART="0"))
     writer = _writer(directory)
@@ -246,28 +246,31 @@ def test_a_store_outage_is_waited_out_and_every_trace_stored_once(tmp_path, own_
 
     The issue's scenario is a 60 s outage; 8 s here keeps the suite fast, and the writer's retry loop is the
     same (backoff with jitter, capped at 10 s, for as long as the log is within its bound)."""
-    n = 300
+    n = 120
     server_dir = tmp_path / "server"
     server_dir.mkdir()
-    with run_mlflow_server(server_dir) as server:
-        url, port = server.url, int(server.url.rsplit(":", 1)[1])
-        mlflow.set_tracking_uri(url)
-        mlflow.create_experiment("outage")
-        code = APP.replace("for i in range", "import time\nfor i in range") + textwrap.dedent("""
-            print("first half done", flush=True)
-            sys.stdin.readline()
-            for i in range(int(os.environ["TEST_CALLS"]), 2 * int(os.environ["TEST_CALLS"])):
-                agent(i)
-            assert spanline.flush(300)
-        """)
-        app = subprocess.Popen([sys.executable, "-c", code], env=_env(url, "outage", n // 2),
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    code = APP + textwrap.dedent("""
+        assert spanline.flush(120)
+        print("first half stored", flush=True)
+        sys.stdin.readline()  # the server is down now
+        for i in range(int(os.environ["TEST_CALLS"]), 2 * int(os.environ["TEST_CALLS"])):
+            agent(i)
+        assert spanline.flush(300)
+    """)
+    app = None
     try:
-        # The server is down now (the with-block killed it); the app keeps making calls meanwhile.
-        assert app.stdout.readline().strip() == "first half done", app.stderr.read()[-3000:]
+        with run_mlflow_server(server_dir) as server:
+            url, port = server.url, int(server.url.rsplit(":", 1)[1])
+            # MLflow's own HTTP retries off (the writer inherits the app's environment): the writer's retry
+            # loop is what waits the outage out.
+            env = _env(url, "outage", n // 2, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
+            app = subprocess.Popen([sys.executable, "-c", code], env=env,
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert app.stdout.readline().strip() == "first half stored", app.stderr.read()[-3000:]
         app.stdin.write("go\n")
         app.stdin.flush()
         time.sleep(8)
+        assert app.poll() is None, "flush() waits for the store to come back"
         with run_mlflow_server(server_dir, port=port):
             _, err = app.communicate(timeout=300)
             assert app.returncode == 0, err[-3000:]
@@ -275,9 +278,10 @@ def test_a_store_outage_is_waited_out_and_every_trace_stored_once(tmp_path, own_
             assert status["retries"] >= 1, "the writer did meet the outage"
             _assert_each_once(_stored(url, "outage"), n)
     finally:
-        if app.poll() is None:
-            app.kill()
-            app.wait(10)
+        if app is not None:
+            if app.poll() is None:
+                app.kill()
+            app.communicate(timeout=10)
 
 
 # --- what the application sees ------------------------------------------------------------------------------
@@ -388,3 +392,46 @@ def test_a_planted_api_key_is_nowhere_on_disk(tmp_path, own_cache):
     assert scan(str(tmp_path)) == [], "the store, the log, the writer's log"
     assert secret not in done.stdout + done.stderr, "the app's own output"
     stop_writers_under(own_cache)
+
+
+def test_past_max_log_bytes_the_oldest_segments_are_dropped_and_counted(tmp_path, own_cache):
+    uri = f"sqlite:///{tmp_path}/store.db"
+    directory = log_dir_of(uri)
+    n = 300
+    # Small segments and a small bound; no writer while the app runs, so the log outgrows its bound.
+    _run(APP + "spanline.shutdown(wait_for_store=False)\n",
+         _env(uri, "bounded", n, SPANLINE_WRITER_AUTOSTART="0", SPANLINE_SEGMENT_BYTES="16384",
+              SPANLINE_MAX_LOG_BYTES="65536"))
+    assert eventlog.total_bytes(directory)[1] > 65536
+    _once(directory)
+    traces = _stored(uri, "bounded")
+    # A trace cut by the drop (its root's start in a dropped segment) keeps what survived: its LLM call.
+    whole = [t for t in traces if any(s.parent_id is None for s in t.data.spans)]
+    assert len(traces) - len(whole) <= 1
+    stored = sorted(root_of(t).inputs["i"] for t in whole)
+    status = logdir.read_status(directory)
+    dropped = status["dropped"]
+    assert dropped.get("log_full", 0) > 0 and "max_log_bytes" in status["last_error"]
+    assert 0 < len(stored) < n
+    assert stored[-1] == n - 1 and stored == list(range(stored[0], n)), "the oldest went, the newest stayed"
+    # Every event is accounted for: stored (three per agent trace) or counted as dropped.
+    assert 3 * len(stored) + dropped["log_full"] - dropped.get("orphaned", 0) <= 3 * n
+
+
+def test_a_multiprocessing_pool_shares_one_writer(tmp_path, own_cache):
+    uri = f"sqlite:///{tmp_path}/store.db"
+    code = APP + textwrap.dedent("""
+        import multiprocessing
+        assert spanline.flush(120)  # the parent traced before forking its workers
+        with multiprocessing.get_context("fork").Pool(3) as pool:
+            pool.map(agent, range(1000, 1030))
+            pool.close()
+            pool.join()
+        assert spanline.flush(120)
+    """)
+    _run(code, _env(uri, "pool", 5))
+    directory = log_dir_of(uri)
+    _once(directory)
+    stored = sorted(root_of(t).inputs["i"] for t in _stored(uri, "pool"))
+    assert stored == [*range(5), *range(1000, 1030)]
+    assert len({t.info.trace_id for t in _stored(uri, "pool")}) == 35
