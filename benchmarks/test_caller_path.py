@@ -9,17 +9,16 @@ One pytest-benchmark round is one pair of blocks, so the table's times are per p
 ``extra_info`` (``--benchmark-json``) and printed with ``-s``: per-call medians of both clients, their
 difference, and the median of the block-pair differences.
 
-``test_floor`` puts the cheapest capture that can be written in Python at the same two places: a wrapper on
-``Messages.create`` and one on ``_process_response`` that keeps the response, two clock reads, one id, and
-one msgpack-encoded tuple of the two bodies appended to a deque. No checks, no context, no sampling, no
-failure handling, wrong under threads and tasks: it is not spanline, it shows where the floor is.
+``test_floor`` puts the cheapest capture that can be written in Python at the same two places
+(``spanline.bench.floor_client``: a wrapper on ``Messages.create`` and one on ``_process_response`` that
+keeps the response, two clock reads, one id, and one msgpack-encoded tuple of the two bodies appended to a
+deque). No checks, no context, no sampling, no failure handling, wrong under threads and tasks: it is not
+spanline, it shows where the floor is. ``spanline bench`` measures the same three clients in one run.
 """
 
 from __future__ import annotations
 
 import statistics
-import time
-from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -72,37 +71,8 @@ def test_spanline(benchmark: Any, traced_and_twin: tuple[Any, Any]) -> None:
 
 def test_floor(benchmark: Any) -> None:
     """The floor: the least any Python-level capture of both bodies could add (see the module docstring)."""
-    import msgspec
-    from anthropic._base_client import SyncAPIClient
-    from anthropic.resources.messages import Messages
-    from spanline.patches import original
+    from spanline.bench import fake_clients, floor_client
 
-    from spanline.bench import fake_clients
-
-    items: deque[bytes] = deque()
-    encode = msgspec.msgpack.Encoder().encode
-    ids = iter(range(1, 10**12)).__next__
-    last: list[Any] = [None]
-    client_class = type(fake_clients()[0])
-    create = original(Messages, "create")
-    process_response = original(SyncAPIClient, "_process_response")
-
-    def floor_process_response(self: Any, *args: Any, **kwargs: Any) -> Any:
-        last[0] = kwargs["response"]
-        return process_response(self, *args, **kwargs)
-
-    def floor_create(self: Any, *args: Any, **kwargs: Any) -> Any:
-        start = time.time_ns()
-        result = create(self, *args, **kwargs)
-        end = time.time_ns()
-        span = ids()
-        response = last[0]
-        items.append(encode(("c", span, span, 0, span, "Messages.create", "messages", start, end,
-                             response.request.content, response.content, result._request_id)))
-        return result
-
-    traced = fake_clients()[0]
-    traced.__class__ = type("Floor", (client_class,), {"_process_response": floor_process_response})
-    traced.messages.__class__ = type("FloorMessages", (type(traced.messages),), {"create": floor_create})
-    _measure(benchmark, "floor", traced, fake_clients()[0])
+    floor, items = floor_client(fake_clients()[0])
+    _measure(benchmark, "floor", floor, fake_clients()[0])
     assert len(items) > BLOCKS * CALLS

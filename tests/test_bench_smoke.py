@@ -1,23 +1,51 @@
-"""`spanline bench` runs end to end (one small scenario), so the benchmark cannot rot unnoticed."""
+"""`spanline bench` runs end to end (tiny counts) and writes its outputs, so the benchmark cannot rot unnoticed."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
+import pytest
 
-def test_bench_worker_throughput_scenario_runs():
+
+def test_bench_runs_end_to_end_and_writes_markdown_json_and_picture(tmp_path):
+    """A tiny run of every kind of job (the scenario processes, the one-process caller path, the worker's
+    throughput, the stalled store) prints its report and writes it as Markdown, JSON and a PNG."""
     env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": ""}
+    out = tmp_path / "bench"
     done = subprocess.run(
-        [sys.executable, "-m", "spanline.bench", "--quick", "--scenarios", "TW", "--rounds", "1", "--no-progress"],
-        env=env, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "spanline.bench", "--smoke", "--scenarios", "S1,S5,TW,MEM", "--no-progress",
+         "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     table = done.stdout
-    assert "## Worker throughput" in table
-    assert "error" not in table.lower(), table
+    for heading in ("## At a glance", "## Caller's path, in one process", "## S1 ", "## S5 ",
+                    "## Worker throughput", "## Memory", "## Targets"):
+        assert heading in table, heading
+    assert "error:" not in table and "failed" not in table, table
     assert "| sqlite (in-process) | 100 |" in table
+    assert (out / "bench.md").read_text().strip() == table.strip()
+
+    payload = json.loads((out / "bench.json").read_text())
+    summary = payload["summary"]
+    caller = summary["caller_path"]
+    assert caller["untraced_us"] > 0 and caller["pct_of_untraced_call"] == pytest.approx(
+        100 * caller["spanline_added_us"] / caller["untraced_us"])
+    s1 = summary["S1"]
+    assert {"untraced", "spanline", "mlflow_async", "mlflow_sync"} <= set(s1)
+    assert 0 < s1["spanline"]["caller_cpu_per_trace_us"] <= s1["spanline"]["cpu_per_trace_us"]
+    assert summary["S5"]["spanline"]["stored"] == summary["S5"]["spanline"]["made"] == 100
+    assert summary["glance"][0]["figure"].startswith("caller's path")
+    assert all(run["result"]["ok"] for run in payload["runs"])
+
+    import matplotlib.image
+
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width = matplotlib.image.imread(out / "bench.png").shape[:2]
+    assert width >= 1200 and height >= 800
 
 
 def test_untraced_twin_runs_the_sdk_as_shipped(traced, experiment):

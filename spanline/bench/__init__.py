@@ -1,7 +1,7 @@
 """``spanline bench``: caller-path overhead, throughput, drain, CPU and memory, against MLflow, in one run.
 
-    spanline bench [--quick] [--json PATH] [--scenarios S1,S2,...]
-    python -m spanline.bench --quick
+    spanline bench [--quick] [--out DIR] [--markdown PATH] [--json PATH] [--png PATH] [--scenarios S1,S2,...]
+    python -m spanline.bench --quick --out bench/     # bench/bench.md, bench/bench.json, bench/bench.png
 
 Method. Patching is process-global, so every configuration of a comparison runs in its own process:
 ``untraced``, ``spanline``, ``mlflow_async`` (``mlflow.anthropic.autolog()``, MLflow's default async
@@ -22,16 +22,18 @@ Modules, one job each, in the order a run uses them:
 - ``jobs``: inside a job's process, dispatch on the job's kind and write the result file;
 - ``configs``: one configuration (untraced, spanline, MLflow autolog) set up inside a process;
 - ``scenarios``: S1–S5; ``caller_path``: the caller's path alone, in one process (``untraced_twin``,
-  ``interleaved_overhead``); ``throughput``: TW; ``memory``: MEM; ``measure``: RSS, stored counts, percentiles;
-- ``report``: rows, ratios and targets, as Markdown and JSON; ``progress``: the progress line;
-- ``cli``: ``main``, the arguments and the run itself.
+  ``floor_client``, ``interleaved_overhead``); ``throughput``: TW; ``memory``: MEM; ``measure``: CPU by
+  thread, RSS, stored counts, percentiles;
+- ``report``: rows, ratios and targets, as Markdown (and the summary the JSON holds); ``figure``: the PNG;
+  ``progress``: the progress bar (tqdm's when installed);
+- ``cli``: ``main``, the arguments, the run itself and where its outputs go.
 
 Figures are facts of this run, not assertions.
 """
 
 from __future__ import annotations
 
-from .caller_path import interleaved_overhead, untraced_twin
+from .caller_path import floor_client, interleaved_overhead, untraced_twin
 from .cli import main
 from .workload import CHAT_KWARGS, MODEL, STREAM_KWARGS, TOOLS, fake_clients
 
@@ -41,6 +43,7 @@ __all__ = [
     "STREAM_KWARGS",
     "TOOLS",
     "fake_clients",
+    "floor_client",
     "interleaved_overhead",
     "main",
     "untraced_twin",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import os
 import platform
@@ -14,7 +15,7 @@ import time
 from typing import Any
 
 from .jobs import child_main
-from .plan import FULL, QUICK, SCENARIOS, Plan, Sizes, job_label
+from .plan import FULL, QUICK, SCENARIOS, SMOKE, Plan, Sizes, job_label
 from .progress import Progress
 from .report import Report, json_default, strip_samples
 from .runner import Runner, fork_server_main, mlflow_server
@@ -50,7 +51,19 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "configuration) and print a markdown table.",
     )
     parser.add_argument("--quick", action="store_true", help="small counts, 2 rounds (about 3 minutes)")
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write bench.md, bench.json and bench.png into DIR (created if missing)",
+    )
+    parser.add_argument("--markdown", metavar="PATH", help="also write the Markdown report here")
     parser.add_argument("--json", metavar="PATH", help="also write every figure (and per-run summaries) here")
+    parser.add_argument(
+        "--png",
+        metavar="PATH",
+        help="also draw the picture here: per-call latency distributions, CPU per call by process, drain "
+        "(needs matplotlib)",
+    )
     parser.add_argument(
         "--scenarios",
         default=",".join(SCENARIOS),
@@ -63,6 +76,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (stores and logs)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    # For the test suite: the smallest counts that exercise every part (figures are meaningless).
+    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     # Internal: the per-process runners.
     parser.add_argument("--fork-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--job", help=argparse.SUPPRESS)
@@ -82,15 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.job:
         child_main(json.loads(args.job))
         return 0  # not reached: the child leaves through os._exit
+    outputs = _outputs(args)
     if args.render:
-        return _render_saved(args.render, args.json)
+        return _render_saved(args.render, outputs)
     if args.store or args.server:  # the scale scenarios: one writer, N store writers, a given store
         from .scale import run as run_scale
 
         return run_scale(args)
 
     os.environ["MLFLOW_MODEL_CATALOG_URI"] = ""
-    sizes = QUICK if args.quick else FULL
+    sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
     if args.rounds:
         sizes = Sizes(**{**sizes.__dict__, "rounds": args.rounds})
     scenarios = [s.strip().upper() for s in args.scenarios.split(",") if s.strip()]
@@ -105,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     plan.build(server=not args.no_server)
 
     started = time.monotonic()
+    started_utc = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load_at_start = os.getloadavg()[0]
     workdir = tempfile.mkdtemp(prefix="spanline-bench-")
     results: list[tuple[dict[str, Any], dict[str, Any]]] = []
     progress = Progress(len(plan.jobs) + 1, enabled=not args.no_progress)
@@ -151,24 +169,47 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": time.monotonic() - started,
         "fake": fake,
         "mode": sizes.name,
+        "command": " ".join(["spanline bench", *(sys.argv[1:] if argv is None else argv)]),
+        "started_utc": started_utc,
+        "load_average": [round(load_at_start, 2), round(os.getloadavg()[0], 2)],  # 1-minute, at start and end
         "workdir": workdir if args.keep else None,
     }
     if args.save_raw:
         with open(args.save_raw, "w") as f:
             json.dump({"meta": meta, "sizes": sizes.__dict__, "results": results}, f)
-    return _print_report(sizes, results, meta, args.json, failed)
+    return _write_report(sizes, results, meta, outputs, failed)
 
 
-def _print_report(
+OUTPUT_FILES = {"markdown": "md", "json": "json", "png": "png"}  # --out DIR writes DIR/bench.<ext>
+
+
+def _outputs(args: argparse.Namespace) -> dict[str, str | None]:
+    """Where the Markdown, JSON and PNG go: ``--out DIR`` names all three, each ``--markdown/--json/--png``
+    overrides its own; the Markdown is printed on stdout in any case."""
+    out: dict[str, str | None] = {"markdown": None, "json": None, "png": None}
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        out = {kind: os.path.join(args.out, f"bench.{ext}") for kind, ext in OUTPUT_FILES.items()}
+    for kind in out:
+        if getattr(args, kind):
+            out[kind] = getattr(args, kind)
+    return out
+
+
+def _write_report(
     sizes: Sizes,
     results: list[tuple[dict[str, Any], dict[str, Any]]],
     meta: dict[str, Any],
-    json_path: str | None,
+    outputs: dict[str, str | None],
     failed: bool,
 ) -> int:
     report = Report(sizes, results, meta)
-    print(report.render())
-    if json_path:
+    markdown = report.render()
+    print(markdown)
+    if outputs["markdown"]:
+        with open(outputs["markdown"], "w") as f:
+            f.write(markdown)
+    if outputs["json"]:
         payload = {
             "meta": meta,
             "sizes": sizes.__dict__,
@@ -176,16 +217,26 @@ def _print_report(
             "targets": report.targets,
             "runs": [{"job": j, "result": strip_samples(r)} for j, r in results],
         }
-        with open(json_path, "w") as f:
+        with open(outputs["json"], "w") as f:
             json.dump(payload, f, indent=1, default=json_default)
+    if outputs["png"]:
+        try:
+            from .figure import draw
+        except ImportError as exc:  # matplotlib comes with mlflow, but not with mlflow-skinny
+            print(f"spanline bench: no picture ({exc}); pip install 'spanline[bench]'", file=sys.stderr)
+        else:
+            draw(report, outputs["png"])
+    written = [path for path in outputs.values() if path]
+    if written:
+        print(f"spanline bench: wrote {', '.join(written)}", file=sys.stderr)
     return 1 if failed else 0
 
 
-def _render_saved(path: str, json_path: str | None) -> int:
-    """Print the report of a run saved with ``--save-raw`` (re-rendering without re-running)."""
+def _render_saved(path: str, outputs: dict[str, str | None]) -> int:
+    """Print (and write) the report of a run saved with ``--save-raw``, without running it again."""
     with open(path) as f:
         saved = json.load(f)
     sizes = Sizes(**{k: tuple(v) if k == "tw_batches" else v for k, v in saved["sizes"].items()})
     results = [(j, r) for j, r in saved["results"]]
     failed = any(not r.get("ok") for _, r in results)
-    return _print_report(sizes, results, saved["meta"], json_path, failed)
+    return _write_report(sizes, results, saved["meta"], outputs, failed)

@@ -1,5 +1,5 @@
-"""What a job's process measures about itself: traces and spans in its store, RSS, spanline's counters,
-and percentiles of its samples."""
+"""What a job's process measures about itself: CPU (the process's and the calling thread's), traces and
+spans in its store, RSS, spanline's counters, and percentiles of its samples."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import contextlib
 import os
 import resource
 import sqlite3
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from .workload import EXPERIMENT
 
@@ -48,6 +49,24 @@ def spanline_stats() -> dict[str, Any]:
     import spanline
 
     return dataclasses.asdict(spanline.stats())
+
+
+class Cpu(NamedTuple):
+    """CPU seconds over a timed section: the whole process's (all threads), and the calling thread's alone.
+    The difference is what background threads took (spanline's worker, MLflow's export threads)."""
+
+    process: float
+    caller: float
+
+
+class CpuClock:
+    """Started on creation; ``read()`` gives the :class:`Cpu` used since, from the thread that created it."""
+
+    def __init__(self) -> None:
+        self._process, self._caller = time.process_time(), time.thread_time()
+
+    def read(self) -> Cpu:
+        return Cpu(time.process_time() - self._process, time.thread_time() - self._caller)
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:

@@ -59,6 +59,27 @@ QUICK = Sizes(
     paired_block_calls=100,
 )
 
+# For the test suite only: every part of a run, in seconds; its figures mean nothing.
+SMOKE = Sizes(
+    name="smoke",
+    rounds=1,
+    warmup=5,
+    s1={"untraced": 50, "spanline": 50, NOSTORE: 50, "mlflow_async": 20, "mlflow_sync": 5},
+    s2_gathers={"untraced": 1, "spanline": 1, "mlflow_async": 1, "mlflow_sync": 1},
+    s3={"untraced": 10, "spanline": 10, "mlflow_async": 5, "mlflow_sync": 3},
+    s4_gathers={"untraced": 2, "spanline": 2, "mlflow_async": 2, "mlflow_sync": 1},
+    s5={"untraced": 100, "spanline": 100, "mlflow_async": 100, "mlflow_sync": 5},
+    s5_rounds=1,
+    tw_traces=50,
+    tw_batches=(100,),
+    tw_rounds=1,
+    tw_server=False,
+    mem_calls=500,
+    mem_queue=100,
+    paired_blocks=4,
+    paired_block_calls=20,
+)
+
 FULL = Sizes(
     name="full",
     rounds=5,
@@ -159,7 +180,7 @@ def job_label(job: dict[str, Any]) -> str:
     if job["kind"] == "throughput":
         return f"TW {job['target']} batch {job['batch']} {job['mode']} r{job['round'] + 1}"
     if job["kind"] == "paired":
-        return "S1 caller's path (traced client vs its untraced twin, in one process)"
+        return "S1 caller's path (untraced twin, floor, spanline: one process)"
     return f"{job['scenario']} {job['config']} r{job['round'] + 1}"
 
 

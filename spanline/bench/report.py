@@ -1,5 +1,16 @@
-"""The report: per-scenario rows aggregated over rounds, ratios against ``untraced`` of the same run,
-the targets as met / not met, rendered as Markdown; and the JSON payload."""
+"""The report: the jobs' results turned into figures of this run, rendered as Markdown.
+
+In: (job, result) pairs from the runner, the run sizes and the machine's description. Out: Markdown (an
+"At a glance" table of ratios first, then the caller's path in one process, one section per scenario, the
+worker's throughput, memory, and the targets as met / not met), plus ``summary`` and ``targets`` filled
+on the way, which the JSON file and the picture (``figure``) are drawn from.
+
+Every figure is put against the same run's untraced call or MLflow's autolog, never shown alone. CPU is
+split by where it runs: the application's calling thread, its background threads (spanline's worker,
+MLflow's export) and a writer process. A scenario that runs a writer process (the event log's, to come)
+fills the writer's column by adding ``writer_cpu_s`` (its CPU over the timed section) and ``lag_s``
+(per-trace seconds from a call's end to its trace stored) to its result; until then they show "–".
+"""
 
 from __future__ import annotations
 
@@ -12,6 +23,8 @@ from .configs import CONFIG_LABELS, NOSTORE, S1_CONFIGS
 from .measure import percentile
 from .plan import Sizes
 from .workload import CONCURRENCY
+
+CALLER_PATH_GOAL_PCT = 3.0  # the caller's path, as a share of the untraced in-process fake call (issue #14)
 
 
 def _median(values: Sequence[float]) -> float:
@@ -44,7 +57,22 @@ class Row:
         return [statistics.median(r["samples_ns"]) / 1e3 for r in self.ok_runs]
 
     def cpu_per_trace_us(self) -> float:
+        """The application process's CPU (all threads) per trace made."""
         return _median([r["cpu_s"] / r["made"] * 1e6 for r in self.ok_runs])
+
+    def caller_cpu_per_trace_us(self) -> float:
+        """The calling thread's share of it (the scenario's own thread: the SDK, and any wrapper on it)."""
+        return _median([r["caller_cpu_s"] / r["made"] * 1e6 for r in self.ok_runs if "caller_cpu_s" in r])
+
+    def writer_cpu_per_trace_us(self) -> float | None:
+        """A writer process's CPU per trace, for scenarios that run one (they report ``writer_cpu_s``)."""
+        values = [r["writer_cpu_s"] / r["made"] * 1e6 for r in self.ok_runs if r.get("writer_cpu_s") is not None]
+        return _median(values) if values else None
+
+    def lag_s(self) -> tuple[float, float] | None:
+        """(p50, p99) of the lag from a call's end to its trace stored, for scenarios that report ``lag_s``."""
+        lags = sorted(x for r in self.ok_runs for x in r.get("lag_s") or ())
+        return (percentile(lags, 0.5), percentile(lags, 0.99)) if lags else None
 
     def peak_rss(self) -> float:
         return _median([r["peak_rss_mb"] for r in self.ok_runs])
@@ -58,6 +86,18 @@ class Row:
     def n_desc(self) -> str:
         ns = sorted({r["made"] for r in self.ok_runs})
         return f"{'/'.join(map(str, ns)) or '-'}×{len(self.ok_runs)}"
+
+
+def _load_note(meta: dict[str, Any]) -> str:
+    """The machine's load during the run: above its core count, other processes took CPU from the bench's,
+    and the absolute times (and the smaller differences) carry that noise."""
+    load = meta.get("load_average")
+    if not load:
+        return ""
+    busy = max(load) > (meta.get("nproc") or 1)
+    return f"; load average {load[0]:.1f} at start, {load[1]:.1f} at the end" + (
+        " (busier than its cores: other processes shared the CPU, so times are noisy)" if busy else ""
+    )
 
 
 def _fmt(value: float | None, digits: int = 1, unit: str = "") -> str:
@@ -109,42 +149,155 @@ class Report:
                 out.setdefault(job["config"], Row(scenario, job["config"], [])).runs.append(result)
         return out
 
-    def _of(self, kind: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    def results_of(self, kind: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         return [(j, r) for j, r in self.results if j["kind"] == kind]
 
     # --- sections -----------------------------------------------------------------------------------
 
     def render(self) -> str:
-        lines: list[str] = []
+        """The whole report as Markdown; fills ``summary`` and ``targets`` on the way (for the JSON and picture)."""
         m = self.meta
-        lines.append(f"# spanline bench ({self.sizes.name})")
-        lines.append("")
-        lines.append(
+        lines = [f"# spanline bench ({self.sizes.name})", ""]
+        if m.get("command"):
+            lines.append(f"- command: `{m['command']}`, started {m.get('started_utc', '?')}")
+        lines += [
             f"- versions: Python {m['python']}, mlflow {m['mlflow']}, anthropic {m['anthropic']}, "
-            f"spanline {m['spanline']}, msgspec {m['msgspec']}, httpx2 {m['httpx2']}"
-        )
-        lines.append(f"- machine: {m['cpu']}, nproc {m['nproc']}, {m['platform']}")
-        lines.append(
-            f"- fake API: {m.get('fake', '?')}; store: sqlite file per process (a copy of one template)"
-        )
-        lines.append(
+            f"spanline {m['spanline']}, msgspec {m['msgspec']}, httpx2 {m['httpx2']}",
+            f"- machine: {m['cpu']}, nproc {m['nproc']}, {m['platform']}" + _load_note(m),
+            f"- fake API: {m.get('fake', '?')}; store: sqlite file per process (a copy of one template)",
             f"- method: each configuration in its own {m['processes']}, alternated ABCD/DCBA for "
             f"{self.sizes.rounds} rounds (S5: {self.sizes.s5_rounds}); medians and p99 over all rounds' "
-            "samples; overhead = median(config) − median(untraced) of the same run; CPU = process CPU "
-            "(all threads) from the first timed call until flush returned, per trace made"
-        )
-        lines.append(f"- wall time of this bench: {m['wall_s']:.0f} s")
-        lines.append("")
+            "samples; overhead = median(config) − median(untraced) of the same run; CPU = the application "
+            "process's CPU (all threads; split into the calling thread and background threads) from the first "
+            "timed call until flush returned, per trace made",
+            f"- wall time of this bench: {m['wall_s']:.0f} s",
+            "",
+        ]
+        body = self._caller_path_section()
         for scenario in ("S1", "S2", "S3", "S4", "S5"):
             rows = self.rows(scenario)
             if rows:
-                lines += self._scenario_section(scenario, rows)
-        if self._of("throughput"):
-            lines += self._throughput_section()
-        if self._of("memory"):
-            lines += self._memory_section()
-        lines += self._targets_section()
-        return "\n".join(lines) + "\n"
+                body += self._scenario_section(scenario, rows)
+        if self.results_of("throughput"):
+            body += self._throughput_section()
+        if self.results_of("memory"):
+            body += self._memory_section()
+        body += self._targets_section()
+        return "\n".join(lines + self._glance_section() + body) + "\n"
+
+    def _glance_section(self) -> list[str]:
+        """One table of this run's figures, each as a ratio against the untraced call or against MLflow."""
+        s = self.summary
+        configs = ("untraced", "spanline", "mlflow_async", "mlflow_sync")
+
+        def get(scenario: str, config: str, key: str) -> Any:
+            return s.get(scenario, {}).get(config, {}).get(key)
+
+        rows: list[tuple[str, dict[str, str]]] = []
+        cp = s.get("caller_path")
+        if cp:
+            floor = f"{_fmt_ratio(cp['multiple_of_floor'])} the floor ({cp['floor_added_us']:+,.2f} µs)"
+            rows.append(
+                (
+                    "caller's path, one process (S1): added per call",
+                    {
+                        "untraced": f"{cp['untraced_us']:,.1f} µs per call",
+                        "spanline": f"{cp['spanline_added_us']:+,.2f} µs = {cp['pct_of_untraced_call']:.2f}% of the "
+                        f"call = {floor}; goal ≤ {cp['goal_pct']:g}%: {'met' if cp['goal_met'] else 'not met'}",
+                    },
+                )
+            )
+        for scenario, label in (("S1", "S1 median per call (own process each)"), ("S4", "S4 agent run, median")):
+            base = get(scenario, "untraced", "median_us")
+            if base is None:
+                continue
+            cells = {"untraced": f"{base:,.0f} µs"}
+            for config in configs[1:]:
+                med, ratio = get(scenario, config, "median_us"), get(scenario, config, "ratio")
+                if med is not None:
+                    cells[config] = f"{med:,.0f} µs ({_fmt_ratio(ratio)})"
+            rows.append((label, cells))
+        base_cpu = get("S1", "untraced", "cpu_per_trace_us")
+        if base_cpu is not None:
+            total: dict[str, str] = {"untraced": f"{base_cpu:,.0f} µs"}
+            split: dict[str, str] = {}
+            added: dict[str, float] = {}
+            for config in configs:
+                cpu, caller = get("S1", config, "cpu_per_trace_us"), get("S1", config, "caller_cpu_per_trace_us")
+                if cpu is None:
+                    continue
+                if config != "untraced":
+                    total[config] = f"{cpu:,.0f} µs = {cpu / base_cpu:,.1f}× untraced"
+                    added[config] = cpu - base_cpu
+                split[config] = f"{_fmt(caller, 0)} + {_fmt(cpu - caller, 0)} µs"
+            rows.append(("S1 application CPU per traced call, until stored", total))
+            rows.append(("  of which calling thread + background threads", split))
+            mlflow_added = added.get("mlflow_async")
+            cells = {c: f"{v:,.0f} µs" for c, v in added.items()}
+            if mlflow_added and "spanline" in added:
+                ratio = added["spanline"] / mlflow_added
+                cells["spanline"] += f" = {ratio:.3f}× MLflow async's ({1 / ratio:,.0f}× less)" if ratio > 0 else ""
+                s.setdefault("S1", {})["added_cpu_vs_mlflow_async"] = ratio
+            rows.append(("S1 application CPU added per traced call", cells))
+        writer = {c: _fmt(get("S1", c, "writer_cpu_per_trace_us"), 0, " µs") for c in configs[1:]}
+        lag = get("S5", "spanline", "lag_s")
+        rows.append(
+            (
+                "writer process CPU per trace (S1) / lag p50, p99 (S5)",
+                {
+                    "spanline": (
+                        f"{writer['spanline']} / "
+                        + (f"{lag[0]:.2f} s, {lag[1]:.2f} s" if lag else "–")
+                        + (" (no writer process yet: the in-process worker's CPU is the background share above)"
+                           if writer["spanline"] == "–" else "")
+                    )
+                },
+            )
+        )
+        base_cps = get("S2", "untraced", "calls_per_s")
+        if base_cps:
+            cells = {"untraced": f"{base_cps:,.0f}"}
+            for config in configs[1:]:
+                cps = get("S2", config, "calls_per_s")
+                if cps:
+                    cells[config] = f"{cps:,.0f} ({cps / base_cps:.3f}×)"
+            rows.append((f"S2 calls/s, {CONCURRENCY} concurrent async calls", cells))
+        drain, m_drain = get("S5", "spanline", "drain_s"), get("S5", "mlflow_async", "drain_s")
+        if drain is not None or m_drain is not None:
+            cells = {}
+            for config in ("spanline", "mlflow_async"):
+                d, rate = get("S5", config, "drain_s"), get("S5", config, "drain_rate")
+                if d is not None:
+                    cells[config] = f"{d:,.2f} s ({_fmt(rate, 0)} traces/s)"
+            if drain is not None and m_drain:
+                cells["spanline"] += f" = {drain / m_drain:.2f}× MLflow async's"
+            cells["mlflow_sync"] = "– (stores before each call returns)"
+            made = get("S5", "spanline", "made")
+            rows.append((f"S5 drain after a burst of {made:,} calls" if made else "S5 drain after a burst", cells))
+            stored = {}
+            for config in configs[1:]:
+                st, md = get("S5", config, "stored"), get("S5", config, "made")
+                if md:
+                    stored[config] = f"{st:,} / {md:,}"
+            rows.append(("S5 traces stored / made", stored))
+        tw = s.get("TW", {}).get("sqlite/100")
+        if tw:
+            rows.append(
+                (
+                    "worker spans/s vs raw `log_spans` (sqlite, 100 traces per call)",
+                    {"spanline": f"{tw['ratio']:.0%} ({tw['worker']:,.0f} vs {tw['raw']:,.0f})"},
+                )
+            )
+        s["glance"] = [{"figure": label, **{c: cells.get(c, "–") for c in configs}} for label, cells in rows]
+        out = [
+            "## At a glance (every figure from this run, as a ratio of the same run's untraced call or MLflow's)",
+            "",
+            "| figure | " + " | ".join(CONFIG_LABELS[c] for c in configs) + " |",
+            "|---|" + "---|" * len(configs),
+        ]
+        out += ["| " + " | ".join([label, *(cells.get(c, "–") for c in configs)]) + " |" for label, cells in rows]
+        out.append("")
+        return out
 
     def _scenario_section(self, scenario: str, rows: dict[str, Row]) -> list[str]:
         title, unit = SCENARIO_TITLES[scenario]
@@ -153,7 +306,8 @@ class Report:
         out = [f"## {title}", ""]
         header = (
             f"| configuration | n×rounds | median µs ({unit}) | p99 µs | round medians µs | overhead µs | "
-            "ratio | CPU µs per trace | peak RSS MB (+growth) |"
+            "ratio | app CPU µs per trace (calling thread + background threads) | writer CPU µs per trace | "
+            "peak RSS MB (+growth) |"
         )
         extra_cols = ""
         if scenario == "S2":
@@ -176,6 +330,8 @@ class Report:
             over = med - base_med if base_med is not None and config != "untraced" else None
             ratio = med / base_med if base_med and config != "untraced" else None
             cpu = row.cpu_per_trace_us()
+            caller_cpu = row.caller_cpu_per_trace_us()
+            writer_cpu = row.writer_cpu_per_trace_us()
             rmeds = row.round_medians_us()
             cells = [
                 CONFIG_LABELS[config],
@@ -185,7 +341,8 @@ class Report:
                 f"{min(rmeds):,.1f}–{max(rmeds):,.1f}",
                 _fmt(over, 2) if over is not None else "–",
                 _fmt_ratio(ratio),
-                _fmt(cpu, 0),
+                f"{_fmt(cpu, 0)} ({_fmt(caller_cpu, 0)} + {_fmt(cpu - caller_cpu, 0)})",
+                _fmt(writer_cpu, 0),
                 f"{row.peak_rss():.0f} (+{row.rss_growth():.0f})",
             ]
             summ: dict[str, Any] = {
@@ -195,6 +352,10 @@ class Report:
                 "overhead_us": over,
                 "ratio": ratio,
                 "cpu_per_trace_us": cpu,
+                "caller_cpu_per_trace_us": caller_cpu,
+                "background_cpu_per_trace_us": cpu - caller_cpu,
+                "writer_cpu_per_trace_us": writer_cpu,
+                "lag_s": row.lag_s(),
                 "peak_rss_mb": row.peak_rss(),
                 "rss_growth_mb": row.rss_growth(),
                 "n": [r["made"] for r in row.ok_runs],
@@ -243,24 +404,12 @@ class Report:
 
     def _scenario_notes(self, scenario: str, rows: dict[str, Row]) -> list[str]:
         notes = []
-        if scenario == "S1":
-            paired = [r for j, r in self._of("paired") if r.get("ok")]
-            if paired:
-                p = paired[0]
-                over = p["overhead_ns"] / 1e3
-                diffs = p["diff_ns"]
-                notes.append(
-                    f"- caller's path, in one process: a traced client and its untraced twin (the SDK's own "
-                    f"functions, patches left in place), {len(diffs)} blocks of {self.sizes.paired_block_calls} "
-                    f"calls interleaved ABBA, worker idle: {p['on_median_ns'] / 1e3:,.1f} µs vs "
-                    f"{p['off_median_ns'] / 1e3:,.1f} µs per call, overhead {over:,.2f} µs "
-                    f"(median of block differences {p['paired_overhead_ns'] / 1e3:,.2f} µs, range "
-                    f"{min(diffs) / 1e3:,.1f}…{max(diffs) / 1e3:,.1f} µs). The rows above compare separate "
-                    "processes, whose baselines differ by a few µs from layout alone, and carry the worker's "
-                    "GIL share while it stores."
-                )
-                self.summary.setdefault("S1", {})["spanline_caller_path_us"] = over
-                self.summary["S1"]["spanline_caller_path_paired_us"] = p["paired_overhead_ns"] / 1e3
+        if scenario == "S1" and self.summary.get("caller_path"):
+            notes.append(
+                "- these rows compare separate processes, whose baselines differ by a few µs from memory layout "
+                "alone, and carry the worker's share of the GIL while it stores; the caller's path alone is "
+                "the one-process section above."
+            )
         if scenario == "S3":
             notes.append(
                 "- spanline does not trace streams yet: `stream=True` passes through untouched, so its "
@@ -307,6 +456,84 @@ class Report:
                 )
         return [*notes, ""] if notes else []
 
+    def _caller_path_section(self) -> list[str]:
+        """The one-process comparison: untraced twin, floor and spanline, blocks interleaved, worker idle."""
+        runs = [r for _, r in self.results_of("paired") if r.get("ok")]
+        if not runs:
+            errors = [r.get("error", "?") for _, r in self.results_of("paired")]
+            return ["## Caller's path, in one process", "", f"error: {errors[0][:400]}", ""] if errors else []
+        p = runs[0]
+        base = p["median_ns"]["untraced"] / 1e3
+        floor_added = p["floor"]["overhead_ns"] / 1e3
+        added = p["spanline"]["overhead_ns"] / 1e3
+        pct = added / base * 100
+        x_floor = added / floor_added if floor_added > 0 else None
+        goal_met = pct <= CALLER_PATH_GOAL_PCT
+        self.summary["caller_path"] = {
+            "untraced_us": base,
+            "floor_us": p["median_ns"]["floor"] / 1e3,
+            "spanline_us": p["median_ns"]["spanline"] / 1e3,
+            "floor_added_us": floor_added,
+            "spanline_added_us": added,
+            "spanline_paired_added_us": p["spanline"]["paired_overhead_ns"] / 1e3,
+            "floor_paired_added_us": p["floor"]["paired_overhead_ns"] / 1e3,
+            "pct_of_untraced_call": pct,
+            "floor_pct_of_untraced_call": floor_added / base * 100,
+            "multiple_of_floor": x_floor,
+            "goal_pct": CALLER_PATH_GOAL_PCT,
+            "goal_met": goal_met,
+            "blocks": p["blocks"],
+            "calls_per_block": p["calls_per_block"],
+        }
+        out = [
+            "## Caller's path, in one process",
+            "",
+            f"Three clients in one process, {p['blocks']} blocks of {p['calls_per_block']} sequential "
+            "`messages.create` each, interleaved ABC/CBA, spanline's worker idle. Added = median per call − the "
+            "untraced twin's median; the block-pair figure is the median of adjacent blocks' differences.",
+            "",
+            "| client | median µs per call | added µs | added µs, block pairs (range) | % of the untraced call "
+            "| × the floor |",
+            "|---|---|---|---|---|---|",
+            f"| untraced twin (the SDK's own functions, patches left in place) | {base:,.1f} | – | – | – | – |",
+        ]
+        for name, label in (
+            ("floor", "floor: the cheapest Python-level capture of both bodies"),
+            ("spanline", "spanline"),
+        ):
+            q = p[name]
+            lo, hi = (x / 1e3 for x in q["diff_range_ns"])
+            mine = q["overhead_ns"] / 1e3
+            out.append(
+                f"| {label} | {p['median_ns'][name] / 1e3:,.1f} | {mine:+,.2f} | "
+                f"{q['paired_overhead_ns'] / 1e3:+,.2f} ({lo:+,.1f}…{hi:+,.1f}) | {mine / base:.2%} | "
+                f"{_fmt_ratio(mine / floor_added) if floor_added > 0 else '–'} |"
+            )
+        rest = added - floor_added
+        out += [
+            "",
+            f"- goal: spanline's caller path ≤ {CALLER_PATH_GOAL_PCT:g}% of the untraced call (median, one process, "
+            f"interleaved): {pct:.2f}%, {'met' if goal_met else 'not met'}.",
+        ]
+        if floor_added <= 0 or rest < 0:
+            out += [
+                "- where it goes: not measurable in this run: the floor came out at or above spanline, so the "
+                "machine's noise (see the block-pair ranges) is larger than both differences. Run again on a "
+                "quieter machine, or more blocks.",
+                "",
+            ]
+            return out
+        out += [
+            f"- where it goes: {floor_added:,.2f} µs of spanline's {added:,.2f} µs is the floor, what any Python "
+            "patch that captures both bodies pays (two wrappers, two clock reads, an id, encoding and keeping the "
+            f"event); the other {rest:,.2f} µs is spanline's own (`patches/messages.py`): its checks (recording, "
+            "streaming, MLflow's own autolog), the parent lookup (its ContextVar, then MLflow's active span), the "
+            "ContextVar slot that catches the HTTP exchange, the trace's destination and sampling, and the event's "
+            "fifteen fields, all inside a guard that keeps a failure away from the call.",
+            "",
+        ]
+        return out
+
     def _throughput_section(self) -> list[str]:
         out = [
             "## Worker throughput (the seed agent's 4-span traces, a ready backlog, then `flush()`)",
@@ -316,7 +543,7 @@ class Report:
             "|---|---|---|---|---|---|---|",
         ]
         groups: dict[tuple[str, int], dict[str, list[dict[str, Any]]]] = {}
-        for job, result in self._of("throughput"):
+        for job, result in self.results_of("throughput"):
             g = groups.setdefault((job["target"], job["batch"]), {"worker": [], "raw": []})
             g[job["mode"]].append(result)
         self.summary["TW"] = {}
@@ -354,7 +581,7 @@ class Report:
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         self.summary["MEM"] = {}
-        for job, r in self._of("memory"):
+        for job, r in self.results_of("memory"):
             config = job["config"]
             if not r.get("ok"):
                 out.append(f"| {config} | error: {r.get('error', '?')[:300]} |")
@@ -394,11 +621,11 @@ class Report:
                 self.summary["MEM"]["untraced"] = {"peak_rss_mb": r["peak_rss_mb"], "growth_mb": growth}
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
-        sp = next((r for j, r in self._of("memory") if j["config"] == "spanline" and r.get("ok")), None)
+        sp = next((r for j, r in self.results_of("memory") if j["config"] == "spanline" and r.get("ok")), None)
         if sp:
             pts = ", ".join(f"{p['calls']:,}: {p['rss_mb']:.0f}" for p in sp["checkpoints"])
             out.append(f"- spanline RSS MB by calls made: {pts}")
-            queue = next(j["queue"] for j, _ in self._of("memory") if j["config"] == "spanline")
+            queue = next(j["queue"] for j, _ in self.results_of("memory") if j["config"] == "spanline")
             if sp["rss_at_first_drop_mb"] is not None:
                 per_event = (sp["rss_at_first_drop_mb"] - sp["rss_start_mb"]) * 2**20 / queue
                 out.append(
@@ -424,11 +651,15 @@ class Report:
         def status(ok: bool | None) -> str:
             return "–" if ok is None else ("met" if ok else "not met")
 
-        alone = s.get("S1", {}).get("spanline_caller_path_us")
-        if alone is not None:
+        cp = s.get("caller_path")
+        if cp:
             t.append(
-                Target("S1 caller-path overhead median ≤ 5 µs (one process, interleaved)", f"{alone:,.2f} µs",
-                       status(alone <= 5))
+                Target(
+                    f"S1 caller's path ≤ {cp['goal_pct']:g}% of the untraced call (median, one process, interleaved)",
+                    f"{cp['pct_of_untraced_call']:.2f}% ({cp['spanline_added_us']:+,.2f} µs of "
+                    f"{cp['untraced_us']:,.1f} µs; {_fmt_ratio(cp['multiple_of_floor'])} the floor)",
+                    status(cp["goal_met"]),
+                )
             )
         over = get("S1", "spanline", "overhead_us")
         if over is not None:
@@ -530,16 +761,24 @@ def json_default(obj: Any) -> Any:
     return str(obj)
 
 
+def _sample_summary(values: Sequence[int]) -> dict[str, Any]:
+    ordered = sorted(values)
+    return {
+        "n": len(ordered),
+        "median_ns": percentile(ordered, 0.5),
+        "p90_ns": percentile(ordered, 0.9),
+        "p99_ns": percentile(ordered, 0.99),
+        "min_ns": ordered[0],
+        "max_ns": ordered[-1],
+    }
+
+
 def strip_samples(result: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in result.items() if k != "samples_ns"}
-    samples = sorted(result.get("samples_ns") or [])
-    if samples:
-        out["samples"] = {
-            "n": len(samples),
-            "median_ns": percentile(samples, 0.5),
-            "p90_ns": percentile(samples, 0.9),
-            "p99_ns": percentile(samples, 0.99),
-            "min_ns": samples[0],
-            "max_ns": samples[-1],
-        }
+    """A job's result for the JSON file: every per-call sample list replaced by its summary."""
+    out = {k: v for k, v in result.items() if not k.startswith("samples_ns")}
+    if result.get("samples_ns"):
+        out["samples"] = _sample_summary(result["samples_ns"])
+    by_client = result.get("samples_ns_by_client") or {}
+    if by_client:
+        out["samples_by_client"] = {name: _sample_summary(v) for name, v in by_client.items() if v}
     return out

@@ -16,7 +16,7 @@ from typing import Any
 from spanline.demo import MODEL
 
 from .configs import Tracing
-from .measure import count_stored, peak_rss_mb, rss_mb, spanline_stats
+from .measure import Cpu, CpuClock, count_stored, peak_rss_mb, rss_mb, spanline_stats
 from .workload import AGENTS_PER_GATHER, CHAT_KWARGS, CITIES, CONCURRENCY, SPANS_PER_AGENT, STREAM_KWARGS, fake_clients
 
 
@@ -25,7 +25,7 @@ class Measured:
     samples_ns: list[int]  # the caller-path figure, one per call (per event, per agent run...)
     made: int  # traces the scenario made (after warm-up)
     spans_per_trace: int
-    cpu_s: float  # process CPU, all threads, from the first timed call until flush returned
+    cpu: Cpu  # CPU from the first timed call until flush returned: the process's, and the calling thread's
     calls_s: float  # wall time of the timed calls
     flush_s: float  # wall time of the flush after them
     stored_before: tuple[int, int]  # (traces, spans) in the store after the warm-up was flushed
@@ -52,14 +52,14 @@ def scenario_s1(client: Any, tracing: Tracing, n: int, warmup: int, uri: str) ->
     before = _settle(tracing, uri)
     samples = [0] * n
     clock = time.perf_counter_ns
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    cpu0, wall0 = CpuClock(), time.perf_counter()
     for i in range(n):
         t = clock()
         create(**CHAT_KWARGS)
         samples[i] = clock() - t
     calls_s = time.perf_counter() - wall0
     flush_s, ok = _timed_flush(tracing)
-    cpu = time.process_time() - cpu0
+    cpu = cpu0.read()
     return Measured(samples, n, 1, cpu, calls_s, flush_s, before, {"flushed": ok})
 
 
@@ -72,7 +72,7 @@ def scenario_s2(client: Any, tracing: Tracing, gathers: int, warmup: int, uri: s
         await asyncio.gather(*(create(**CHAT_KWARGS) for _ in range(max(warmup, CONCURRENCY))))
         before[:] = _settle(tracing, uri)
         samples = []
-        cpu0, wall0 = time.process_time(), time.perf_counter()
+        cpu0, wall0 = CpuClock(), time.perf_counter()
         for _ in range(gathers):
             t = time.perf_counter_ns()
             await asyncio.gather(*(create(**CHAT_KWARGS) for _ in range(CONCURRENCY)))
@@ -83,7 +83,7 @@ def scenario_s2(client: Any, tracing: Tracing, gathers: int, warmup: int, uri: s
 
     before = [0, 0]
     samples, calls_s, flush_s, ok, cpu0 = asyncio.run(run())
-    cpu = time.process_time() - cpu0
+    cpu = cpu0.read()
     made = gathers * CONCURRENCY
     extra = {"flushed": ok, "calls_per_s": made / calls_s}
     return Measured(samples, made, 1, cpu, calls_s, flush_s, (before[0], before[1]), extra)
@@ -105,14 +105,14 @@ def scenario_s3(client: Any, tracing: Tracing, n: int, warmup: int, uri: str) ->
     samples = [0] * n
     clock = time.perf_counter_ns
     events = 0
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    cpu0, wall0 = CpuClock(), time.perf_counter()
     for i in range(n):
         t = clock()
         events = consume()
         samples[i] = (clock() - t) // events
     calls_s = time.perf_counter() - wall0
     flush_s, ok = _timed_flush(tracing)
-    cpu = time.process_time() - cpu0
+    cpu = cpu0.read()
     return Measured(
         samples, n, 1, cpu, calls_s, flush_s, before, {"flushed": ok, "events_per_stream": events}
     )
@@ -136,7 +136,7 @@ def scenario_s4(client: Any, tracing: Tracing, gathers: int, warmup: int, uri: s
             await asyncio.gather(*(agent(q) for q in questions))
         before[:] = _settle(tracing, uri)
         samples = []
-        cpu0, wall0 = time.process_time(), time.perf_counter()
+        cpu0, wall0 = CpuClock(), time.perf_counter()
         for _ in range(gathers):
             t = time.perf_counter_ns()
             await asyncio.gather(*(agent(q) for q in questions))
@@ -147,7 +147,7 @@ def scenario_s4(client: Any, tracing: Tracing, gathers: int, warmup: int, uri: s
 
     before = [0, 0]
     samples, calls_s, flush_s, ok, cpu0 = asyncio.run(run())
-    cpu = time.process_time() - cpu0
+    cpu = cpu0.read()
     made = gathers * AGENTS_PER_GATHER
     return Measured(
         samples, made, SPANS_PER_AGENT, cpu, calls_s, flush_s, (before[0], before[1]), {"flushed": ok}
@@ -163,7 +163,7 @@ def scenario_s5(client: Any, tracing: Tracing, n: int, warmup: int, uri: str) ->
     before = _settle(tracing, uri)
     samples = [0] * n
     clock = time.perf_counter_ns
-    cpu0, wall0 = time.process_time(), time.perf_counter()
+    cpu0, wall0 = CpuClock(), time.perf_counter()
     for i in range(n):
         t = clock()
         create(**CHAT_KWARGS)
@@ -172,7 +172,7 @@ def scenario_s5(client: Any, tracing: Tracing, n: int, warmup: int, uri: str) ->
     stored_at_burst_end = count_stored(uri)[0] - before[0] if tracing.config != "untraced" else 0
     ok = tracing.flush()
     drained = time.perf_counter()
-    cpu = time.process_time() - cpu0
+    cpu = cpu0.read()
     extra = {"flushed": ok, "stored_at_burst_end": stored_at_burst_end, "drain_s": drained - burst_end}
     return Measured(samples, n, 1, cpu, burst_end - wall0, drained - burst_end, before, extra)
 
@@ -199,7 +199,8 @@ def run_scenario_job(job: dict[str, Any]) -> dict[str, Any]:
         "samples_ns": m.samples_ns,
         "made": m.made,
         "spans_per_trace": m.spans_per_trace,
-        "cpu_s": m.cpu_s,
+        "cpu_s": m.cpu.process,
+        "caller_cpu_s": m.cpu.caller,
         "calls_s": m.calls_s,
         "flush_s": m.flush_s,
         "peak_rss_mb": peak_rss_mb(),
