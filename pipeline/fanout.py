@@ -18,9 +18,12 @@ store writer, and how many by default, depends on the store (``plan``):
   requests each ask for a fresh connection (``Connection: close``); a local connect costs well under a
   millisecond against the seconds of server work a batch of 100–200 traces takes, and each new connection
   goes to whichever worker accepts first, usually an idle one.
-- PostgreSQL, MySQL, SQL Server (SQLAlchemy): 2 processes. ``log_spans`` there is mostly Python CPU
-  (~3 ms per trace), so threads would share one GIL; processes use the machine's cores (DESIGN §7: a second
-  PostgreSQL writer gives 1.5–2.2×). Units are pickled to the child (~tens of µs per trace).
+- PostgreSQL, MySQL, SQL Server (SQLAlchemy): processes when asked (``--writers N``), 1 by default.
+  ``log_spans`` there is mostly Python CPU (~3 ms per trace), so threads would share one GIL; processes can
+  use the machine's cores. DESIGN §7 measured 1.5–2.2× for a second PostgreSQL writer, but this module's
+  benchmark (``spanline bench --store postgresql://...``, 4 producers, one writer, on a loaded 2-core host)
+  gave 1.28×, then 0.55× and 0.29× against one writer in the same runs, so the default stays at one until
+  a quiet host says otherwise. Units are pickled to the child (~tens of µs per trace).
 - sqlite and file stores: 1, in the writer's own thread, whatever is asked (a second sqlite writer adds
   nothing but lock waits).
 
@@ -52,7 +55,7 @@ Sink = Callable[[Sequence[Unit]], None]
 
 PART_UNITS = 200  # units per sink call: the writer's own batch size, per store writer
 DEFAULT_SERVER_WRITERS = 4
-DEFAULT_SQL_WRITERS = 2
+DEFAULT_SQL_WRITERS = 1  # measured here: a second PostgreSQL writer process did not help (see the module docstring)
 _SQL_SCHEMES = ("postgresql", "postgres", "mysql", "mssql")
 _SINGLE_SCHEMES = ("sqlite", "file", "")
 

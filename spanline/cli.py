@@ -81,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=os.environ.get("SPANLINE_WRITERS") or None,  # argparse applies ``type`` to a string default
         help="store writers in parallel, each trace always written by the same one (default per store: 4 "
-        "threads for an mlflow server, 2 processes for PostgreSQL/MySQL, 1 for sqlite, which does not scale; "
+        "threads for an mlflow server, 1 for PostgreSQL/MySQL (N: processes), always 1 for sqlite; "
         "also $SPANLINE_WRITERS)",
     )
 
