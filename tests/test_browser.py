@@ -82,12 +82,14 @@ def _write_traces(experiment: str) -> dict[str, str]:
         agent = make_agent(fake.async_client(), spanline.trace(span_type="TOOL"), spanline.trace(span_type="AGENT"))
         asyncio.run(agent("What's the weather like in Paris today?"))
         client = fake.client()
-        # TODO(streaming): once messages.create(stream=True) is traced, make this call stream=True and consume
-        # it (``for _ in stream: pass``); the assertions on its trace stay as they are.
-        client.messages.create(
+        # Streamed: the UI must draw the message spanline assembled from the SSE events like a returned one.
+        stream = client.messages.create(
             model="claude-sonnet-4-5", max_tokens=4096, thinking={"type": "enabled", "budget_tokens": 1024},
             tools=TOOLS, messages=[{"role": "user", "content": "Think, then check the weather in Paris."}],
+            stream=True,
         )
+        for _ in stream:
+            pass
         with contextlib.suppress(anthropic.NotFoundError):
             client.messages.create(model="fake-error-404", max_tokens=10, messages=[{"role": "user", "content": "x"}])
         client.messages.create(
@@ -100,6 +102,8 @@ def _write_traces(experiment: str) -> dict[str, str]:
         spanline.autolog(disable=True)
     agent_trace, thinking_trace, error_trace, image_trace = traces_in(experiment)
     assert agent_trace.info.tags["mlflow.traceName"] == "run_tool_agent"
+    (streamed,) = thinking_trace.data.spans
+    assert streamed.get_attribute("spanline.stream.completed") is True, "the thinking call is the streamed one"
     return {
         "agent": agent_trace.info.trace_id,
         "thinking": thinking_trace.info.trace_id,
