@@ -32,6 +32,7 @@ from .convert import REQUEST_METADATA_KEYS, RESPONSE_METADATA_KEYS, ContentPolic
 
 _REQUEST_KEEP = frozenset({"model", "tools", *REQUEST_METADATA_KEYS})
 _RESPONSE_KEEP = frozenset({"model", *RESPONSE_METADATA_KEYS})
+_COUNT_KEEP = frozenset({"input_tokens"})  # count_tokens' answer: a count, no content
 _MAX_HELD = 10_000  # streams open under a policy at once; past it the oldest is given up (its chunks dropped)
 
 # Streams opened under a policy, by span: their call's policy and the message folded so far. Worker thread only.
@@ -72,6 +73,31 @@ def _body(raw: bytes, policy: ContentPolicy, keep: frozenset[str]) -> bytes:
     if not raw:
         return raw
     return _json(_reduced(convert.load(raw), policy, keep))
+
+
+def _batch_envelope(raw: bytes, policy: ContentPolicy) -> bytes:
+    """A batch's ``results`` request: its id, and the create request's params reduced one by one."""
+    envelope = convert.load(raw)
+    requests = ((envelope.get("create") or {}) if isinstance(envelope, dict) else {}).get("requests")
+    if not isinstance(requests, list):
+        return raw
+    for request in requests:
+        if isinstance(request, dict):
+            request["params"] = _reduced(request.get("params"), policy, _REQUEST_KEEP)
+    return _json(envelope)
+
+
+def _batch_lines(raw: bytes, policy: ContentPolicy) -> bytes:
+    """A batch's JSONL results: each line's message reduced, its ``custom_id`` and result type kept."""
+    lines = []
+    for line in raw.splitlines():
+        value = convert.load(line) if line.strip() else None
+        result = value.get("result") if isinstance(value, dict) else None
+        if isinstance(result, dict) and "message" in result:
+            result["message"] = _reduced(result["message"], policy, _RESPONSE_KEEP)
+        if value is not None:
+            lines.append(_json(value))
+    return b"\n".join(lines)
 
 
 def _sse(name: str, data: bytes) -> bytes:
@@ -122,11 +148,15 @@ def apply(data: bytes, policy: ContentPolicy) -> bytes | None:
     if not needed(policy):
         return data
     if kind is events.ApiCall:
-        request = _body(event.request, policy, _REQUEST_KEEP)
-        # A failed call's response is the API's error body: kept as ``anthropic.error`` in every mode.
-        response = event.response if event.error is not None and policy.redact is None else _body(
-            event.response, policy, _RESPONSE_KEEP
-        )
+        surface = event.surface.partition("@")[0]
+        if surface == "batch_results":
+            request, response = _batch_envelope(event.request, policy), _batch_lines(event.response, policy)
+        else:
+            request = _body(event.request, policy, _REQUEST_KEEP)
+            # A failed call's response is the API's error body: kept as ``anthropic.error`` in every mode.
+            response = event.response if event.error is not None and policy.redact is None else _body(
+                event.response, policy, _COUNT_KEEP if surface == "count_tokens" else _RESPONSE_KEEP
+            )
         if request is event.request and response is event.response:
             return data
         event.request, event.response = request, response
