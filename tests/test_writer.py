@@ -398,10 +398,11 @@ def test_past_max_log_bytes_the_oldest_segments_are_dropped_and_counted(tmp_path
     uri = f"sqlite:///{tmp_path}/store.db"
     directory = log_dir_of(uri)
     n = 300
-    # Small segments and a small bound; no writer while the app runs, so the log outgrows its bound.
+    # Small segments and a small bound; no writer while the app runs, so the log outgrows its bound. A segment
+    # rotates between appends, one per tick: short ticks, so that a fast machine's calls span many segments.
     _run(APP + "spanline.shutdown(wait_for_store=False)\n",
          _env(uri, "bounded", n, SPANLINE_WRITER_AUTOSTART="0", SPANLINE_SEGMENT_BYTES="16384",
-              SPANLINE_MAX_LOG_BYTES="65536"))
+              SPANLINE_MAX_LOG_BYTES="65536", SPANLINE_FLUSH_INTERVAL="0.01"))
     assert eventlog.total_bytes(directory)[1] > 65536
     _once(directory)
     traces = _stored(uri, "bounded")
