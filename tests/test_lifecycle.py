@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 
 from helpers import traces_in
 from logwriters import log_dir_of
@@ -215,7 +216,8 @@ def test_stats_in_process_against_a_known_scenario(experiment, fake):
     assert after.batches - before.batches == 1, "all of it in one store call (batch_size=100, one wake)"
     assert after.queue_depth == 0 and after.queue_peak >= emitted and after.open_spans == 0
     assert after.internal_errors == before.internal_errors and after.retries == before.retries
-    assert (after.mode, after.log_dir, after.log_segments, after.writer_pid) == ("in_process", None, 0, None)
+    # (log_dir and the writer's fields describe the log this process opened earlier, if it did: not asserted.)
+    assert after.mode == "in_process"
 
 
 def test_stats_with_the_log_against_a_known_scenario(traced, fake, tracking_uri):
@@ -230,7 +232,12 @@ def test_stats_with_the_log_against_a_known_scenario(traced, fake, tracking_uri)
     assert after.events_emitted - before.events_emitted == after.events_processed - before.events_processed > 0
     assert after.spans_stored - before.spans_stored == 7
     assert after.traces_stored - before.traces_stored == 4
-    assert after.batches - before.batches >= 1
+    # batches comes from the writer's status file (rewritten twice a second), not from its answer to the
+    # flush: it can lag the flush by a status period, so it is waited for (the guard only prevents a hang).
+    guard = time.monotonic() + 30
+    while spanline.stats().batches == before.batches and time.monotonic() < guard:
+        time.sleep(0.05)
+    assert spanline.stats().batches - before.batches >= 1
     assert after.dropped == before.dropped and after.internal_errors == before.internal_errors
     assert after.queue_depth == 0 and after.queue_peak >= 1 and after.open_spans == 0
     assert after.mode == "log" and after.log_dir == log_dir_of(tracking_uri)
