@@ -289,3 +289,22 @@ def test_a_half_full_queue_wakes_the_worker_before_flush_interval(experiment, fa
         # No flush, and flush_interval is an hour: only the half-full wake can store these.
         assert stored.wait(30), "the worker did not wake at half full"
         assert spanline.stats().queue_depth == 0
+
+
+def test_with_the_log_a_burst_reaches_the_disk_without_a_flush(traced, fake, restore_options):
+    """The log removed deferral: every tick the worker appends what is queued, busy or not. Checked by state
+    (events appended, the segment grew), with no flush; the wait is only a guard against a hang."""
+    spanline.configure(flush_interval=0.05)
+    assert spanline.flush(60)
+    before = spanline.stats()
+    client = fake.client()
+    for i in range(5):
+        _ask(client, f"burst-{i}")
+    guard = time.monotonic() + 30
+    while spanline.stats().events_processed - before.events_processed < 5 and time.monotonic() < guard:
+        time.sleep(0.01)
+    after = spanline.stats()
+    assert after.events_processed - before.events_processed == 5 and after.queue_depth == 0
+    assert after.log_bytes > before.log_bytes, "appended to this process's segment"
+    assert spanline.flush(60)
+    assert len(traces_in(traced)) == 5
