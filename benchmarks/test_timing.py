@@ -51,19 +51,24 @@ def test_fake_sync_latency_per_model(benchmark: Any) -> None:
     assert fast < 0.1 <= timed("slow")
 
 
-def test_busy_program_deferral_window(benchmark: Any, tracking_store: str) -> None:
-    """Under a steady load that counts as busy (a batch, ``batch_size=1``, per ``flush_interval=0.05``) the
-    first traces are stored within 2 s (the worker defers at most 10 intervals), and the rest within 10 s
-    of the load stopping, without a flush."""
+def test_busy_program_store_lag(benchmark: Any, tracking_store: str) -> None:
+    """Under a steady load (a call every few ms, ``flush_interval=0.05``, ``batch_size=1``) the first traces
+    are stored within 2 s and the rest within 10 s of the load stopping, without a flush. Nothing defers
+    storage while the program is busy: the worker appends to the log every tick and the writer process
+    tails it (with ``durability="memory"`` the worker stores every tick itself); this measures that lag."""
     import mlflow
 
     import spanline
     from spanline.fake_anthropic import FakeAnthropicAPI
 
-    benchmark.group = "worker deferral"
-    mlflow.set_experiment(f"deferral-{uuid.uuid4().hex[:8]}")
+    benchmark.group = "steady load: append-to-stored lag"
+    mlflow.set_experiment(f"steady-{uuid.uuid4().hex[:8]}")
     spanline.autolog(silent=True, flush_interval=0.05, batch_size=1)
     client = FakeAnthropicAPI(latency=0.002, record_requests=False).client()
+    # A writer up and serving first (a flush starts it): this measures the steady lag, not a writer's start
+    # (a process spawn and an mlflow import, seconds on a loaded machine).
+    client.messages.create(model="claude-fake-1", max_tokens=8, messages=[{"role": "user", "content": "warm"}])
+    assert spanline.flush(120)
     result: dict[str, float] = {}
 
     def run() -> None:
@@ -85,8 +90,8 @@ def test_busy_program_deferral_window(benchmark: Any, tracking_store: str) -> No
     try:
         benchmark.pedantic(run, rounds=1, iterations=1)
         benchmark.extra_info.update(result)
-        assert result["first_stored"] < 2.0, "a steady load postponed storage past 2 s"
-        assert result["stored"] == result["calls"], "not all stored within 10 s of the load stopping"
+        assert result["first_stored"] < 2.0, f"a steady load postponed storage past 2 s: {result}"
+        assert result["stored"] == result["calls"], f"not all stored within 10 s of the load stopping: {result}"
     finally:
         assert spanline.flush(60)
         spanline.configure(flush_interval=0.5, batch_size=100)

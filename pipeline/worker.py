@@ -318,6 +318,10 @@ class Pipeline:
             except Exception as exc:  # the worker must survive anything; count it and go on
                 report_internal_error(self.counters, "worker", exc)
             if stopping and not self.queue.items:
+                # A shutdown that gave up waiting (its deadline passed) left this thread set: clear it, so the
+                # next event restarts the worker (the caller's path starts one only when there is none).
+                if self._thread is threading.current_thread():
+                    self._thread = None
                 return
 
     def _set_applied(self, options: Options) -> None:

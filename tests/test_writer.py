@@ -15,7 +15,7 @@ import time
 import uuid
 
 import mlflow
-from helpers import CITIES, children_of, make_agent, root_of, traces_in
+from helpers import CITIES, children_of, make_agent, root_of, scan_for, traces_in
 from logwriters import log_dir_of, stop_writers_under
 from spanline.pipeline import eventlog, logdir
 
@@ -367,8 +367,10 @@ def test_a_planted_api_key_is_nowhere_on_disk(tmp_path, own_cache):
     uri = f"sqlite:///{tmp_path}/store.db"
     directory = log_dir_of(uri)
     secret = f"sk-ant-api03-PLANTED-{uuid.uuid4().hex}"
+    control = b"control-prompt-7c1e"  # stored on purpose: the scan must see it, in the log and in the store
     code = APP + textwrap.dedent("""
-        client.messages.create(model="claude-fake-1", max_tokens=8, messages=[{"role": "user", "content": "h"}],
+        client.messages.create(model="claude-fake-1", max_tokens=8,
+                               messages=[{"role": "user", "content": "control-prompt-7c1e"}],
                                extra_headers={"x-api-key": os.environ["TEST_API_KEY"],
                                               "Authorization": "Bearer " + os.environ["TEST_API_KEY"]})
         spanline.shutdown(wait_for_store=False)
@@ -377,19 +379,14 @@ def test_a_planted_api_key_is_nowhere_on_disk(tmp_path, own_cache):
     seen = [f for f in os.listdir(directory) if f.endswith(".seg")]
     assert seen, "the log holds the events"
 
-    def scan(root: str) -> list[str]:
-        hits = []
-        for d, _, files in os.walk(root):
-            for f in files:
-                with open(os.path.join(d, f), "rb") as fh:
-                    if secret.encode() in fh.read():
-                        hits.append(os.path.join(d, f))
-        return hits
-
-    assert scan(directory) == [], "the log"
+    found = scan_for([directory], [secret.encode(), control])
+    assert any(f.endswith(".seg") for f in found[control]), "positive control: the scan reads the segments"
+    assert found[secret.encode()] == [], "the log"
     _once(directory)
     assert len(_stored(uri, "secret")) == 6
-    assert scan(str(tmp_path)) == [], "the store, the log, the writer's log"
+    found = scan_for([tmp_path, directory], [secret.encode(), control])
+    assert any(f.endswith("store.db") or "store.db-" in f for f in found[control]), "positive control: the store"
+    assert found[secret.encode()] == [], "the store, the log, the writer's log"
     assert secret not in done.stdout + done.stderr, "the app's own output"
     stop_writers_under(own_cache)
 
