@@ -398,7 +398,7 @@ class Pipeline:
         apply = policy.apply
         while True:
             frames = [eventlog.tick_frame()]
-            n = 0
+            n = size = 0
             marker = None
             for _ in range(_MAX_DRAIN):
                 if not items:
@@ -418,8 +418,12 @@ class Pipeline:
                             continue  # a stream's chunks, held until its end
                     if _JOINED_MLFLOW in item:
                         self._joins += 1
-                    frames.append(frame(item))
+                    data = frame(item)
+                    frames.append(data)
                     n += 1
+                    size += len(data)
+                    if size >= log.segment_bytes:
+                        break  # one append per segment's worth: a segment rotates between appends
                 elif kind is PolicyMarker:
                     self._set_applied(item.options)  # type: ignore[attr-defined]
                     frames.append(log.set_policy(self._policy_record()))
