@@ -392,8 +392,6 @@ class Report:
                     cells.append("–")
                 elif config == NOSTORE:
                     cells.append("– (nothing written)")
-                elif scenario == "S3" and config == "spanline":
-                    cells.append(f"{stored:,}/{made:,} (not traced yet: passes through)")
                 else:
                     cells.append(f"{stored:,}/{made:,}")
             self.summary[scenario][config] = summ
@@ -412,8 +410,10 @@ class Report:
             )
         if scenario == "S3":
             notes.append(
-                "- spanline does not trace streams yet: `stream=True` passes through untouched, so its "
-                "figure is the cost of an inert patch, not of tracing a stream."
+                "- spanline stores each stream as one CHAT_MODEL span: the caller's thread appends the raw SSE "
+                "bytes as they pass, the writer assembles them. The per-event figure here compares separate "
+                "processes and spreads each stream's start and end over its events; the per-event cost alone "
+                "is measured in one process by `benchmarks/test_streaming.py`."
             )
             evs = sorted({r.get("events_per_stream") for row in rows.values() for r in row.ok_runs})
             notes.append(f"- events per stream: {', '.join(map(str, evs))}")
@@ -668,9 +668,9 @@ class Report:
         if over3 is not None:
             t.append(
                 Target(
-                    "S3 overhead ≤ 0.5 µs per stream event",
+                    "S3 added per stream event, across processes (start and end included)",
                     f"{over3:,.3f} µs",
-                    "not traced yet (passes through)",
+                    "– (the ≤ 0.3 µs per-event budget is measured in one process: benchmarks/test_streaming.py)",
                 )
             )
         cps, base_cps = get("S2", "spanline", "calls_per_s"), get("S2", "untraced", "calls_per_s")
