@@ -26,8 +26,10 @@ class Row(NamedTuple):
 
 _RUNNER = ("anthropic.lib.tools._beta_runner:BaseSyncToolRunner.__run__",
            "anthropic.lib.tools._beta_runner:BaseAsyncToolRunner.__run__",
-           "anthropic.lib.tools._beta_functions:BetaFunctionTool.call",
-           "anthropic.lib.tools._beta_functions:BetaAsyncFunctionTool.call")
+           "anthropic.lib.tools._beta_runner:BaseSyncToolRunner._run_tool",
+           "anthropic.lib.tools._beta_runner:BaseAsyncToolRunner._run_tool",
+           "anthropic.lib.tools._beta_runner:BaseSyncToolRunner._run_toolset_member",
+           "anthropic.lib.tools._beta_runner:BaseAsyncToolRunner._run_toolset_member")
 _RESULTS = ("anthropic._decoders.jsonl:JSONLDecoder.__decode__",
             "anthropic._decoders.jsonl:AsyncJSONLDecoder.__decode__")
 _STREAMED_BODY = ("anthropic._response:ResponseContextManager.__exit__",

@@ -200,8 +200,19 @@ def _schema_value(prop: Any, question: str) -> Any:
     return _key_word(question)
 
 
+# The member a toolset entry's call names, and its input: one per family, enough for a runner to run it.
+_TOOLSET_MEMBERS: dict[str, tuple[str, Callable[[str], dict[str, Any]]]] = {
+    "browser": ("navigate", lambda word: {"url": f"https://example.com/{word or 'home'}"}),
+    "computer": ("screenshot", lambda word: {}),
+}
+_TOOLSET_TYPE = re.compile(r"(?P<family>[a-z]+)_toolset_\d+")
+
+
 def _tool_input(tool: dict[str, Any], question: str) -> dict[str, Any]:
-    """Arguments for ``tool`` from its JSON schema: required properties (or all, if none are required)."""
+    """Arguments for ``tool`` from its JSON schema: required properties (or all, if none are required).
+    The memory tool, which has no schema, views its root directory."""
+    if tool.get("type") == "memory_20250818":
+        return {"command": "view", "path": "/memories"}
     schema = tool.get("input_schema")
     if not isinstance(schema, dict):
         return {}
@@ -217,7 +228,15 @@ def _pick_tool(tools: Any, tool_choice: Any) -> dict[str, Any] | None:
         return None
     named = [t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)]
     choice = tool_choice.get("type") if isinstance(tool_choice, dict) else None
-    if choice == "none" or not named:
+    if choice == "none":
+        return None
+    if not named:
+        # A toolset entry has no name: the call names one of its members and carries its family.
+        for entry in tools:
+            match = _TOOLSET_TYPE.fullmatch(str(entry.get("type") if isinstance(entry, dict) else ""))
+            if match is not None and match["family"] in _TOOLSET_MEMBERS:
+                member, _ = _TOOLSET_MEMBERS[match["family"]]
+                return {"name": member, "toolset_name": match["family"]}
         return None
     if choice == "tool":
         wanted = tool_choice.get("name")
@@ -534,7 +553,9 @@ class FakeAnthropicAPI:
     Messages API would send, with a canned, deterministic "model".
 
     Replies: with ``tools`` and a plain-text last user turn, a short text block plus a ``tool_use`` of
-    the first tool (arguments derived from its schema and the question); after ``tool_result`` blocks,
+    the first tool (arguments derived from its schema and the question; with only a toolset entry, such as
+    ``browser_toolset_20260801``, a call of one of its members that names the family in ``toolset_name``;
+    the memory tool views ``/memories``); after ``tool_result`` blocks,
     a text that quotes the result; otherwise ``"Hello! You said: ..."``.  ``thinking`` adds a signed
     thinking block first, ``stop_sequences`` and ``max_tokens`` truncate.  Token counts are word counts.
 
@@ -797,10 +818,13 @@ class FakeAnthropicAPI:
                 {
                     "id": self._next_id("toolu"),
                     "caller": None,
-                    "input": _tool_input(tool, question),
+                    "input": (
+                        _TOOLSET_MEMBERS[tool["toolset_name"]][1](_key_word(question))
+                        if tool.get("toolset_name") else _tool_input(tool, question)
+                    ),
                     "name": tool["name"],
                     "type": "tool_use",
-                    "toolset_name": None,
+                    "toolset_name": tool.get("toolset_name"),
                 }
             )
             stop_reason = "tool_use"
