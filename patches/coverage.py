@@ -63,8 +63,9 @@ _BATCHES = {
 _BETA = {
     **_MESSAGES,
     "create": Row(TRACED, "`CHAT_MODEL` span, named `beta.Messages.create` (`stream=True` too)"),
-    "tool_runner": Row(TRACED, "the run as an `AGENT` span; each turn a `CHAT_MODEL` span, each tool call a "
-                               "`TOOL` span under it", _RUNNER),
+    "tool_runner": Row(TRACED, "the run as an `AGENT` span (`stream=True` too); each turn a `CHAT_MODEL` span, "
+                               "each tool it runs (function, toolset member, built-in, MCP) a `TOOL` span under "
+                               "it", _RUNNER),
     "thread": Row(VIA, "a message thread sends nothing itself; each turn is a traced `beta.messages.create`"),
 }
 
