@@ -26,8 +26,10 @@ class Row(NamedTuple):
 
 _RUNNER = ("anthropic.lib.tools._beta_runner:BaseSyncToolRunner.__run__",
            "anthropic.lib.tools._beta_runner:BaseAsyncToolRunner.__run__",
-           "anthropic.lib.tools._beta_functions:BetaFunctionTool.call",
-           "anthropic.lib.tools._beta_functions:BetaAsyncFunctionTool.call")
+           "anthropic.lib.tools._beta_runner:BaseSyncToolRunner._run_tool",
+           "anthropic.lib.tools._beta_runner:BaseAsyncToolRunner._run_tool",
+           "anthropic.lib.tools._beta_runner:BaseSyncToolRunner._run_toolset_member",
+           "anthropic.lib.tools._beta_runner:BaseAsyncToolRunner._run_toolset_member")
 _RESULTS = ("anthropic._decoders.jsonl:JSONLDecoder.__decode__",
             "anthropic._decoders.jsonl:AsyncJSONLDecoder.__decode__")
 _STREAMED_BODY = ("anthropic._response:ResponseContextManager.__exit__",
@@ -61,8 +63,9 @@ _BATCHES = {
 _BETA = {
     **_MESSAGES,
     "create": Row(TRACED, "`CHAT_MODEL` span, named `beta.Messages.create` (`stream=True` too)"),
-    "tool_runner": Row(TRACED, "the run as an `AGENT` span; each turn a `CHAT_MODEL` span, each tool call a "
-                               "`TOOL` span under it", _RUNNER),
+    "tool_runner": Row(TRACED, "the run as an `AGENT` span (`stream=True` too); each turn a `CHAT_MODEL` span, "
+                               "each tool it runs (function, toolset member, built-in, MCP) a `TOOL` span under "
+                               "it", _RUNNER),
     "thread": Row(VIA, "a message thread sends nothing itself; each turn is a traced `beta.messages.create`"),
 }
 

@@ -1,10 +1,12 @@
 """``beta.messages.tool_runner``: the run as an ``AGENT`` span, its model turns and tool calls under it.
 
 The SDK's runner is a generator (``__run__``) that the application drives, one ``next()`` per reply, and
-whose every step sends the turn (``beta.messages.create``, traced as ``CHAT_MODEL``) and runs the tools the
-last reply asked for (``BetaFunctionTool.call``, traced here as ``TOOL``). The wrapper makes the run's span
-current only while the runner's own code runs, as ``@spanline.trace`` does for a generator, so each turn and
-tool nests under it and the application's code between iterations keeps its own context.
+whose every step sends the turn (``beta.messages.create`` / ``stream``, traced as ``CHAT_MODEL``) and runs the
+tools the last reply asked for (the runner's ``_run_tool`` and ``_run_toolset_member``, traced here as
+``TOOL``, whatever kind of tool it is). The wrapper makes the run's span current only while the runner's own
+code runs, as ``@spanline.trace`` does for a generator, so each turn nests under it and the application's
+code between iterations keeps its own context; a tool is put under the run's span explicitly, because a
+streaming runner may run it from the application's context.
 
 Unlike an SDK call, a run's inputs (its params: model, messages, tools) and output (its last reply) are
 Python objects with no bytes behind them, so they are encoded once per run, at its start and end, as
@@ -14,9 +16,11 @@ bytes by the turn's own span.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any
 
+from spanline.pipeline.context import current
 from spanline.pipeline.stats import report_internal_error
 
 from spanline import _runtime
@@ -26,13 +30,14 @@ from . import patch
 
 
 def install() -> None:
-    from anthropic.lib.tools._beta_functions import BetaAsyncFunctionTool, BetaFunctionTool
     from anthropic.lib.tools._beta_runner import BaseAsyncToolRunner, BaseSyncToolRunner
 
     patch(BaseSyncToolRunner, "__run__", _wrap_run)
     patch(BaseAsyncToolRunner, "__run__", _wrap_arun)
-    patch(BetaFunctionTool, "call", _wrap_call)
-    patch(BetaAsyncFunctionTool, "call", _wrap_acall)
+    patch(BaseSyncToolRunner, "_run_tool", _wrap_run_tool)
+    patch(BaseAsyncToolRunner, "_run_tool", _wrap_arun_tool)
+    patch(BaseSyncToolRunner, "_run_toolset_member", _wrap_run_member)
+    patch(BaseAsyncToolRunner, "_run_toolset_member", _wrap_arun_member)
 
 
 def _open_run(runner: Any, asynchronous: bool) -> Span | None:
@@ -44,6 +49,7 @@ def _open_run(runner: Any, asynchronous: bool) -> Span | None:
         span = Span(name, "AGENT", inputs, {"anthropic.tool_runner": type(runner).__name__})
         span._open()
         _suspend(span)
+        runner._spanline_run = span  # the parent of its tools, wherever they run (see _open_tool)
         return span
     except Exception as internal:
         report_internal_error(_runtime.pipeline.counters, "tool_runner", internal)
@@ -124,51 +130,178 @@ def _wrap_arun(original: Any) -> Any:
     return __run__
 
 
-def _tool_span(tool: Any, input: Any) -> Span | None:
+# --- the tools a runner runs ------------------------------------------------------------------------------
+#
+# Every tool a runner runs goes through one of two runner methods: ``_run_tool(tool, tool_use)`` for a tool
+# that has a ``call`` (``@beta_tool`` functions, the tools the MCP helper makes, built-in tools such as the
+# memory tool that override ``call``) and ``_run_toolset_member(tool_use)`` for a member of a toolset. Both
+# return the ``tool_result`` block the runner sends back, and neither raises for a tool that fails: the SDK
+# turns the exception into an ``is_error`` result. So the TOOL span sits there, once per tool run, whatever
+# the tool's class; a call to a tool the runner does not have runs nothing and gets no span.
+#
+# A runner with ``run_tools_eagerly`` runs a tool while the application reads a streamed reply, that is
+# from the application's context, where the run's span is not current; so a tool span is always opened
+# under its runner's span, not under whatever is current.
+
+
+class ToolResultError(Exception):
+    """The runner sent a tool's result back as an error (``is_error``) and no exception came out of the tool
+    itself (a toolset member's failure, which its toolset turns into a result): the span's exception event
+    holds the result's text, which is what the model reads."""
+
+
+class _WatchedTool:
+    """The tool as ``_run_tool`` sees it, but keeping the exception its ``call`` raises, which the SDK
+    catches and turns into an error result (the TOOL span's exception event wants the exception itself)."""
+
+    __slots__ = ("_tool", "raised")
+
+    def __init__(self, tool: Any) -> None:
+        self._tool = tool
+        self.raised: BaseException | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tool, name)
+
+    def call(self, input: Any) -> Any:
+        try:
+            return self._tool.call(input)
+        except BaseException as exc:
+            self.raised = exc
+            raise
+
+
+class _WatchedAsyncTool(_WatchedTool):
+    __slots__ = ()
+
+    async def call(self, input: Any) -> Any:
+        try:
+            return await self._tool.call(input)
+        except BaseException as exc:
+            self.raised = exc
+            raise
+
+
+def _open_tool(runner: Any, tool_use: Any) -> tuple[Span, Any] | None:
+    """A TOOL span for ``tool_use``, opened under the runner's span; with the token that puts the context
+    back as it was. None if spanline fails (the tool runs anyway)."""
     try:
-        span = Span(str(getattr(tool, "name", "tool")), "TOOL", input)
-        span._open()
-        return span
+        attributes = {"anthropic.tool_use_id": tool_use.id}
+        if tool_use.toolset_name:
+            attributes["anthropic.toolset_name"] = tool_use.toolset_name
+        span = Span(str(tool_use.name), "TOOL", tool_use.input, attributes)
+        run = getattr(runner, "_spanline_run", None)
     except Exception as internal:
         report_internal_error(_runtime.pipeline.counters, "tool call", internal)
         return None
+    token = current.set(run._ctx) if run is not None and run._ctx is not None else None
+    span._open()  # never raises: a failure is counted, and the tool runs without its span
+    return span, token
 
 
-def _wrap_call(original: Any) -> Any:
+def _close_tool(opened: tuple[Span, Any] | None, result: Any, raised: BaseException | None) -> None:
+    """End the TOOL span: the result block's content as output, an error if the tool raised or its result
+    is an error. ``result`` is None when the runner itself raised (``raised`` is then that exception)."""
+    if opened is None:
+        return
+    span, token = opened
+    try:
+        error = raised
+        if isinstance(result, dict):
+            span._outputs = result.get("content")
+            if error is None and result.get("is_error"):
+                error = ToolResultError(_text_of(result.get("content")))
+        span._close(error, record_outputs=isinstance(result, dict), outputs_on_error=True)
+    except Exception as internal:
+        report_internal_error(_runtime.pipeline.counters, "tool call", internal)
+    finally:
+        if token is not None:
+            with contextlib.suppress(ValueError):  # ended in another context: nothing of ours is set there
+                current.reset(token)
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(b["text"] for b in content if isinstance(b, dict) and isinstance(b.get("text"), str))
+    return ""
+
+
+def _wrap_run_tool(original: Any) -> Any:
     @functools.wraps(original)
-    def call(self: Any, input: Any) -> Any:
+    def _run_tool(self: Any, tool: Any, tool_use: Any) -> Any:
         if not _runtime.recording:
-            return original(self, input)
-        span = _tool_span(self, input)
+            return original(self, tool, tool_use)
+        watched = _WatchedTool(tool)
+        opened = _open_tool(self, tool_use)
         try:
-            result = original(self, input)
-        except BaseException as exc:
-            if span is not None:
-                span._close(exc)
+            result = original(self, watched, tool_use)
+        except BaseException as exc:  # what the SDK lets through (a cancellation, a KeyboardInterrupt)
+            _close_tool(opened, None, exc)
             raise
-        if span is not None:
-            span._outputs = result
-            span._close(None)
+        _close_tool(opened, result, watched.raised)
         return result
 
-    return call
+    return _run_tool
 
 
-def _wrap_acall(original: Any) -> Any:
+def _wrap_arun_tool(original: Any) -> Any:
     @functools.wraps(original)
-    async def call(self: Any, input: Any) -> Any:
+    async def _run_tool(self: Any, tool: Any, tool_use: Any) -> Any:
         if not _runtime.recording:
-            return await original(self, input)
-        span = _tool_span(self, input)
+            return await original(self, tool, tool_use)
+        watched = _WatchedAsyncTool(tool)
+        opened = _open_tool(self, tool_use)
         try:
-            result = await original(self, input)
+            result = await original(self, watched, tool_use)
         except BaseException as exc:
-            if span is not None:
-                span._close(exc)
+            _close_tool(opened, None, exc)
             raise
-        if span is not None:
-            span._outputs = result
-            span._close(None)
+        _close_tool(opened, result, watched.raised)
         return result
 
-    return call
+    return _run_tool
+
+
+def _runs_member(runner: Any, tool_use: Any) -> bool:
+    """Whether the runner has the toolset of ``tool_use`` (otherwise it answers "not found" and runs nothing)."""
+    try:
+        return _runtime.recording and tool_use.toolset_name in runner._toolsets_by_family
+    except Exception as internal:
+        report_internal_error(_runtime.pipeline.counters, "tool call", internal)
+        return False
+
+
+def _wrap_run_member(original: Any) -> Any:
+    @functools.wraps(original)
+    def _run_toolset_member(self: Any, tool_use: Any) -> Any:
+        if not _runs_member(self, tool_use):
+            return original(self, tool_use)
+        opened = _open_tool(self, tool_use)
+        try:
+            result = original(self, tool_use)
+        except BaseException as exc:  # a ToolsetUsageError: the SDK lets it end the run
+            _close_tool(opened, None, exc)
+            raise
+        _close_tool(opened, result, None)
+        return result
+
+    return _run_toolset_member
+
+
+def _wrap_arun_member(original: Any) -> Any:
+    @functools.wraps(original)
+    async def _run_toolset_member(self: Any, tool_use: Any) -> Any:
+        if not _runs_member(self, tool_use):
+            return await original(self, tool_use)
+        opened = _open_tool(self, tool_use)
+        try:
+            result = await original(self, tool_use)
+        except BaseException as exc:
+            _close_tool(opened, None, exc)
+            raise
+        _close_tool(opened, result, None)
+        return result
+
+    return _run_toolset_member

@@ -6,6 +6,11 @@ the event log). Out: ``StreamState.attributes(...)``: the span attributes of the
 non-streaming call (``convert.messages_attributes`` on the assembled message), plus the stream's own:
 time to first chunk, whether it completed, how it ended, how many SSE events it carried.
 
+Bedrock's streaming endpoint sends the same events in the AWS event stream encoding
+(``application/vnd.amazon.eventstream``: binary messages, each event's JSON base64-encoded in a ``chunk``),
+not as SSE; the body's first bytes tell which (``_is_eventstream``), and either way each event goes the same
+way from there.
+
 The message is assembled with the SDK's own accumulator (``accumulate_event``, with its ``json_bufs``),
 as ``MessageStream.get_final_message()`` assembles it, so content blocks the SDK learns stay right here.
 The accumulator builds a pydantic event per call (~100 µs): runs of ``text_delta``, ``thinking_delta`` or
@@ -16,6 +21,9 @@ not accumulated, as in the SDK's ``Stream`` and ``MessageStream``.
 
 from __future__ import annotations
 
+import base64
+import struct
+import zlib
 from typing import Any
 
 from . import convert
@@ -39,6 +47,36 @@ def _body_decoder(encoding: str) -> Any:
     return MultiDecoder(codings)
 
 
+_PRELUDE = 12  # an event stream message's prelude: total length, headers length, their CRC32 (big-endian)
+# Header value sizes by type code (AWS event stream): 0/1 booleans, 2 byte, 3 short, 4 int, 5 long,
+# 6 bytes and 7 string (a 2-byte length first), 8 timestamp, 9 uuid.
+_FIXED_HEADER_SIZES = {0: 0, 1: 0, 2: 1, 3: 2, 4: 4, 5: 8, 8: 8, 9: 16}
+
+
+def _is_eventstream(head: bytes) -> bool:
+    """Whether a body starting with ``head`` (12 bytes at least) is an AWS event stream: its first prelude's
+    CRC32 checks out, which the first 12 bytes of an SSE body do only by a 2^-32 chance."""
+    return zlib.crc32(head[:8]) == int.from_bytes(head[8:_PRELUDE], "big")
+
+
+def _eventstream_headers(raw: bytes) -> dict[str, Any]:
+    headers: dict[str, Any] = {}
+    at = 0
+    while at < len(raw):
+        size = raw[at]
+        name = raw[at + 1 : at + 1 + size].decode("utf-8", "replace")
+        kind = raw[at + 1 + size]
+        at += 2 + size
+        if kind in (6, 7):
+            (length,) = struct.unpack_from(">H", raw, at)
+            value: Any = raw[at + 2 : at + 2 + length]
+            at += 2 + length
+            headers[name] = value.decode("utf-8", "replace") if kind == 7 else value
+        else:
+            at += _FIXED_HEADER_SIZES.get(kind, len(raw))  # an unknown type: the rest cannot be read
+    return headers
+
+
 def _joined(out: Any) -> bytes:
     # httpx2's decoders yield pieces, httpx's return bytes.
     return out if isinstance(out, bytes) else b"".join(out)
@@ -47,8 +85,9 @@ def _joined(out: Any) -> bytes:
 class StreamState:
     """One open stream: the SSE parser's state, the message assembled so far, the stream's counts."""
 
-    __slots__ = ("_cr", "_decoder", "_delta_seen", "_json_bufs", "_pending", "_sse", "_tail", "assembly_error",
-                 "error_body", "events", "first_delta_ns", "provider", "request", "request_id", "snapshot", "start_ns")
+    __slots__ = ("_cr", "_decoder", "_delta_seen", "_format", "_head", "_json_bufs", "_pending", "_sse", "_tail",
+                 "assembly_error", "error_body", "events", "first_delta_ns", "provider", "request", "request_id",
+                 "snapshot", "start_ns")
 
     def __init__(self, request: bytes, request_id: str, encoding: str, start_ns: int, provider: str = "") -> None:
         from anthropic._streaming import SSEDecoder
@@ -64,7 +103,9 @@ class StreamState:
         self.assembly_error = ""  # what the accumulator raised, if it did (the stream's own bytes were bad)
         self._decoder = _body_decoder(encoding)
         self._sse = SSEDecoder()
-        self._tail = b""  # an incomplete last line
+        self._tail = b""  # an incomplete last line (SSE) or message (event stream)
+        self._format = ""  # "sse" or "eventstream" once the body's first bytes are in; "broken" if unreadable
+        self._head = b""  # the body's first bytes, until there are enough to tell its format
         self._cr = False  # the last chunk ended in "\r": a "\n" opening the next one ends no line
         self._json_bufs: dict[int, bytes] = {}
         self._pending: dict[str, Any] | None = None  # a merged delta not yet accumulated
@@ -76,7 +117,60 @@ class StreamState:
         decoder = self._decoder
         for i, chunk in enumerate(chunks):
             at = times_ns[i] if i < len(times_ns) else 0
-            self._lines(_joined(decoder.decode(chunk)) if decoder is not None else chunk, at)
+            self._take(_joined(decoder.decode(chunk)) if decoder is not None else chunk, at)
+
+    def _take(self, data: bytes, at: int) -> None:
+        if not self._format:
+            data = self._head + data
+            if len(data) < _PRELUDE:
+                self._head = data
+                return
+            self._head = b""
+            self._format = "eventstream" if _is_eventstream(data) else "sse"
+        if self._format == "sse":
+            self._lines(data, at)
+        elif self._format == "eventstream":
+            self._messages(data, at)
+
+    def _messages(self, data: bytes, at: int) -> None:
+        """Event stream messages: each complete one is handled, an incomplete last one kept for the next bytes."""
+        buffer = self._tail + data if self._tail else data
+        start = 0
+        while len(buffer) - start >= _PRELUDE:
+            total, headers_length = struct.unpack_from(">II", buffer, start)
+            if total < _PRELUDE + headers_length + 4:
+                self.assembly_error = self.assembly_error or "malformed event stream message"
+                self._format, self._tail = "broken", b""
+                return
+            if len(buffer) - start < total:
+                break
+            headers = _eventstream_headers(buffer[start + _PRELUDE : start + _PRELUDE + headers_length])
+            self._message(headers, buffer[start + _PRELUDE + headers_length : start + total - 4], at)
+            start += total
+        self._tail = buffer[start:]
+
+    def _message(self, headers: dict[str, Any], payload: bytes, at: int) -> None:
+        """One event stream message, as the SDK's ``AWSEventStreamDecoder`` reads it: a ``chunk`` event carries
+        one Messages event (base64 JSON); an exception is the stream's error event."""
+        from anthropic._streaming import ServerSentEvent
+
+        kind = headers.get(":message-type")
+        if kind == "event":
+            chunk = convert.load(payload) if headers.get(":event-type") == "chunk" else None
+            raw = chunk.get("bytes") if isinstance(chunk, dict) else None
+            if not isinstance(raw, str):
+                return
+            data = base64.b64decode(raw)
+            event = convert.load(data)
+            name = event.get("type") if isinstance(event, dict) else None
+            self._event(ServerSentEvent(event=name if isinstance(name, str) else None,
+                                        data=data.decode("utf-8", "replace")), at)
+        elif kind in ("exception", "error"):
+            body = convert.load(payload)
+            message = (body.get("message") or body.get("Message")) if isinstance(body, dict) else None
+            error = {"type": headers.get(":exception-type") or headers.get(":error-code") or "error",
+                     "message": message if isinstance(message, str) else payload.decode("utf-8", "replace")}
+            self._event(ServerSentEvent(event="error", data=convert.dumps({"type": "error", "error": error})), at)
 
     def _lines(self, data: bytes, at: int) -> None:
         if not data:
@@ -145,7 +239,10 @@ class StreamState:
     def finish(self) -> None:
         """No more bytes will come: decode what the content decoder still holds."""
         if self._decoder is not None:
-            self._lines(_joined(self._decoder.flush()), 0)
+            self._take(_joined(self._decoder.flush()), 0)
+        if not self._format and self._head:  # a body too short to be an event stream message
+            self._format = "sse"
+            self._lines(self._head, 0)
 
     def attributes(self, how: str, failed: bool, policy: convert.ContentPolicy) -> dict[str, str]:
         """The span's attributes: a non-streaming call's for the message assembled so far, and the stream's."""

@@ -21,15 +21,18 @@ patched, and ``anyio`` only when an async latency is actually awaited.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.server
 import itertools
 import json
 import re
 import socket
+import struct
 import threading
 import time
 import urllib.parse
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -200,8 +203,19 @@ def _schema_value(prop: Any, question: str) -> Any:
     return _key_word(question)
 
 
+# The member a toolset entry's call names, and its input: one per family, enough for a runner to run it.
+_TOOLSET_MEMBERS: dict[str, tuple[str, Callable[[str], dict[str, Any]]]] = {
+    "browser": ("navigate", lambda word: {"url": f"https://example.com/{word or 'home'}"}),
+    "computer": ("screenshot", lambda word: {}),
+}
+_TOOLSET_TYPE = re.compile(r"(?P<family>[a-z]+)_toolset_\d+")
+
+
 def _tool_input(tool: dict[str, Any], question: str) -> dict[str, Any]:
-    """Arguments for ``tool`` from its JSON schema: required properties (or all, if none are required)."""
+    """Arguments for ``tool`` from its JSON schema: required properties (or all, if none are required).
+    The memory tool, which has no schema, views its root directory."""
+    if tool.get("type") == "memory_20250818":
+        return {"command": "view", "path": "/memories"}
     schema = tool.get("input_schema")
     if not isinstance(schema, dict):
         return {}
@@ -217,7 +231,15 @@ def _pick_tool(tools: Any, tool_choice: Any) -> dict[str, Any] | None:
         return None
     named = [t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)]
     choice = tool_choice.get("type") if isinstance(tool_choice, dict) else None
-    if choice == "none" or not named:
+    if choice == "none":
+        return None
+    if not named:
+        # A toolset entry has no name: the call names one of its members and carries its family.
+        for entry in tools:
+            match = _TOOLSET_TYPE.fullmatch(str(entry.get("type") if isinstance(entry, dict) else ""))
+            if match is not None and match["family"] in _TOOLSET_MEMBERS:
+                member, _ = _TOOLSET_MEMBERS[match["family"]]
+                return {"name": member, "toolset_name": match["family"]}
         return None
     if choice == "tool":
         wanted = tool_choice.get("name")
@@ -315,6 +337,32 @@ def _sse(event: dict[str, Any]) -> bytes:
     return b"event: " + event["type"].encode("ascii") + b"\ndata: " + _json_bytes(event) + b"\n\n"
 
 
+_sse_frame = _sse
+
+
+def _eventstream_message(headers: dict[str, str], payload: bytes) -> bytes:
+    """One message of the AWS event stream encoding (``application/vnd.amazon.eventstream``): a prelude (total
+    length, headers length, their CRC32), string-valued headers (type 7), the payload, the message's CRC32."""
+    encoded = b"".join(
+        struct.pack(">B", len(k.encode())) + k.encode() + b"\x07" + struct.pack(">H", len(v.encode())) + v.encode()
+        for k, v in headers.items()
+    )
+    prelude = struct.pack(">II", 12 + len(encoded) + len(payload) + 4, len(encoded))
+    message = prelude + struct.pack(">I", zlib.crc32(prelude)) + encoded + payload
+    return message + struct.pack(">I", zlib.crc32(message))
+
+
+def _bedrock_frame(event: dict[str, Any]) -> bytes:
+    """An event as Bedrock's ``invoke-with-response-stream`` sends it: a ``chunk`` whose ``bytes`` are the
+    base64 of the event's JSON; an ``error`` event as an exception message, which the SDK raises."""
+    if event.get("type") == "error":
+        headers = {":message-type": "exception", ":exception-type": "modelStreamErrorException",
+                   ":content-type": "application/json"}
+        return _eventstream_message(headers, _json_bytes({"message": event["error"]["message"]}))
+    headers = {":event-type": "chunk", ":content-type": "application/json", ":message-type": "event"}
+    return _eventstream_message(headers, _json_bytes({"bytes": base64.b64encode(_json_bytes(event)).decode()}))
+
+
 def _text_chunks(text: str) -> list[str]:
     """Split at word starts every few words; the pieces concatenate back to ``text`` exactly."""
     starts = [m.start() for m in _WORD.finditer(text)]
@@ -351,12 +399,18 @@ def _block_events(index: int, block: dict[str, Any]) -> Iterator[dict[str, Any]]
 _OVERLOADED = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
 
 
-def _stream_events(message: dict[str, Any], features: frozenset[str] = frozenset()) -> Iterator[bytes]:
-    """The real SSE sequence for ``message``, lazily, so a server can flush each event as it is made.
+def _stream_events(
+    message: dict[str, Any],
+    features: frozenset[str] = frozenset(),
+    frame: Callable[[dict[str, Any]], bytes] | None = None,
+) -> Iterator[bytes]:
+    """The real SSE sequence for ``message``, lazily, so a server can flush each event as it is made; each
+    event framed by ``frame`` (SSE by default; Bedrock's AWS event stream with ``_bedrock_frame``).
 
     ``features``: ``pings`` adds a ``ping`` after every content block; ``error`` ends the stream with an
     ``error`` event (overloaded) right after the first content delta, as the real API does mid-stream.
     """
+    _sse = frame or _sse_frame
     usage = message["usage"]
     start_message = {
         **message,
@@ -455,11 +509,11 @@ def _validate_messages_body(body: Any, *, need_max_tokens: bool) -> str | None:
 # Routes: the first-party paths, the provider clients' URL shapes, and the Message Batches endpoints
 # --------------------------------------------------------------------------------------------------
 
-# Bedrock: POST /model/{model}/invoke (and /invoke-with-response-stream, an AWS event stream the fake does not
-# speak). Vertex: POST .../publishers/anthropic/models/{model}:rawPredict (:streamRawPredict streams SSE), and
-# .../models/count-tokens:rawPredict. Foundry, AWS, Google Cloud and Bedrock Mantle put the first-party paths
-# under a prefix of their own (".../anthropic/v1/messages", ".../invoke/v1/messages").
-_BEDROCK_PATH = re.compile(r"/model/(?P<model>[^/]+)/invoke")
+# Bedrock: POST /model/{model}/invoke, and /invoke-with-response-stream (route ``eventstream``: the events
+# in the AWS event stream encoding, not SSE). Vertex: POST .../publishers/anthropic/models/{model}:rawPredict
+# (:streamRawPredict streams SSE), and .../models/count-tokens:rawPredict. Foundry, AWS, Google Cloud and Bedrock
+# Mantle put the first-party paths under a prefix of their own (".../anthropic/v1/messages", ".../invoke/v1/messages").
+_BEDROCK_PATH = re.compile(r"/model/(?P<model>[^/]+)/(?P<verb>invoke|invoke-with-response-stream)")
 _VERTEX_PATH = re.compile(r"/publishers/anthropic/models/(?P<model>[^/:]+):(?P<verb>rawPredict|streamRawPredict)")
 _BATCH_PATH = re.compile(r"/v1/messages/batches(?:/(?P<id>[^/]+)(?P<rest>/cancel|/results)?)?")
 
@@ -470,7 +524,7 @@ def _route(method: str, path: str) -> tuple[str | None, str | None]:
     Routes: ``messages``, ``stream`` (a provider's streaming URL), ``count_tokens``, ``batch_create``,
     ``batch_list``, ``batch_retrieve``, ``batch_cancel``, ``batch_delete``, ``batch_results``."""
     if (match := _BEDROCK_PATH.fullmatch(path)) is not None and method == "POST":
-        return "messages", urllib.parse.unquote(match["model"])
+        return ("messages" if match["verb"] == "invoke" else "eventstream"), urllib.parse.unquote(match["model"])
     if (match := _VERTEX_PATH.search(path)) is not None and method == "POST":
         model = urllib.parse.unquote(match["model"])
         if model == "count-tokens":
@@ -534,7 +588,9 @@ class FakeAnthropicAPI:
     Messages API would send, with a canned, deterministic "model".
 
     Replies: with ``tools`` and a plain-text last user turn, a short text block plus a ``tool_use`` of
-    the first tool (arguments derived from its schema and the question); after ``tool_result`` blocks,
+    the first tool (arguments derived from its schema and the question; with only a toolset entry, such as
+    ``browser_toolset_20260801``, a call of one of its members that names the family in ``toolset_name``;
+    the memory tool views ``/memories``); after ``tool_result`` blocks,
     a text that quotes the result; otherwise ``"Hello! You said: ..."``.  ``thinking`` adds a signed
     thinking block first, ``stop_sequences`` and ``max_tokens`` truncate.  Token counts are word counts.
 
@@ -676,7 +732,7 @@ class FakeAnthropicAPI:
         if url_model is not None and isinstance(body, dict):
             # Bedrock and Vertex carry the model in the URL, not in the body: the reply still names it.
             body = {**body, "model": url_model}
-            if route == "stream":
+            if route in ("stream", "eventstream"):
                 body["stream"] = True
         counting = route == "count_tokens"
         problem = _validate_messages_body(body, need_max_tokens=not counting)
@@ -691,12 +747,17 @@ class FakeAnthropicAPI:
         message = self._build_message(body)
         if not body.get("stream"):
             return self._json(message, request_id)
+        features = frozenset(_features(_plain_text(_last_user_content(body))))
+        if route == "eventstream":
+            headers = {"x-amzn-requestid": request_id, "content-type": "application/vnd.amazon.eventstream"}
+            return httpx2.Response(
+                200, headers=headers, stream=_SSEStream(lambda: _stream_events(message, features, _bedrock_frame))
+            )
         sse_headers = {
             "request-id": request_id,
             "content-type": "text/event-stream; charset=utf-8",
             "cache-control": "no-cache",
         }
-        features = frozenset(_features(_plain_text(_last_user_content(body))))
         return httpx2.Response(
             200, headers=sse_headers, stream=_SSEStream(lambda: _stream_events(message, features))
         )
@@ -797,10 +858,13 @@ class FakeAnthropicAPI:
                 {
                     "id": self._next_id("toolu"),
                     "caller": None,
-                    "input": _tool_input(tool, question),
+                    "input": (
+                        _TOOLSET_MEMBERS[tool["toolset_name"]][1](_key_word(question))
+                        if tool.get("toolset_name") else _tool_input(tool, question)
+                    ),
                     "name": tool["name"],
                     "type": "tool_use",
-                    "toolset_name": None,
+                    "toolset_name": tool.get("toolset_name"),
                 }
             )
             stop_reason = "tool_use"

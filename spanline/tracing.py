@@ -168,7 +168,11 @@ class Span:
             return
         self._token = current.set(ctx)
 
-    def _close(self, exc: BaseException | None, record_outputs: bool = True) -> None:
+    def _close(
+        self, exc: BaseException | None, record_outputs: bool = True, outputs_on_error: bool = False
+    ) -> None:
+        """End the span: its outputs (unless ``exc``, or with it if ``outputs_on_error``: a tool's error result
+        is both what the model read and a failure), and ``exc`` as its ``exception`` event."""
         if self._token is not None:
             with contextlib.suppress(ValueError):  # closed in another context (a generator finalised elsewhere)
                 current.reset(self._token)
@@ -188,7 +192,7 @@ class Span:
                     ctx.span,
                     ctx.root,
                     time.time_ns(),
-                    to_json_bytes(self._outputs) if record_outputs and exc is None else b"",
+                    to_json_bytes(self._outputs) if record_outputs and (exc is None or outputs_on_error) else b"",
                     failure(exc) if exc is not None else None,
                     to_json_bytes(self._attributes) if self._attributes else b"",
                     to_json_bytes(self._inputs) if self._late_inputs else b"",
