@@ -761,7 +761,7 @@ def test_error_event_mid_stream(fake: FakeAnthropicAPI) -> None:
         ("POST", "/v1/messages", ("messages", None)),
         ("POST", "/v1/messages/count_tokens", ("count_tokens", None)),
         ("POST", "/model/anthropic.claude-x-v1%3A0/invoke", ("messages", "anthropic.claude-x-v1:0")),
-        ("POST", "/model/claude-x/invoke-with-response-stream", (None, None)),
+        ("POST", "/model/claude-x/invoke-with-response-stream", ("eventstream", "claude-x")),
         ("POST", "/v1/projects/p/locations/l/publishers/anthropic/models/claude-x:rawPredict",
          ("messages", "claude-x")),
         ("POST", "/v1/projects/p/locations/l/publishers/anthropic/models/claude-x:streamRawPredict",

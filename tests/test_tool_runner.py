@@ -187,11 +187,7 @@ async def test_a_tool_raising_tool_error_is_an_error_span_with_its_exception(tra
 # --- MCP -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.anyio
-async def test_a_tool_from_the_mcp_helper_is_one_tool_span(traced, fake):
-    """``async_mcp_tool`` over an in-process MCP server (the MCP SDK's own in-memory transport)."""
-    from anthropic.lib.tools.mcp import async_mcp_tool
-    from mcp import Client
+def _forecast_server():
     from mcp.server.mcpserver import MCPServer
 
     server = MCPServer("weather")
@@ -201,12 +197,29 @@ async def test_a_tool_from_the_mcp_helper_is_one_tool_span(traced, fake):
         """The forecast for a city."""
         return f"clear skies over {city}"
 
-    client = fake.async_client()
-    async with Client(server) as mcp_client:
+    return server
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("helper", ["async_mcp_tool", "mcp_tool"])
+async def test_a_tool_from_the_mcp_helper_is_one_tool_span(traced, fake, helper):
+    """The SDK's MCP helpers over an in-process MCP server (the MCP SDK's own in-memory transport). The sync
+    ``mcp_tool`` calls the server through ``anyio.from_thread``, so its runner runs in a worker thread."""
+    from anthropic.lib.tools import mcp as mcp_helpers
+    from mcp import Client
+
+    async with Client(_forecast_server()) as mcp_client:
         listed = await mcp_client.list_tools()
-        tools = [async_mcp_tool(t, mcp_client.session) for t in listed.tools]
-        runner = client.beta.messages.tool_runner(model=MODEL, max_tokens=256, tools=tools, messages=_question())
-        assert (await runner.until_done()).stop_reason == "end_turn"
+        tools = [getattr(mcp_helpers, helper)(t, mcp_client.session) for t in listed.tools]
+        if helper == "async_mcp_tool":
+            runner = fake.async_client().beta.messages.tool_runner(model=MODEL, max_tokens=256, tools=tools,
+                                                                   messages=_question())
+            final = await runner.until_done()
+        else:
+            runner = fake.client().beta.messages.tool_runner(model=MODEL, max_tokens=256, tools=tools,
+                                                             messages=_question())
+            final = await anyio.to_thread.run_sync(runner.until_done)
+        assert final.stop_reason == "end_turn"
     assert await spanline.aflush(30)
     (trace,) = traces_in(traced)
     tool = _only_tool(trace)
