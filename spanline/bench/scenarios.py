@@ -224,7 +224,7 @@ def run_scenario_job(job: dict[str, Any]) -> dict[str, Any]:
         result["writer_start_cpu_s"] = m.cpu.writer_before  # spawn, imports, warm-up: before the timed part
     if config.startswith("spanline"):
         result["stats"] = spanline_stats()
-    if config == "spanline" and scenario in LAG_SCENARIOS and job.get("lag_seconds") and m.cpu.writer:
+    if config == "spanline" and scenario in LAG_SCENARIOS and job.get("lag_seconds") and m.cpu.writer is not None:
         result.update(_steady_lag(client, tracing, uri, m, job))
     tracing.stop_writer()
     return result
@@ -236,8 +236,8 @@ MAX_LAG_RATE = 500.0  # calls per second: beyond this the calling thread, not th
 
 def _steady_lag(client: Any, tracing: Tracing, uri: str, m: Measured, job: dict[str, Any]) -> dict[str, Any]:
     """The lag from a call's end to its trace stored, at half the rate the writer sustained in this job."""
-    assert m.cpu.writer
-    rate = job.get("lag_rate") or min(MAX_LAG_RATE, 0.5 * m.made / m.cpu.writer)
+    assert m.cpu.writer is not None
+    rate = job.get("lag_rate") or min(MAX_LAG_RATE, 0.5 * m.made / max(m.cpu.writer, 0.01))  # 0.01: a clock tick
     counter = StoredCounter(uri)
     create = client.messages.create
     try:
