@@ -27,8 +27,9 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
-from mlflow.entities import Span, Trace, TraceData, TraceInfo, TraceLocation, TraceState
+from mlflow.entities import Span, Trace, TraceData, TraceInfo, TraceLocation, TraceLocationType, TraceState
 from mlflow.tracing.constant import (
     MAX_CHARS_IN_TRACE_INFO_METADATA,
     TRACE_SCHEMA_VERSION,
@@ -58,6 +59,50 @@ def _root(spans: Sequence[Span]) -> Span | None:
     return next((s for s in spans if s.parent_id is None), None)
 
 
+class _Info(TraceInfo):
+    """A ``TraceInfo`` whose ``to_dict`` builds directly the dict MLflow's builds through protobuf
+    (``MessageToDict(self.to_proto())``). ``add_size_stats_to_trace_metadata`` serialises each trace's info
+    once to size it, and the protobuf round trip cost ~250 µs of the writer's ~6 ms per trace on sqlite,
+    none of it the store's. Same dict for what ``trace_info_for`` builds (an experiment location; no
+    previews, client request id or assessments; tests/test_interop.py compares them); anything else goes
+    to MLflow's own ``to_dict``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        location = self.trace_location
+        if (
+            self.request_preview is not None
+            or self.response_preview is not None
+            or self.client_request_id is not None
+            or self.assessments
+            or location.type != TraceLocationType.MLFLOW_EXPERIMENT
+            or location.mlflow_experiment is None
+        ):
+            return super().to_dict()
+        out: dict[str, Any] = {
+            "trace_id": self.trace_id,
+            "trace_location": {
+                "type": "MLFLOW_EXPERIMENT",
+                "mlflow_experiment": {"experiment_id": location.mlflow_experiment.experiment_id},
+            },
+            "request_time": _rfc3339_ms(self.request_time),
+            "state": TraceState(self.state).value,
+        }
+        if self.trace_metadata:  # protobuf leaves empty maps out
+            out["trace_metadata"] = dict(self.trace_metadata)
+        if self.tags:
+            out["tags"] = dict(self.tags)
+        if self.execution_duration is not None:
+            out["execution_duration_ms"] = self.execution_duration
+        return out
+
+
+def _rfc3339_ms(ms: int) -> str:
+    """A ``google.protobuf.Timestamp`` of ``ms`` milliseconds as ``MessageToDict`` writes it."""
+    seconds, millis = divmod(ms, 1000)
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{text}.{millis:03d}Z" if millis else f"{text}Z"
+
+
 def trace_info_for(trace_id: str, experiment_id: str, spans: Sequence[Span], metadata: dict[str, str]) -> TraceInfo:
     """The trace info MLflow's tracer would hold for these spans when it exports the trace."""
     root = _root(spans)
@@ -66,7 +111,7 @@ def trace_info_for(trace_id: str, experiment_id: str, spans: Sequence[Span], met
     if root is not None:
         start, end = root.start_time_ns, root.end_time_ns or end
     state = TraceState.ERROR if root is not None and root.status.status_code == "ERROR" else TraceState.OK
-    return TraceInfo(
+    return _Info(
         trace_id=trace_id,
         trace_location=TraceLocation.from_experiment_id(experiment_id),
         request_time=start // 1_000_000,

@@ -117,6 +117,7 @@ class Writer:
         self.started = time.time()
         self._status_at = 0.0
         self._idle_since = time.monotonic()
+        self._progressed = False  # whether the last round read or wrote anything
         self.state = "starting"
         self._owner: dict[int, Producer] = {}  # id(unit) -> its producer, while the unit is unwritten
         self.finished_producers: dict[str, dict[str, Any]] = {}  # their counters, for late flush answers
@@ -157,7 +158,7 @@ class Writer:
         try:
             while True:
                 self._serve_requests(server, self._next_wait())
-                progressed = self.round()
+                progressed = self._progressed = self.round()
                 self._write_status()
                 if self._should_exit(progressed):
                     return 0
@@ -175,6 +176,10 @@ class Writer:
     def _next_wait(self) -> float:
         if self.unwritten:
             return max(0.0, min(self.poll, self.retry_at - time.monotonic()))
+        if self.once or self._progressed:
+            # More may be waiting (a round reads at most _READ_BYTES per producer), and --once never idles:
+            # only look at the socket. An idle writer waits for the next poll (or a flush request).
+            return 0.0
         return self.poll
 
     def _should_exit(self, progressed: bool) -> bool:

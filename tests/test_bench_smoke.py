@@ -41,6 +41,21 @@ def test_bench_runs_end_to_end_and_writes_markdown_json_and_picture(tmp_path):
     assert summary["S5"]["spanline"]["stored"] == summary["S5"]["spanline"]["made"] == 100
     assert summary["glance"][0]["figure"].startswith("caller's path")
     assert all(run["result"]["ok"] for run in payload["runs"])
+    # spanline's jobs run a writer process: its CPU over the timed part and its start are reported apart, and
+    # S1 and S5 measure the lag at a steady load; the other configurations have no writer.
+    scenario_runs = [run for run in payload["runs"] if run["job"]["kind"] == "scenario"]
+    for run in scenario_runs:
+        job, result = run["job"], run["result"]
+        if job["config"] == "spanline":
+            assert result["writer_cpu_s"] >= 0 and result["writer_start_cpu_s"] > 0, result
+            assert len(result["lag_s"]) == result["lag_calls"] > 0 and min(result["lag_s"]) >= 0, result
+        else:
+            assert "writer_cpu_s" not in result and "lag_s" not in result, job
+    assert {r["job"]["scenario"] for r in scenario_runs if r["job"]["config"] == "spanline"} == {"S1", "S5"}
+    assert s1["spanline"]["writer_cpu_per_trace_us"] is not None and summary["S5"]["spanline"]["lag_s"]
+    (writer_row,) = [row for row in summary["glance"] if row["figure"].startswith("writer process CPU")]
+    assert writer_row["spanline"].endswith("(S5)") and " µs" in writer_row["spanline"], writer_row
+    assert "≤ 1/50 of MLflow async autolog's added CPU" in table
 
     import matplotlib.image
 

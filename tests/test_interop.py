@@ -313,6 +313,29 @@ def test_trace_metadata_is_what_mlflow_writes(store_experiments):
     assert abs(our_stats["max"] - their_stats["max"]) < 0.2 * their_stats["max"]
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    request_time=st.integers(0, 253402300799999),  # up to the year 9999, as protobuf's Timestamp allows
+    duration=st.none() | st.integers(0, 10**12),
+    state=st.sampled_from(["OK", "ERROR", "IN_PROGRESS"]),
+    experiment=st.text(max_size=12),
+    metadata=st.dictionaries(st.text(max_size=20), st.text(max_size=60), max_size=6),
+    tags=st.dictionaries(st.text(max_size=10), st.text(max_size=20), max_size=2),
+)
+def test_trace_info_dict_without_protobuf_is_mlflows(request_time, duration, state, experiment, metadata, tags):
+    """The writer sizes each trace's info (``sizeBytes``) from a dict built without protobuf: it must be the dict
+    MLflow's ``TraceInfo.to_dict`` builds through protobuf, key for key, so the JSON and its size are the same."""
+    from mlflow.entities import Trace, TraceData, TraceInfo, TraceLocation, TraceState
+
+    fields = dict(trace_id="tr-" + uuid.uuid4().hex, trace_location=TraceLocation.from_experiment_id(experiment),
+                  request_time=request_time, execution_duration=duration, state=TraceState(state),
+                  trace_metadata=metadata, tags=tags)
+    ours, theirs = trace_metadata._Info(**fields), TraceInfo(**fields)
+    assert ours.to_dict() == theirs.to_dict()
+    empty = TraceData(spans=[])
+    assert len(Trace(ours, empty).to_json().encode()) == len(Trace(theirs, empty).to_json().encode())
+
+
 def test_size_figures_of_a_trace_rooted_in_mlflow_count_every_span(traced, fake):
     """The seed's agent under @mlflow.trace: MLflow writes the AGENT root and its size figures (its own spans
     only); spanline's three spans join the trace, and the stored figures count all four."""

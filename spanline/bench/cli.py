@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         with server_ctx as server_url:
             for i, job in enumerate(plan.jobs):
                 progress.step(job_label(job))
+                job["cache"] = os.path.join(workdir, "cache")
                 if job.get("target") == "server":
                     job["uri"] = server_url
                 else:

@@ -3,6 +3,7 @@ sync export), set up as a user would, with the decorator and the flush each prov
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,11 +36,14 @@ class Tracing:
         if config in ("spanline", NOSTORE):
             import spanline
 
+            options = dict(spanline_options or {})
             if config == NOSTORE:
                 from spanline import _runtime
 
+                # The stub replaces the in-process store write; with the event log the worker has none to replace.
+                options.setdefault("durability", "memory")
                 _runtime.pipeline.set_sink(_convert_only)
-            spanline.autolog(silent=True, **(spanline_options or {}))
+            spanline.autolog(silent=True, **options)
             return
         if config not in ("mlflow_async", "mlflow_sync"):
             raise ValueError(f"unknown configuration {config!r}; known: {', '.join(CONFIGS)}")
@@ -60,6 +64,30 @@ class Tracing:
 
             return mlflow.trace(span_type=span_type)
         return lambda func: func
+
+    def writer_pid(self) -> int | None:
+        """The pid of the writer process storing this process's event log, if one runs (spanline's default
+        configuration once a flush has started it); None for the others. Each job has its own tracking URI,
+        so its own log directory and its own writer: a pid no other job shares."""
+        if self.config != "spanline":
+            return None
+        import spanline
+        from spanline.pipeline import logdir
+
+        directory = spanline.stats().log_dir
+        if not directory or not logdir.writer_running(directory):
+            return None
+        return logdir.writer_pid(directory)
+
+    def stop_writer(self) -> None:
+        """SIGTERM this job's writer (it would exit by itself a few seconds after this process), so it takes
+        no CPU from the next job."""
+        import signal
+
+        pid = self.writer_pid()
+        if pid:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
 
     def flush(self) -> bool:
         if self.config.startswith("spanline"):

@@ -9,7 +9,7 @@ Out: one PNG with four panels, each titled with what it shows and its units:
    adjacent untraced block (dots, and a box of them), with the ≤ 3% goal drawn: how much of spanline's
    cost any Python patch pays anyway;
 3. CPU per traced call, split by where it runs: the calling thread and background threads of the application
-   process, and a writer process (empty until a scenario runs one);
+   process, and a writer process (spanline's jobs run one);
 4. S5: how long each configuration takes to store a burst, with traces stored / made.
 
 matplotlib is imported here only, with the Agg backend (no display needed).

@@ -40,6 +40,10 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Run one job in this process (a fresh child) and return its results (never raises)."""
     os.environ["MLFLOW_TRACKING_URI"] = job["uri"]
     os.environ["MLFLOW_MODEL_CATALOG_URI"] = ""
+    if job.get("cache"):
+        # spanline's event log (and its writer's files) in the bench's temp dir, not the user's cache; one
+        # directory per tracking URI, so one writer per job.
+        os.environ["XDG_CACHE_HOME"] = job["cache"]
     t0 = time.perf_counter()
     try:
         if job["kind"] != "init_db":

@@ -37,6 +37,7 @@ class Sizes:
     mem_queue: int
     paired_blocks: int
     paired_block_calls: int
+    lag_seconds: float = 3.0  # the steady load after spanline's S1 and S5 jobs (scenarios.py), per job
 
 
 QUICK = Sizes(
@@ -78,6 +79,7 @@ SMOKE = Sizes(
     mem_queue=100,
     paired_blocks=4,
     paired_block_calls=20,
+    lag_seconds=0.5,
 )
 
 FULL = Sizes(
@@ -98,6 +100,7 @@ FULL = Sizes(
     mem_queue=10_000,
     paired_blocks=100,
     paired_block_calls=200,
+    lag_seconds=10.0,
 )
 
 
@@ -129,6 +132,7 @@ class Plan:
                                 "round": r,
                                 "n": per[scenario][config],
                                 "warmup": s.warmup,
+                                "lag_seconds": s.lag_seconds,
                             }
                         )
                 if scenario == "S1":

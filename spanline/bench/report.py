@@ -7,9 +7,10 @@ on the way, which the JSON file and the picture (``figure``) are drawn from.
 
 Every figure is put against the same run's untraced call or MLflow's autolog, never shown alone. CPU is
 split by where it runs: the application's calling thread, its background threads (spanline's worker,
-MLflow's export) and a writer process. A scenario that runs a writer process (the event log's, to come)
-fills the writer's column by adding ``writer_cpu_s`` (its CPU over the timed section) and ``lag_s``
-(per-trace seconds from a call's end to its trace stored) to its result; until then they show "–".
+MLflow's export) and a writer process. spanline's jobs run one (the event log's): their results carry
+``writer_cpu_s`` (its CPU over the timed section, until flush returned), ``writer_start_cpu_s`` (its CPU
+before: spawn, imports, warm-up) and, for S1 and S5, ``lag_s`` (per-trace seconds from a call's end to its
+trace stored, at a steady load of ``lag_rate`` calls per second); configurations without one show "–".
 """
 
 from __future__ import annotations
@@ -73,6 +74,18 @@ class Row:
         """(p50, p99) of the lag from a call's end to its trace stored, for scenarios that report ``lag_s``."""
         lags = sorted(x for r in self.ok_runs for x in r.get("lag_s") or ())
         return (percentile(lags, 0.5), percentile(lags, 0.99)) if lags else None
+
+    def writer_start_cpu_s(self) -> float | None:
+        values = [r["writer_start_cpu_s"] for r in self.ok_runs if r.get("writer_start_cpu_s") is not None]
+        return _median(values) if values else None
+
+    def lag_rate(self) -> float | None:
+        values = [r["lag_rate"] for r in self.ok_runs if r.get("lag_rate")]
+        return _median(values) if values else None
+
+    def lag_counts(self) -> tuple[int, int]:
+        """(lags measured, calls made) over the steady loads: fewer lags than calls means some were not stored."""
+        return sum(len(r.get("lag_s") or ()) for r in self.ok_runs), sum(r.get("lag_calls", 0) for r in self.ok_runs)
 
     def peak_rss(self) -> float:
         return _median([r["peak_rss_mb"] for r in self.ok_runs])
@@ -218,10 +231,10 @@ class Report:
                     cells[config] = f"{med:,.0f} µs ({_fmt_ratio(ratio)})"
             rows.append((label, cells))
         base_cpu = get("S1", "untraced", "cpu_per_trace_us")
+        added: dict[str, float] = {}
         if base_cpu is not None:
             total: dict[str, str] = {"untraced": f"{base_cpu:,.0f} µs"}
             split: dict[str, str] = {}
-            added: dict[str, float] = {}
             for config in configs:
                 cpu, caller = get("S1", config, "cpu_per_trace_us"), get("S1", config, "caller_cpu_per_trace_us")
                 if cpu is None:
@@ -239,21 +252,24 @@ class Report:
                 cells["spanline"] += f" = {ratio:.3f}× MLflow async's ({1 / ratio:,.0f}× less)" if ratio > 0 else ""
                 s.setdefault("S1", {})["added_cpu_vs_mlflow_async"] = ratio
             rows.append(("S1 application CPU added per traced call", cells))
-        writer = {c: _fmt(get("S1", c, "writer_cpu_per_trace_us"), 0, " µs") for c in configs[1:]}
-        lag = get("S5", "spanline", "lag_s")
-        rows.append(
-            (
-                "writer process CPU per trace (S1) / lag p50, p99 (S5)",
-                {
-                    "spanline": (
-                        f"{writer['spanline']} / "
-                        + (f"{lag[0]:.2f} s, {lag[1]:.2f} s" if lag else "–")
-                        + (" (no writer process yet: the in-process worker's CPU is the background share above)"
-                           if writer["spanline"] == "–" else "")
-                    )
-                },
-            )
+        writer_us = get("S1", "spanline", "writer_cpu_per_trace_us")
+        lag = get("S5", "spanline", "lag_s") or get("S1", "spanline", "lag_s")
+        lag_at = "S5" if get("S5", "spanline", "lag_s") else "S1"
+        cell = "–"
+        if writer_us is not None:
+            cell = f"{writer_us:,.0f} µs"
+            if added.get("spanline") is not None:
+                cell += f" (app added {added['spanline']:,.0f} µs + writer = {added['spanline'] + writer_us:,.0f} µs)"
+            start = get("S1", "spanline", "writer_start_cpu_s")
+            if start is not None:
+                cell += f"; its start + warm-up {start:,.2f} s CPU, not counted"
+        cell += " / " + (
+            f"{lag[0]:.2f} s, {lag[1]:.2f} s at {get(lag_at, 'spanline', 'lag_rate'):,.0f} calls/s ({lag_at})"
+            if lag
+            else "–"
         )
+        label = "writer process CPU per trace (S1) / lag p50, p99 at a steady half of its rate"
+        rows.append((label, {"spanline": cell}))
         base_cps = get("S2", "untraced", "calls_per_s")
         if base_cps:
             cells = {"untraced": f"{base_cps:,.0f}"}
@@ -355,7 +371,10 @@ class Report:
                 "caller_cpu_per_trace_us": caller_cpu,
                 "background_cpu_per_trace_us": cpu - caller_cpu,
                 "writer_cpu_per_trace_us": writer_cpu,
+                "writer_start_cpu_s": row.writer_start_cpu_s(),
                 "lag_s": row.lag_s(),
+                "lag_rate": row.lag_rate(),
+                "lag_counts": row.lag_counts(),
                 "peak_rss_mb": row.peak_rss(),
                 "rss_growth_mb": row.rss_growth(),
                 "n": [r["made"] for r in row.ok_runs],
@@ -402,6 +421,25 @@ class Report:
 
     def _scenario_notes(self, scenario: str, rows: dict[str, Row]) -> list[str]:
         notes = []
+        sp = rows.get("spanline")
+        if sp and sp.ok_runs and sp.writer_cpu_per_trace_us() is not None:
+            start = sp.writer_start_cpu_s()
+            notes.append(
+                "- spanline's writer process (its own per job: each job has its own store, so its own log "
+                "directory): its CPU from /proc/<pid>/stat, from the first timed call until `flush()` returned, "
+                "is the writer column; the application's CPU columns do not include it. Started by the warm-up's "
+                "flush, before the timed part: its start (process spawn, interpreter, mlflow import, store engine) "
+                f"and the warm-up took {_fmt(start, 2)} s of CPU (median per job), not counted per call."
+            )
+            lag = sp.lag_s()
+            if lag:
+                measured, calls = sp.lag_counts()
+                notes.append(
+                    f"- lag at a steady load after the timed part: {_fmt(sp.lag_rate(), 0)} calls/s (half the "
+                    f"writer's rate in the job: traces per second of its CPU) for {calls:,} calls: from a call's "
+                    f"return to its trace counted in the store (polled every 20 ms) p50 {lag[0]:.3f} s, p99 "
+                    f"{lag[1]:.3f} s; {measured:,} of {calls:,} stored within 60 s of the load's end."
+                )
         if scenario == "S1" and self.summary.get("caller_path"):
             notes.append(
                 "- these rows compare separate processes, whose baselines differ by a few µs from memory layout "
@@ -701,6 +739,31 @@ class Report:
             t.append(
                 Target("  (S5 MLflow async stored/made, for reference)", f"{m_stored:,}/{m_made:,}", "–")
             )
+        # The same ratio as the "At a glance" row, computed here as well: that table is drawn after this one.
+        cpus = {c: get("S1", c, "cpu_per_trace_us") for c in ("untraced", "spanline", "mlflow_async")}
+        ratio = None
+        if None not in cpus.values() and cpus["mlflow_async"] > cpus["untraced"]:
+            ratio = (cpus["spanline"] - cpus["untraced"]) / (cpus["mlflow_async"] - cpus["untraced"])
+        if ratio is not None:
+            t.append(
+                Target(
+                    "S1 application CPU added per traced call (until flush returned) ≤ 1/50 of MLflow async "
+                    "autolog's added CPU",
+                    f"{ratio:.3f} = 1/{1 / ratio:,.0f}" if ratio > 0 else f"{ratio:.3f}",
+                    status(ratio <= 1 / 50),
+                )
+            )
+        for scenario in ("S1", "S5"):
+            lag = get(scenario, "spanline", "lag_s")
+            if lag:
+                rate = get(scenario, "spanline", "lag_rate")
+                t.append(
+                    Target(
+                        f"{scenario} lag (call end → trace stored) p99 < 2 s at a steady half of the writer's rate",
+                        f"p99 {lag[1]:.2f} s, p50 {lag[0]:.2f} s at {rate:,.0f} calls/s",
+                        status(lag[1] < 2.0),
+                    )
+                )
         # S5 is left out: MLflow's async export drops traces there, so its CPU per trace *made* is not
         # comparable (the S5 notes give CPU per trace stored).
         for scenario in ("S1", "S2", "S4"):
@@ -708,11 +771,15 @@ class Report:
                 get(scenario, "spanline", "cpu_per_trace_us"),
                 get(scenario, "mlflow_async", "cpu_per_trace_us"),
             )
+            writer = get(scenario, "spanline", "writer_cpu_per_trace_us")
             if c and mc:
+                where = f"{c:,.0f} application + {writer:,.0f} writer" if writer is not None else f"{c:,.0f}"
+                c += writer or 0.0
                 t.append(
                     Target(
-                        f"{scenario} total CPU per traced call ≤ 1/10 of MLflow async autolog",
-                        f"{c / mc:.3f} ({c:,.0f} vs {mc:,.0f} µs)",
+                        f"{scenario} total CPU per traced call (application + writer process) ≤ 1/10 of MLflow "
+                        "async autolog's",
+                        f"{c / mc:.3f} ({where} vs {mc:,.0f} µs)",
                         status(c / mc <= 0.1),
                     )
                 )

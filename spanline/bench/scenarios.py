@@ -3,7 +3,11 @@
 S1 sequential sync ``messages.create``; S2 ``AsyncAnthropic``, 100 concurrent calls through ``asyncio.gather``,
 repeated; S3 streaming (``stream=True``), per stream event; S4 the seed's tool agent (AGENT, two CHAT_MODEL,
 TOOL), three agents at a time through ``asyncio.gather``; S5 a burst of calls, then a flush: drain time and
-traces stored versus traces made."""
+traces stored versus traces made.
+
+With spanline (its event log and writer process), the S1 and S5 jobs then measure the lag at a steady load
+(``lag``): calls paced at half the writer's rate in this job (traces per second of its CPU over the timed
+part), for ``lag_seconds``, after everything above was counted."""
 
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ from typing import Any
 from spanline.demo import MODEL
 
 from .configs import Tracing
-from .measure import Cpu, CpuClock, count_stored, peak_rss_mb, rss_mb, spanline_stats
+from .lag import steady_lag
+from .measure import Cpu, CpuClock, StoredCounter, count_stored, peak_rss_mb, rss_mb, spanline_stats
 from .workload import AGENTS_PER_GATHER, CHAT_KWARGS, CITIES, CONCURRENCY, SPANS_PER_AGENT, STREAM_KWARGS, fake_clients
 
 
@@ -25,7 +30,7 @@ class Measured:
     samples_ns: list[int]  # the caller-path figure, one per call (per event, per agent run...)
     made: int  # traces the scenario made (after warm-up)
     spans_per_trace: int
-    cpu: Cpu  # CPU from the first timed call until flush returned: the process's, and the calling thread's
+    cpu: Cpu  # CPU from the first timed call until flush returned: the process's, the calling thread's, the writer's
     calls_s: float  # wall time of the timed calls
     flush_s: float  # wall time of the flush after them
     stored_before: tuple[int, int]  # (traces, spans) in the store after the warm-up was flushed
@@ -33,7 +38,10 @@ class Measured:
 
 
 def _settle(tracing: Tracing, uri: str) -> tuple[int, int]:
-    """After the warm-up: flush it and count what is stored, so only the timed part is counted."""
+    """After the warm-up: flush it and count what is stored, so only the timed part is counted. For spanline
+    the flush also starts the job's writer process and waits until it has stored the warm-up: its start (a
+    process spawn, an interpreter, the mlflow import, the store's engine) happens here, before the timed part,
+    and is reported apart (``writer_start_cpu_s``)."""
     tracing.flush()
     return count_stored(uri) if tracing.config != "untraced" else (0, 0)
 
@@ -52,7 +60,7 @@ def scenario_s1(client: Any, tracing: Tracing, n: int, warmup: int, uri: str) ->
     before = _settle(tracing, uri)
     samples = [0] * n
     clock = time.perf_counter_ns
-    cpu0, wall0 = CpuClock(), time.perf_counter()
+    cpu0, wall0 = CpuClock(tracing.writer_pid()), time.perf_counter()
     for i in range(n):
         t = clock()
         create(**CHAT_KWARGS)
@@ -72,7 +80,7 @@ def scenario_s2(client: Any, tracing: Tracing, gathers: int, warmup: int, uri: s
         await asyncio.gather(*(create(**CHAT_KWARGS) for _ in range(max(warmup, CONCURRENCY))))
         before[:] = _settle(tracing, uri)
         samples = []
-        cpu0, wall0 = CpuClock(), time.perf_counter()
+        cpu0, wall0 = CpuClock(tracing.writer_pid()), time.perf_counter()
         for _ in range(gathers):
             t = time.perf_counter_ns()
             await asyncio.gather(*(create(**CHAT_KWARGS) for _ in range(CONCURRENCY)))
@@ -105,7 +113,7 @@ def scenario_s3(client: Any, tracing: Tracing, n: int, warmup: int, uri: str) ->
     samples = [0] * n
     clock = time.perf_counter_ns
     events = 0
-    cpu0, wall0 = CpuClock(), time.perf_counter()
+    cpu0, wall0 = CpuClock(tracing.writer_pid()), time.perf_counter()
     for i in range(n):
         t = clock()
         events = consume()
@@ -136,7 +144,7 @@ def scenario_s4(client: Any, tracing: Tracing, gathers: int, warmup: int, uri: s
             await asyncio.gather(*(agent(q) for q in questions))
         before[:] = _settle(tracing, uri)
         samples = []
-        cpu0, wall0 = CpuClock(), time.perf_counter()
+        cpu0, wall0 = CpuClock(tracing.writer_pid()), time.perf_counter()
         for _ in range(gathers):
             t = time.perf_counter_ns()
             await asyncio.gather(*(agent(q) for q in questions))
@@ -163,7 +171,7 @@ def scenario_s5(client: Any, tracing: Tracing, n: int, warmup: int, uri: str) ->
     before = _settle(tracing, uri)
     samples = [0] * n
     clock = time.perf_counter_ns
-    cpu0, wall0 = CpuClock(), time.perf_counter()
+    cpu0, wall0 = CpuClock(tracing.writer_pid()), time.perf_counter()
     for i in range(n):
         t = clock()
         create(**CHAT_KWARGS)
@@ -211,6 +219,31 @@ def run_scenario_job(job: dict[str, Any]) -> dict[str, Any]:
     if config != "untraced":
         result["stored_total"] = stored_traces - m.stored_before[0]
         result["spans_stored_total"] = stored_spans - m.stored_before[1]
+    if m.cpu.writer is not None:
+        result["writer_cpu_s"] = m.cpu.writer  # from the first timed call until flush returned
+        result["writer_start_cpu_s"] = m.cpu.writer_before  # spawn, imports, warm-up: before the timed part
     if config.startswith("spanline"):
         result["stats"] = spanline_stats()
+    if config == "spanline" and scenario in LAG_SCENARIOS and job.get("lag_seconds") and m.cpu.writer is not None:
+        result.update(_steady_lag(client, tracing, uri, m, job))
+    tracing.stop_writer()
     return result
+
+
+LAG_SCENARIOS = ("S1", "S5")
+MAX_LAG_RATE = 500.0  # calls per second: beyond this the calling thread, not the rate, would set the pace
+
+
+def _steady_lag(client: Any, tracing: Tracing, uri: str, m: Measured, job: dict[str, Any]) -> dict[str, Any]:
+    """The lag from a call's end to its trace stored, at half the rate the writer sustained in this job."""
+    assert m.cpu.writer is not None
+    rate = job.get("lag_rate") or min(MAX_LAG_RATE, 0.5 * m.made / max(m.cpu.writer, 0.01))  # 0.01: a clock tick
+    counter = StoredCounter(uri)
+    create = client.messages.create
+    try:
+        lags, calls = steady_lag(
+            lambda i: create(**CHAT_KWARGS), rate, job["lag_seconds"], counter.count, tracing.flush
+        )
+    finally:
+        counter.close()
+    return {"lag_s": lags, "lag_rate": rate, "lag_calls": calls}
