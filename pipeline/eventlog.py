@@ -264,6 +264,7 @@ class Appender:
         self.path = ""
         self.offset = 0
         self.records = 0
+        self.syncs = 0  # fdatasync calls made (``stats().log_syncs``): with fsync, one per append
         self._open_next()
 
     def _open_next(self) -> None:
@@ -282,6 +283,7 @@ class Appender:
             os.write(old_fd, frame(SEAL, json.dumps({"records": self.records}).encode()))
             if self.fsync:
                 os.fdatasync(old_fd)
+                self.syncs += 1
             os.close(old_fd)
         self.fd, self.offset, self.records = fd, len(first), 0
 
@@ -299,7 +301,8 @@ class Appender:
             n = os.write(self.fd, view)
             view = view[n:]
         if self.fsync:
-            os.fdatasync(self.fd)
+            os.fdatasync(self.fd)  # on disk before the tick that appended it completes
+            self.syncs += 1
         self.offset += len(data)
         self.records += records
         return os.path.basename(self.path), self.offset

@@ -10,14 +10,14 @@ never by two at once (two concurrent ``log_spans`` of one trace race on creating
 store writer, and how many by default, depends on the store (``plan``):
 
 - an ``mlflow server`` (http/https): 4 threads. The work is waiting on the server, so threads overlap well.
-  MLflow's REST store sends the OTLP protobuf to ``/v1/traces`` over its pooled session (retries with backoff
-  on 429/5xx and connection errors: ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``_BACKOFF_FACTOR``; the writer's
-  own retry loop takes over beyond). A keep-alive connection stays on the server worker that accepted it,
-  and uvicorn's workers share one listening socket: measured here, two and four connections opened together
-  all landed on one of two workers, and a second store writer added nothing. So the store writers' batch
-  requests each ask for a fresh connection (``Connection: close``); a local connect costs well under a
-  millisecond against the seconds of server work a batch of 100–200 traces takes, and each new connection
-  goes to whichever worker accepts first, usually an idle one.
+  MLflow's REST store sends the OTLP protobuf to ``/v1/traces`` over its pooled session (its own HTTP retries
+  are off in the writer unless ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` is set: the writer's retry loop, with its
+  short capped backoff, waits out 429/5xx and outages). A keep-alive connection stays on the server worker
+  that accepted it, and uvicorn's workers share one listening socket: measured here, two and four connections
+  opened together all landed on one of two workers, and a second store writer added nothing. So the store
+  writers' batch requests each ask for a fresh connection (``Connection: close``); a local connect costs well
+  under a millisecond against the seconds of server work a batch of 100–200 traces takes, and each new
+  connection goes to whichever worker accepts first, usually an idle one.
 - PostgreSQL, MySQL, SQL Server (SQLAlchemy): processes when asked (``--writers N``), 1 by default.
   ``log_spans`` there is mostly Python CPU (~3 ms per trace), so threads would share one GIL; processes can
   use the machine's cores. DESIGN §7 measured 1.5–2.2× for a second PostgreSQL writer, but this module's

@@ -88,7 +88,11 @@ class MlflowSink:
                 group.producers[unit.trace_id] = unit.producer or producer.describe()
         for (tracking_uri, experiment), group in groups.items():
             store = _get_store(tracking_uri or None)
-            store.log_spans(experiment, group.spans)
+            try:
+                store.log_spans(experiment, group.spans)
+            except NotImplementedError:
+                _forget_server_version(store)
+                raise
             rows = {
                 trace_id: trace_metadata.for_spanline_root(trace_id, experiment, group.by_trace[trace_id], producer)
                 for trace_id, producer in group.producers.items()
@@ -117,3 +121,12 @@ class _Group:
         self.attachments: dict[str, list[attachments.Attachment]] = defaultdict(list)
         self.by_trace: dict[str, list[Span]] = defaultdict(list)
         self.producers: dict[str, dict[str, str]] = {}
+
+
+def _forget_server_version(store: object) -> None:
+    """MLflow's REST store caches the server's version per host (``lru_cache``), a failed look-up included:
+    a first ``log_spans`` during an outage would fail with "could not identify MLflow server version" for the
+    rest of the process's life. Forget it, so the retry after the outage asks again."""
+    cache_clear = getattr(getattr(type(store), "_get_server_version", None), "cache_clear", None)
+    if cache_clear is not None:
+        cache_clear()

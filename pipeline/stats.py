@@ -63,6 +63,7 @@ class Stats:
     writer_pid: int | None = None
     writer_state: str = "none"  # "running", "retrying" (store failing), "stopped", "none"
     log_fallbacks: int = 0  # times the log could not be opened and this process stored in-process
+    log_syncs: int = 0  # fdatasync calls on this process's segments (durability="fsync": one per append)
 
     @property
     def events_dropped(self) -> int:

@@ -106,6 +106,9 @@ class Pipeline:
             self._mode = "in_process"
         elif self._mode == "in_process" and not self.counters.log_fallbacks:
             self._mode = "log"
+        if self._log is not None:
+            # The open segment follows the option from the next append on (the worker reads it per append).
+            self._log.fsync = options.durability == "fsync"
         self.queue.configure(options.queue_size, options.batch_size, options.on_full == "block")
         if options.policy != self._applied.policy or options.experiment_id != self._applied.experiment_id:
             # In order with the events: calls made before this keep the policy they were made under.
@@ -254,7 +257,8 @@ class Pipeline:
         dropped = c.dropped()
         stored = {"spans_stored": c.spans_stored, "traces_stored": c.traces_stored, "batches": c.batches,
                   "retries": c.retries}
-        log = {"mode": self._mode, "log_dir": self._log_dir, "log_fallbacks": c.log_fallbacks}
+        log = {"mode": self._mode, "log_dir": self._log_dir, "log_fallbacks": c.log_fallbacks,
+               "log_syncs": self._log.syncs if self._log is not None else 0}
         if self._log is not None and self._log_dir is not None:
             log.update(self._log_stats(stored, dropped))
         return Stats(

@@ -45,6 +45,9 @@ logger = logging.getLogger("spanline.writer")
 _BATCH_UNITS = 200  # units per log_spans round trip
 _READ_BYTES = 8 * 1024 * 1024  # per producer per round, so a round (and its memory) stays bounded
 _STATUS_EVERY = 0.5
+# The longest wait between store retries. A failing attempt is cheap (a refused connection, a failed SQL
+# connect), so retrying every ~2 s costs the store nothing and stores the backlog soon after it is back.
+_BACKOFF_CAP = 2.0
 
 
 @dataclass
@@ -444,10 +447,10 @@ class Writer:
                 self.last_error = f"store: {type(exc).__name__}: {exc}"
                 self.totals["retries"] += 1
                 self.state = "retrying"
-                # Exponential backoff with full jitter, capped: a store back after minutes is retried within
-                # seconds, and many writers do not hammer it in step.
+                # Exponential backoff with jitter, capped: a store back after an outage of minutes is retried
+                # within ``_BACKOFF_CAP`` seconds, and many writers do not hammer it in step.
                 self.retry_at = time.monotonic() + random.uniform(0.5, 1.0) * self.backoff
-                self.backoff = min(self.backoff * 2, 10.0)
+                self.backoff = min(self.backoff * 2, _BACKOFF_CAP)
                 logger.warning("spanline writer: store write failed (will retry): %r", exc)
                 return False
             self.state = "running"

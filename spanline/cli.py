@@ -151,6 +151,10 @@ def _writer(args: argparse.Namespace) -> int:
     # checkpointed is stored again by the next writer, once (log_spans is idempotent).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     os.environ.setdefault("MLFLOW_MODEL_CATALOG_URI", "")  # offline, MLflow would stall ~7 s per process
+    # The writer's own loop retries a failed store write, forever, with a short capped backoff. MLflow's HTTP
+    # retries inside a call (7 by default, waits doubling up to 2 minutes) would hold the call for minutes
+    # and leave the writer asleep in urllib3 long after the server is back. Unless the user chose otherwise.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     writer = Writer(
         _log_dir(args),
         once=args.once,

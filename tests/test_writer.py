@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 
@@ -61,7 +62,12 @@ def _writer(directory: str, *args: str) -> subprocess.Popen:
 
 def _once(directory: str, timeout: float = 300) -> None:
     proc = _writer(directory, "--once")
-    _, err = proc.communicate(timeout=timeout)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:  # timed out (or interrupted): never left behind, asking (and starting) writers
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 0, err.decode()[-4000:]
 
 
@@ -241,47 +247,146 @@ def test_four_processes_into_postgresql(postgres_uri, own_cache):
     assert all(len(t.data.spans) == 2 for t in traces)
 
 
-def test_a_store_outage_is_waited_out_and_every_trace_stored_once(tmp_path, own_cache):
-    """A server stopped mid-run and restarted on the same address (same backend store) some seconds later.
+OUTAGE_S = 60.0  # the issue's scenario: a server stopped for a minute mid-run
 
-    The issue's scenario is a 60 s outage; 8 s here keeps the suite fast, and the writer's retry loop is the
-    same (backoff with jitter, capped at 10 s, for as long as the log is within its bound)."""
-    n = 120
+
+def test_a_store_outage_is_waited_out_and_every_trace_stored_once(tmp_path, own_cache):
+    """A server stopped for 60 s mid-run and restarted on the same address (same backend store).
+
+    The app keeps calling through the outage and flushes only once the server is back: every call returns,
+    none raises, the writer shows the outage (state "retrying", retries, the store's error) while it lasts,
+    and afterwards every trace is stored exactly once. MLflow's HTTP retries are left at their defaults: the
+    writer turns them off for itself (its own loop retries)."""
+    n = 60
     server_dir = tmp_path / "server"
     server_dir.mkdir()
     code = APP + textwrap.dedent("""
+        import select, time
         assert spanline.flush(120)
         print("first half stored", flush=True)
-        sys.stdin.readline()  # the server is down now
-        for i in range(int(os.environ["TEST_CALLS"]), 2 * int(os.environ["TEST_CALLS"])):
-            agent(i)
+        sys.stdin.readline()  # the server is down now: call on until it is back
+        i = int(os.environ["TEST_CALLS"])
+        while not select.select([sys.stdin], [], [], 0)[0]:
+            reply = agent(i)
+            assert reply.content[0].text, reply
+            i += 1
+            print("calls", i, flush=True)
+            time.sleep(0.2)
+        st = spanline.stats()
+        print("before flush", i, st.internal_errors, sum(st.dropped.values()), flush=True)
         assert spanline.flush(300)
+        print("flushed", flush=True)
     """)
     app = None
+    calls = [0]
+
+    def read_progress():
+        for line in app.stdout:
+            if line.startswith("calls "):
+                calls[0] = int(line.split()[1])
+            else:
+                lines.append(line.strip())
+
+    lines: list[str] = []
+    app_err = open(tmp_path / "app.stderr", "w+")  # noqa: SIM115 (closed in finally)
     try:
         with run_mlflow_server(server_dir) as server:
             url, port = server.url, int(server.url.rsplit(":", 1)[1])
-            # MLflow's own HTTP retries off (the writer inherits the app's environment): the writer's retry
-            # loop is what waits the outage out.
-            env = _env(url, "outage", n // 2, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")
-            app = subprocess.Popen([sys.executable, "-c", code], env=env,
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            assert app.stdout.readline().strip() == "first half stored", app.stderr.read()[-3000:]
-        app.stdin.write("go\n")
+            # stderr to a file: a pipe nobody reads during the outage could fill and block the app.
+            app = subprocess.Popen([sys.executable, "-c", code], env=_env(url, "outage", n),
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=app_err, text=True)
+            assert app.stdout.readline().strip() == "first half stored", _tail(app_err)
+        directory = log_dir_of(url)
+        down_at = time.monotonic()
+        app.stdin.write("down\n")
         app.stdin.flush()
-        time.sleep(8)
-        assert app.poll() is None, "flush() waits for the store to come back"
+        reader = threading.Thread(target=read_progress, daemon=True)
+        reader.start()
+        # While the server is down: the writer retries and says so; the app keeps calling.
+        seen_retrying = None
+        while time.monotonic() - down_at < OUTAGE_S:
+            status = logdir.read_status(directory)
+            if seen_retrying is None and status.get("state") == "retrying":
+                seen_retrying = (status, calls[0])
+            assert app.poll() is None, _tail(app_err)
+            time.sleep(0.5)
+        assert seen_retrying is not None, f"the writer never showed the outage: {logdir.read_status(directory)}"
+        status, calls_then = seen_retrying
+        assert status["retries"] >= 1 and status["last_error"].startswith("store: "), status
+        assert calls[0] > calls_then, "the app kept calling while the writer retried"
+        assert _unreachable(url)
         with run_mlflow_server(server_dir, port=port):
-            _, err = app.communicate(timeout=300)
-            assert app.returncode == 0, err[-3000:]
-            status = logdir.read_status(log_dir_of(url))
-            assert status["retries"] >= 1, "the writer did meet the outage"
-            _assert_each_once(_stored(url, "outage"), n)
+            app.stdin.write("up\n")
+            app.stdin.flush()
+            app.wait(300)
+            reader.join(10)
+            assert app.returncode == 0, _tail(app_err)
+            (before_flush,) = [line for line in lines if line.startswith("before flush")]
+            _, _, total, errors, dropped = before_flush.split()
+            assert (errors, dropped) == ("0", "0"), "nothing inside spanline failed or was dropped"
+            assert lines[-1] == "flushed"
+            status = logdir.read_status(directory)
+            assert status["retries"] >= 1
+            _assert_each_once(_stored(url, "outage"), int(total))
     finally:
         if app is not None:
             if app.poll() is None:
                 app.kill()
-            app.communicate(timeout=10)
+            app.wait(10)
+            for stream in (app.stdin, app.stdout):
+                with contextlib.suppress(OSError):
+                    stream.close()
+        app_err.close()
+
+
+def _tail(f) -> str:
+    f.seek(0)
+    return f.read()[-3000:]
+
+
+def _unreachable(url: str) -> bool:
+    """The server really is down (the outage is not a test artefact)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{url}/health", timeout=2)
+    except (urllib.error.URLError, OSError):
+        return True
+    return False
+
+
+def test_a_writer_whose_first_write_meets_an_outage_stores_once_the_server_is_back(tmp_path, own_cache):
+    """A writer started while the server is down (a restart, a deploy during an outage): its very first store
+    call fails. MLflow caches the failed server-version look-up of that call for the process's life; the
+    writer must ask again after the outage rather than fail forever."""
+    n = 20
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    with run_mlflow_server(server_dir) as server:
+        url, port = server.url, int(server.url.rsplit(":", 1)[1])
+        # The app only appends (no writer): its traces wait in the log.
+        _run(APP + "spanline.shutdown(wait_for_store=False)\n",
+             _env(url, "late-writer", n, SPANLINE_WRITER_AUTOSTART="0"))
+    directory = log_dir_of(url)
+    writer = _writer(directory)
+    try:
+        guard = time.monotonic() + 120
+        while logdir.read_status(directory).get("retries", 0) < 2:
+            assert writer.poll() is None and time.monotonic() < guard, writer.stderr.read().decode()[-3000:]
+            time.sleep(0.1)
+        with run_mlflow_server(server_dir, port=port):
+            _once(directory, timeout=120)  # asks the running writer to drain, and waits for it
+            _assert_each_once(_stored(url, "late-writer"), n)
+    finally:
+        if writer.poll() is None:
+            writer.terminate()
+            try:
+                writer.wait(10)
+            except subprocess.TimeoutExpired:
+                writer.kill()
+                writer.wait(10)
+        writer.stderr.close()
 
 
 # --- what the application sees ------------------------------------------------------------------------------
