@@ -176,6 +176,7 @@ def _policy() -> Any:
 # milliseconds and would dominate both figures, so each round empties the queue before it gets there.
 
 LOOP = 100  # calls per round; the queue is emptied after each, so it never reaches its every-256th-event yield
+ROUNDS = 300
 
 
 @pytest.fixture
@@ -194,63 +195,98 @@ def recorded_calls(spanline_idle: None) -> Iterator[dict[str, Any]]:
     type(chat)._process_response = keep  # the capture seam, as http_capture's (spanline's is bypassed below)
     try:
         message = chat.messages.with_raw_response.create(**CHAT_KWARGS).parse()
-        stream = _sse_client(SHORT)[0].messages.create(**STREAM_KWARGS)
+        client = _sse_client(SHORT)[0]
+        stream = client.messages.create(**STREAM_KWARGS)
     finally:
         type(chat)._process_response = original
     chunks = list(stream.response.iter_bytes())
-    yield {"chat": chat, "message": message, "chat_slot": [slot[0]], "stream": stream, "chunks": chunks}
+    yield {"chat": chat, "message": message, "chat_slot": [slot[0]], "stream": stream, "chunks": chunks,
+           "stream_resource": client.messages}
 
 
-def _drained(work: Any) -> Any:
+def test_start_end_vs_record(benchmark: Any, recorded_calls: dict[str, Any]) -> None:
+    """The budget "a streamed call's start and end cost no more than a non-streaming call's", in one run.
+
+    Non-streaming: what spanline does after the call returns (``messages._record``: one ``ApiCall``, encoded).
+    Streamed: what it does after the call returns (``streaming._opened``: the deferred ``StreamStart``, the
+    recorder on the response's body) and after the last chunk: ``completed`` (the end of the body, then the SDK's
+    ``close()``), or ``closed`` (the application closes the stream: ``close()`` alone), and the recorder's
+    release with the response. ``close()`` is measured without closing the wrapped body, which the untraced call
+    closes too. The chunks' appends are per-chunk costs (``test_recorder_per_chunk``): none here.
+    Rounds of LOOP calls of each, interleaved; the minimum per call.
+    Also reported: what the worker then spends encoding the deferred start and end (off the caller's path).
+    """
+    from spanline.patches import messages, streaming
+    from spanline.pipeline import events
+
     from spanline import _runtime
 
-    def run() -> None:
-        work()
-        _runtime.pipeline.queue.items.clear()
-
-    return run
-
-
-def test_record_non_streaming_call(benchmark: Any, recorded_calls: dict[str, Any]) -> None:
-    """What spanline does after a non-streaming call returns (``messages._record``), LOOP times."""
-    from spanline.patches import messages
-
-    chat, message, slot = recorded_calls["chat"], recorded_calls["message"], recorded_calls["chat_slot"]
-    kwargs = dict(CHAT_KWARGS)
-    record = messages._record
-    resource = chat.messages
-
-    def work() -> None:
-        for _ in range(LOOP):
-            record(resource, kwargs, None, 0, slot, message)
-
-    benchmark.group = f"streaming: record one call, x{LOOP}"
-    benchmark(_drained(work))
-
-
-def test_record_stream_start_and_end(benchmark: Any, recorded_calls: dict[str, Any]) -> None:
-    """What spanline does at a streamed call's start (``_opened``: StreamStart, the recorder) and end
-    (``StreamEnd`` with a short stream's chunks), LOOP times."""
-    from spanline.patches import streaming
-
+    chat, message, chat_slot = recorded_calls["chat"], recorded_calls["message"], recorded_calls["chat_slot"]
     stream, chunks = recorded_calls["stream"], recorded_calls["chunks"]
-    response = stream.response
+    response, times = stream.response, list(range(len(chunks)))
     body = response.stream
-    kwargs = dict(STREAM_KWARGS)
-    opened, recorder_class = streaming._opened, streaming.SyncRecorder
-    slot = [response]
+    chat_kwargs, stream_kwargs = dict(CHAT_KWARGS), dict(STREAM_KWARGS)
+    record, opened, recorder_class = messages._record, streaming._opened, streaming.SyncRecorder
+    names, surfaces = messages._span_names, messages._surfaces
+    chat_resource, stream_resource = chat.messages, recorded_calls["stream_resource"]
+    stream_slot = [response]
+    items = _runtime.pipeline.queue.items
 
-    def work() -> None:
+    def non_streaming() -> None:
         for _ in range(LOOP):
-            opened(stream, kwargs, None, 0, slot, "Messages.create", recorder_class)
-            recorder = response.stream
-            recorder.chunks.extend(chunks)
-            recorder.times.extend(range(len(chunks)))
-            recorder._closing()
-            response.stream = body
+            record(chat_resource, chat_kwargs, None, 0, chat_slot, message)
 
-    benchmark.group = f"streaming: record one call, x{LOOP}"
-    benchmark(_drained(work))
+    def streamed(completed: bool) -> None:
+        for _ in range(LOOP):
+            opened(stream_resource, stream, stream_kwargs, None, 0, stream_slot, names, surfaces, recorder_class)
+            recorder = response.stream
+            if completed:
+                recorder._end("completed")  # what the end of the body does
+            if not recorder.ended:  # what ``close()`` does besides closing the body (the SDK's cost, untraced too)
+                recorder._end(None)
+            response.stream = body  # the recorder is released, as with the response
+
+    runs = {"record": non_streaming, "completed": lambda: streamed(True), "closed": lambda: streamed(False)}
+    best = dict.fromkeys(runs, float("inf"))
+
+    def one_round() -> None:
+        for name, run in runs.items():
+            t = time.perf_counter_ns()
+            run()
+            # Emptied before the queue's every-256th-event yield (see above), and timed: what the calls queued is
+            # freed here, as the worker frees it once done. A streamed call's deferred end holds its recorder, so
+            # the recorder's release (its ``__del__``) is counted whichever thread lets go of it last.
+            items.clear()
+            best[name] = min(best[name], (time.perf_counter_ns() - t) / LOOP)
+
+    benchmark.group = f"streaming: start+end vs record, x{LOOP} each"
+    benchmark.pedantic(one_round, rounds=ROUNDS)
+    # The worker's side of the deferred events: encoding one stream's start and end.
+    opened(stream_resource, stream, stream_kwargs, None, 0, stream_slot, names, surfaces, recorder_class)
+    recorder = response.stream
+    recorder.chunks.extend(chunks)
+    recorder.times.extend(times)
+    recorder._end("completed")
+    response.stream = body
+    deferred = list(items)
+    items.clear()
+    worker = float("inf")
+    for _ in range(ROUNDS):
+        t = time.perf_counter_ns()
+        for _ in range(LOOP):
+            for item in deferred:
+                events.encoded(item)
+        worker = min(worker, (time.perf_counter_ns() - t) / LOOP)
+    info = {
+        "record_ns": best["record"],
+        "start_end_completed_ns": best["completed"],
+        "start_end_closed_ns": best["closed"],
+        "ratio_completed": best["completed"] / best["record"],
+        "ratio_closed": best["closed"] / best["record"],
+        "worker_encodes_start_end_ns": worker,
+    }
+    benchmark.extra_info.update(info)
+    print("\n" + "\n".join(f"  {k}: {v:,.2f}" for k, v in info.items()))
 
 
 def test_recorder_per_chunk(benchmark: Any) -> None:

@@ -15,6 +15,13 @@ span whose end completes a unit of spans (the outermost spanline span of the tre
 set when the unit hangs under a span that MLflow's own tracer opened, whose trace MLflow owns.
 ``experiment`` and ``tracking_uri`` are MLflow's active ones when the trace began, as MLflow's own tracer
 fixes them: a trace stays where it started even if the program switches experiment before it is written.
+
+Deferred events. The caller's path encodes an event to snapshot what the application may change right after
+(the arguments it mutates). An event whose every field is already immutable (ints, strings, the SDK's bytes, a
+list nobody appends to any more) may instead be queued as a tuple ``(make, *fields)``: the worker calls
+``make(*fields)`` (``encoded``) and gets the very bytes the caller would have made, off the caller's path.
+A streamed call's start and end are queued so (``patches/streaming.py``): they must cost the caller no more
+than one non-streaming call's event. The log holds only encoded events, so its format does not change.
 """
 
 from __future__ import annotations
@@ -136,3 +143,10 @@ Event = SpanStart | SpanEnd | ApiCall | StreamStart | StreamChunk | StreamEnd
 
 encode = msgspec.msgpack.Encoder().encode
 decode = msgspec.msgpack.Decoder(Event).decode
+
+Deferred = tuple  # (make, *fields): ``make(*fields)`` returns the encoded event
+
+
+def encoded(item: bytes | Deferred) -> bytes:
+    """A queued event as bytes: an encoded one as it is, a deferred one encoded now (on the worker)."""
+    return item if type(item) is bytes else item[0](*item[1:])

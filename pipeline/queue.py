@@ -1,6 +1,7 @@
 """The bounded, lock-free hand-off between the caller's path and the worker.
 
-In: encoded events (``bytes``) from any thread, via ``emit``; flush markers from ``flush()``.
+In: encoded events (``bytes``, or deferred ones: ``events.encoded``) from any thread, via ``emit``; flush
+markers from ``flush()``.
 Out: items popped by the single worker thread, in order.
 
 ``collections.deque.append`` and ``popleft`` are atomic under the GIL, so neither side takes a lock.
@@ -38,7 +39,7 @@ class EventQueue:
         self.batch_size = max(1, min(batch_size, self.capacity))
         self.block = block
 
-    def emit(self, event: bytes) -> None:
+    def emit(self, event: bytes | tuple) -> None:
         """Append one encoded event. The caller's path: no lock, no I/O, no syscall in the common case."""
         items = self.items
         n = len(items)

@@ -6,7 +6,8 @@ Out: records appended to this process's segment of the event log (pipeline/event
 when the log directory cannot be written (counted in ``stats().log_fallbacks``, logged once), it stores them
 itself as before: assembler, ``MlflowSink.write`` in batches, retries with backoff, drops counted.
 
-Events are appended as the same bytes the caller encoded. Only when ``redact`` or
+Events are appended as the same bytes the caller encoded; a deferred event (``events.encoded``: a streamed
+call's start and end) is encoded here first, into the bytes the caller would have made. Only when ``redact`` or
 ``capture_content="metadata"`` is in force does the worker decode an event, apply the policy and re-encode it
 (pipeline/policy.py), so the prompt that must not be stored never reaches the disk. The policy applied is the
 one in force when the call was made: ``configure()`` posts it into the queue, in order with the events.
@@ -41,6 +42,8 @@ _WRITE_ATTEMPTS = 5
 # An event under a span of MLflow's own tracer carries that trace's id ("tr-" and 32 hex digits) as a
 # msgpack str8 of 35 bytes. JSON payloads are UTF-8 and cannot contain byte 0xd9 followed by "#": no false hit.
 _JOINED_MLFLOW = b"\xd9#tr-"
+_EVENT_TYPES = (bytes, events.Deferred)  # queue items that are events (the rest are markers)
+encoded = events.encoded
 _WRITER_CHECK_EVERY = 2.0  # seconds between checks that a writer holds the log (a lost writer is restarted)
 
 
@@ -137,7 +140,7 @@ class Pipeline:
                 self._atexit_registered = True
 
     def _has_events(self) -> bool:
-        return any(type(item) is bytes for item in self.queue.items) or bool(self._pending)
+        return any(type(item) in _EVENT_TYPES for item in self.queue.items) or bool(self._pending)
 
     def flush(self, timeout: float | None = None, wait_for_store: bool = True) -> bool:
         """Block until everything emitted before this call is stored (``wait_for_store=False``: appended to
@@ -223,7 +226,7 @@ class Pipeline:
         self.shutdown(wait_for_store=False)
 
     def _account_leftovers(self) -> None:
-        left = sum(1 for item in self.queue.items if type(item) is bytes)
+        left = sum(1 for item in self.queue.items if type(item) in _EVENT_TYPES)
         if left:
             self.counters.drop(DropReason.SHUTDOWN, left)
             self.queue.items.clear()
@@ -409,6 +412,14 @@ class Pipeline:
                     break
                 item = items.popleft()
                 kind = type(item)
+                if kind is tuple:  # a deferred event (events.encoded): encoded here, off the caller's path
+                    try:
+                        item, kind = encoded(item), bytes
+                    except Exception as exc:
+                        counters.events_processed += 1
+                        counters.drop(DropReason.DECODE_ERROR)
+                        report_internal_error(counters, "deferred event", exc)
+                        continue
                 if kind is bytes:
                     counters.events_processed += 1
                     if self._rewrite or policy.holding():  # a stream begun under a policy keeps it
@@ -490,14 +501,15 @@ class Pipeline:
                 # Events are assembled (and the policy applied) as they are drained: in call order.
                 self._set_applied(item.options)
                 continue
-            if type(item) is not bytes:
+            if type(item) not in _EVENT_TYPES:
                 item.joins = self._joins  # type: ignore[attr-defined]
                 markers.append(item)  # type: ignore[arg-type]
                 break  # write what came before the marker, then honour it
             counters.events_processed += 1  # counted as it leaves the queue, so stats() never misses it
-            if _JOINED_MLFLOW in item:
-                self._joins += 1
             try:
+                item = encoded(item)  # a deferred event is encoded here
+                if _JOINED_MLFLOW in item:
+                    self._joins += 1
                 add(decode(item))
             except Exception as exc:
                 counters.drop(DropReason.DECODE_ERROR)

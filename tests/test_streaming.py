@@ -537,3 +537,67 @@ def test_redact_in_force_when_a_stream_began_applies_to_all_of_it(traced, fake, 
     assert "mango" not in json.dumps(span.to_dict())
     assert span.outputs["content"][0]["text"] == "[redacted]"
     assert json.loads(_attrs(span)["mlflow.chat.tokenUsage"])["output_tokens"] > 0
+
+
+# --- the caller hands a stream's start and end over unencoded; the worker encodes them ---------------------
+
+
+def test_deferred_start_and_end_are_the_bytes_the_caller_would_have_encoded():
+    """``events.encoded`` of what the caller queues equals encoding the events there: the log's format is the
+    same, with the request id and content encoding read from the response's headers on the worker."""
+    from spanline.patches import streaming
+    from spanline.pipeline import streams
+
+    headers = httpx2.Headers({"content-type": "text/event-stream", "request-id": "req_42",
+                              "Content-Encoding": "gzip", "anthropic-ratelimit-requests-limit": "50"})
+    start = (streams.start_event, 1, 2, 0, 1, "Messages.create", "messages", 100, b'{"model":"m"}', headers,
+             "", "3", "sqlite:///x.db")
+    assert events.encoded(start) == events.encode(events.StreamStart(
+        1, 2, 0, 1, "Messages.create", "messages", 100, b'{"model":"m"}', "req_42", "gzip", "", "3", "sqlite:///x.db"))
+    recorder = streaming.SyncRecorder(iter(()), 2, 1)
+    recorder.chunks += [b"event: ping\n", b"data: {}\n\n"]
+    recorder.times += [150, 160]
+    recorder._end("completed")
+    # The end holds the recorder's lists, encoded when the worker gets to it: a chunk read after the end (the body
+    # closed from elsewhere mid-read) is in it, and no StreamChunk follows the end.
+    recorder.chunks.append(b"read after its end")
+    recorder._batch()
+    encoded_end = events.decode(events.encoded((streaming._end_event, recorder, 300, "completed", None)))
+    assert encoded_end == events.StreamEnd(2, 1, 300, "completed", [b"event: ping\n", b"data: {}\n\n",
+                                                                     b"read after its end"], [150, 160], None)
+    assert events.encoded(b"already bytes") == b"already bytes"
+
+
+@pytest.mark.provokes_internal_errors
+def test_a_deferred_event_that_fails_is_counted_and_the_worker_goes_on(traced, fake):
+    from spanline import _runtime
+
+    def broken() -> bytes:
+        raise RuntimeError("cannot encode")
+
+    before = spanline.stats()
+    _runtime.pipeline.emit((broken,))
+    list(fake.client().messages.create(**_kwargs(BLOCKS["text"]), stream=True))
+    assert not spanline.flush(60), "flush reports that something was dropped"
+    after = spanline.stats()
+    assert after.dropped.get("decode_error", 0) == before.dropped.get("decode_error", 0) + 1
+    assert after.internal_errors == before.internal_errors + 1
+    assert "cannot encode" in after.last_error
+    (span,) = _spans(traced)
+    _assert_stream_span(span, end="completed", completed=True)
+
+
+@pytest.mark.parametrize("durability", ["memory", "page_cache"])
+def test_streams_are_stored_in_process_and_through_the_log(experiment, fake, durability, restore_options):
+    """Both ways the worker takes the queue (storing in-process, appending to the log) encode deferred events."""
+    spanline.autolog(durability=durability)
+    try:
+        with fake.client().messages.stream(**_kwargs(LONG)) as stream:
+            next(iter(stream.text_stream))  # left early
+        list(fake.client().messages.create(**_kwargs(BLOCKS["text"]), stream=True))
+        left, full = _spans(experiment)
+    finally:
+        spanline.autolog(disable=True)
+    _assert_stream_span(left, end="closed", completed=False, name="Messages.stream")
+    assert left.outputs["content"][0]["text"]
+    _assert_stream_span(full, end="completed", completed=True)

@@ -171,6 +171,64 @@ def test_app_killed_three_seconds_after_its_calls_loses_nothing(tmp_path, own_ca
     assert [c.name for c in children_of(last, root)] == ["Messages.create"]
 
 
+def test_an_app_killed_mid_stream_leaves_the_streamed_call_stored_unfinished(tmp_path, own_cache):
+    """The stream's start reaches the log at the worker's next tick, though the caller hands it over unencoded:
+    a process killed while reading a stream leaves its span, with the request, the request id read from the
+    response's headers and the part of the message handed over so far (the recorder hands chunks over 64 at a
+    time: the last ones, up to 63, die with the process), closed as unfinished by the writer."""
+    uri = f"sqlite:///{tmp_path}/store.db"
+    code = textwrap.dedent("""
+        import os, time, httpx2, mlflow, spanline
+        from spanline import fake_anthropic
+        mlflow.set_experiment(os.environ["TEST_EXPERIMENT"])
+        spanline.autolog(flush_interval=0.05)
+        api = fake_anthropic.FakeAnthropicAPI()
+        kwargs = {"model": "claude-fake-1", "max_tokens": 4096,
+                  "messages": [{"role": "user", "content": "Tell me a long story."}]}
+        message = api._build_message(kwargs)
+        message["content"] = [{"citations": None, "text": "lorem ipsum dolor " * 200, "type": "text"}]
+        body = list(fake_anthropic._stream_events(message))  # ~200 events, one network chunk each
+        print(message["content"][0]["text"].strip(), flush=True)
+
+        def stalled():
+            yield from body[: len(body) * 3 // 4]  # well over 64 chunks
+            time.sleep(600)  # the rest never comes: the process is killed first
+
+        def handle(request):
+            return httpx2.Response(200, headers={"request-id": "req_killed", "content-type": "text/event-stream"},
+                                   stream=fake_anthropic._SSEStream(stalled))
+
+        client = api.client(http_client=httpx2.Client(transport=httpx2.MockTransport(handle)))
+        for event in client.messages.create(stream=True, **kwargs):
+            if event.type == "content_block_delta":
+                print("ready", flush=True)
+    """)
+    app = subprocess.Popen([sys.executable, "-c", code], env=_env(uri, "killed-mid-stream", 0),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        full_text = app.stdout.readline().strip()
+        assert app.stdout.readline().strip() == "ready", app.stderr.read()[-3000:]
+        time.sleep(2)  # many ticks: the start and the chunks read so far are in the log
+        app.send_signal(signal.SIGKILL)
+        app.wait(10)
+    finally:
+        if app.poll() is None:
+            app.kill()
+            app.wait(10)
+        app.stdout.close()
+        app.stderr.close()
+    _once(log_dir_of(uri))
+    (trace,) = _stored(uri, "killed-mid-stream")
+    (span,) = trace.data.spans
+    assert span.name == "Messages.create" and span.span_type == "CHAT_MODEL"
+    assert span.attributes["spanline.unfinished"] is True
+    assert span.attributes["spanline.stream.end"] == "unfinished"
+    assert span.attributes["anthropic.request_id"] == "req_killed"
+    assert span.inputs["messages"][0]["content"] == "Tell me a long story."
+    text = span.outputs["content"][0]["text"]
+    assert text and full_text.startswith(text) and text != full_text, "the part that arrived is stored"
+
+
 def test_a_torn_tail_in_a_dead_producers_segment_is_skipped_and_counted(tmp_path, own_cache):
     uri = f"sqlite:///{tmp_path}/store.db"
     directory = log_dir_of(uri)
