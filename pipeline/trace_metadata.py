@@ -103,6 +103,12 @@ def _rfc3339_ms(ms: int) -> str:
     return f"{text}.{millis:03d}Z" if millis else f"{text}Z"
 
 
+def _whole(spans: Sequence[Span]) -> bool:
+    """A root is stored and every span's parent is: no part of the trace is still on its way."""
+    ids = {s.span_id for s in spans}
+    return _root(spans) is not None and all(s.parent_id is None or s.parent_id in ids for s in spans)
+
+
 def trace_info_for(trace_id: str, experiment_id: str, spans: Sequence[Span], metadata: dict[str, str]) -> TraceInfo:
     """The trace info MLflow's tracer would hold for these spans when it exports the trace."""
     root = _root(spans)
@@ -303,6 +309,8 @@ class Refresher:
                 metadata = trace.info.trace_metadata
                 if metadata.get(TraceMetadataKey.TRACE_INFO_FINALIZED) != "true":
                     continue  # MLflow has not written its trace info yet: its start_trace would overwrite ours
+                if not _whole(trace.data.spans):
+                    continue  # MLflow's info is in but not all its spans yet (its export is still running)
                 figures = size_figures(trace)
                 if all(metadata.get(k) == v for k, v in figures.items()):
                     self.pending.pop((tracking_uri, trace.info.trace_id), None)
