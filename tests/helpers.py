@@ -17,12 +17,16 @@ import mlflow
 
 
 def traces_in(experiment_id: str) -> list:
-    """Every trace stored in an experiment, oldest first, with its spans (MLflow's async export flushed)."""
+    """Every trace stored in an experiment, oldest first, with its spans (MLflow's async export flushed).
+
+    Oldest by the earliest span's start in ns: MLflow orders by milliseconds, and two traces begun within
+    one millisecond (a decorated function, then a call) came back in either order."""
     mlflow.flush_trace_async_logging()
     found = mlflow.search_traces(
         experiment_ids=[experiment_id], return_type="list", order_by=["timestamp_ms ASC"]
     )
-    return [mlflow.get_trace(t.info.trace_id) for t in found]
+    traces = [mlflow.get_trace(t.info.trace_id) for t in found]
+    return sorted(traces, key=lambda t: min((s.start_time_ns for s in t.data.spans), default=0))
 
 
 def root_of(trace) -> Any:
