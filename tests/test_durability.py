@@ -13,10 +13,10 @@ import textwrap
 import time
 import uuid
 
-from helpers import children_of, root_of, traces_in
+from helpers import traces_in
 from logwriters import log_dir_of
 from spanline.pipeline import eventlog, logdir
-from test_writer import APP, _assert_each_once, _env, _once, _run, _stored
+from test_writer import APP, _assert_each_once, _assert_stored_with_the_crash, _env, _once, _reap, _run, _stored
 
 import spanline
 
@@ -85,17 +85,10 @@ def test_with_fsync_a_process_killed_after_its_calls_loses_nothing(tmp_path, own
         app.send_signal(signal.SIGKILL)
         app.wait(10)
     finally:
-        if app.poll() is None:
-            app.kill()
-        app.communicate(timeout=10)
+        _reap(app)
     assert int(line[1]) >= 1 and line[2] == "log", "the appends were fsynced"
     _once(log_dir_of(uri))
-    traces = _stored(uri, "fsync-killed")
-    crashed = [t for t in traces if root_of(t).name == "crashing-agent"]
-    _assert_each_once([t for t in traces if t not in crashed], n)
-    (last,) = crashed
-    assert root_of(last).attributes.get("spanline.unfinished") is True
-    assert [c.name for c in children_of(last, root_of(last))] == ["Messages.create"]
+    _assert_stored_with_the_crash(uri, "fsync-killed", n)
 
 
 def test_memory_durability_stores_in_process_with_no_log_and_no_writer(tmp_path, own_cache):

@@ -111,6 +111,25 @@ def _assert_each_once(traces: list, n: int, spans_per_trace: int = 2) -> None:
 # --- crashes ----------------------------------------------------------------------------------------------
 
 
+def _assert_stored_with_the_crash(tracking_uri: str, experiment: str, n: int) -> None:
+    """What an app SIGKILLed inside its ``crashing-agent`` span (after ``n`` agent runs) must leave in the store:
+    every run once, and the open span stored as unfinished with the call it had made."""
+    traces = _stored(tracking_uri, experiment)
+    crashed = [t for t in traces if root_of(t).name == "crashing-agent"]
+    _assert_each_once([t for t in traces if t not in crashed], n)
+    (last,) = crashed
+    root = root_of(last)
+    assert root.attributes.get("spanline.unfinished") is True
+    assert [c.name for c in children_of(last, root)] == ["Messages.create"]
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    """Never leave a test's app behind: kill it if it still runs, wait for it, close its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate(timeout=10)
+
+
 def test_writer_killed_mid_batch_then_restarted_stores_every_trace_once(tmp_path, own_cache):
     uri = f"sqlite:///{tmp_path}/store.db"
     directory = log_dir_of(uri)
@@ -157,18 +176,10 @@ def test_app_killed_three_seconds_after_its_calls_loses_nothing(tmp_path, own_ca
         app.send_signal(signal.SIGKILL)
         app.wait(10)
     finally:
-        if app.poll() is None:
-            app.kill()
-            app.wait(10)
+        _reap(app)
     # The writer the app started stores it all, closing the dead app's open span as unfinished.
     _once(log_dir_of(uri))
-    traces = _stored(uri, "killed-app")
-    crashed = [t for t in traces if root_of(t).name == "crashing-agent"]
-    _assert_each_once([t for t in traces if t not in crashed], n)
-    (last,) = crashed
-    root = root_of(last)
-    assert root.name == "crashing-agent" and root.attributes.get("spanline.unfinished") is True
-    assert [c.name for c in children_of(last, root)] == ["Messages.create"]
+    _assert_stored_with_the_crash(uri, "killed-app", n)
 
 
 def test_an_app_killed_mid_stream_leaves_the_streamed_call_stored_unfinished(tmp_path, own_cache):
@@ -212,11 +223,7 @@ def test_an_app_killed_mid_stream_leaves_the_streamed_call_stored_unfinished(tmp
         app.send_signal(signal.SIGKILL)
         app.wait(10)
     finally:
-        if app.poll() is None:
-            app.kill()
-            app.wait(10)
-        app.stdout.close()
-        app.stderr.close()
+        _reap(app)
     _once(log_dir_of(uri))
     (trace,) = _stored(uri, "killed-mid-stream")
     (span,) = trace.data.spans
