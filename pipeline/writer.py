@@ -444,15 +444,19 @@ class Writer:
             try:
                 self._sink(batch)
             except Exception as exc:
-                self.last_error = f"store: {type(exc).__name__}: {exc}"
+                self.last_error = f"store: {_brief(exc)}"
                 self.totals["retries"] += 1
+                if self.state != "retrying":  # once per outage, not at every retry (~2 s apart at most)
+                    logger.warning("spanline writer: store write failed (will retry): %s", self.last_error)
                 self.state = "retrying"
                 # Exponential backoff with jitter, capped: a store back after an outage of minutes is retried
                 # within ``_BACKOFF_CAP`` seconds, and many writers do not hammer it in step.
                 self.retry_at = time.monotonic() + random.uniform(0.5, 1.0) * self.backoff
                 self.backoff = min(self.backoff * 2, _BACKOFF_CAP)
-                logger.warning("spanline writer: store write failed (will retry): %r", exc)
                 return False
+            if self.state == "retrying":
+                retries = self.totals["retries"]
+                logger.warning("spanline writer: the store takes batches again (%d retries in all)", retries)
             self.state = "running"
             self.backoff = 0.1
             self.totals["batches"] += 1
@@ -558,7 +562,10 @@ class Writer:
         for sock, request in self.waiters:
             reply = self._answer(request, drained)
             if reply is None:
-                still.append((sock, request))
+                if _hung_up(sock):
+                    sock.close()  # its asker is gone (a killed app, a --once timed out): nobody to answer
+                else:
+                    still.append((sock, request))
                 continue
             with contextlib.suppress(OSError):
                 sock.sendall((json.dumps(reply) + "\n").encode())
@@ -665,3 +672,23 @@ def _count_events(seg: Segment) -> int:
     except Exception:
         return 0
     return sum(1 for off, kind, _ in result.records if kind == eventlog.EVENT and off >= seg.offset)
+
+
+_ERROR_CHARS = 1000  # a SQL error repeats every row of its batch: tens of KB per message
+
+
+def _brief(exc: BaseException) -> str:
+    """An exception as one bounded line for the status and the log."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= _ERROR_CHARS else f"{text[:_ERROR_CHARS]}… ({len(text) - _ERROR_CHARS} chars more)"
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    """Whether the other end of a waiter's connection has closed. A waiter left behind would keep an
+    ``--exit-when-idle`` writer alive forever: the bench's writers outlived their deleted log directories."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True

@@ -8,11 +8,13 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import types
 import uuid
 
 import mlflow
@@ -603,3 +605,48 @@ def test_a_multiprocessing_pool_shares_one_writer(tmp_path, own_cache):
     stored = sorted(root_of(t).inputs["i"] for t in _stored(uri, "pool"))
     assert stored == [*range(5), *range(1000, 1030)]
     assert len({t.info.trace_id for t in _stored(uri, "pool")}) == 35
+
+
+def test_a_waiter_whose_asker_hung_up_no_longer_keeps_the_writer_alive(tmp_path):
+    """A flush request the writer cannot answer yet, from a process that then died: the writer forgets it,
+    so an ``--exit-when-idle`` writer still exits (a kept waiter had kept bench writers running for hours)."""
+    from spanline.pipeline.writer import Writer
+
+    directory = str(tmp_path / "log")
+    os.makedirs(directory)
+    segment = eventlog.segment_name("18e0000000000000-4242", 0)
+    open(os.path.join(directory, segment), "wb").close()  # scanned, never readable: never answered
+    writer = Writer(directory, exit_when_idle=True, idle_exit=0.0, sink=lambda units: None)
+    writer._scan()
+    asker, kept = socket.socketpair()
+    writer.waiters.append((kept, {"segment": segment, "offset": 10**9}))
+    writer._answer_waiters(drained=True)
+    assert writer.waiters, "an asker still waiting is kept"
+    asker.close()
+    writer._answer_waiters(drained=True)
+    assert writer.waiters == [] and kept.fileno() == -1
+
+
+def test_a_failing_store_is_logged_once_per_outage_in_a_bounded_line(tmp_path, caplog):
+    """A SQL error repeats every row of its batch (tens of KB): the status and the log get a bounded line, and
+    the log one warning per outage, not one per retry (a writer left retrying filled 59 MB in four hours)."""
+    from spanline.pipeline.writer import Writer
+
+    failing = [True]
+
+    def sink(units):
+        if failing[0]:
+            raise RuntimeError("INSERT INTO spans VALUES " + "(?, ?, ?), " * 5000)
+
+    writer = Writer(str(tmp_path), sink=sink)
+    writer.unwritten = [types.SimpleNamespace(spans=[])]  # what the sink is given does not matter here
+    with caplog.at_level("WARNING", logger="spanline"):
+        for _ in range(3):
+            assert writer._write_unwritten() is False
+        assert writer.state == "retrying" and writer.totals["retries"] == 3
+        assert writer.last_error.startswith("store: RuntimeError: INSERT INTO spans") and len(writer.last_error) < 1100
+        failed = [r for r in caplog.records if "store write failed" in r.getMessage()]
+        assert len(failed) == 1 and len(failed[0].getMessage()) < 1200
+        failing[0] = False
+        assert writer._write_unwritten() is True and writer.state == "running"
+    assert any("takes batches again" in r.getMessage() for r in caplog.records)
