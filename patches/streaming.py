@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import weakref
 from random import random
 from time import time_ns
 from typing import Any
@@ -32,7 +33,7 @@ from spanline.pipeline import context
 from spanline.pipeline.context import Parent, current, mlflow_parent
 from spanline.pipeline.events import StreamChunk, encode
 from spanline.pipeline.stats import report_internal_error
-from spanline.pipeline.streams import end_event, start_event
+from spanline.pipeline.streams import end_event, held_start_event, start_event
 
 from spanline import _runtime
 from spanline.tracing import failure
@@ -246,11 +247,104 @@ def _opened(self: Any, result: Any, kwargs: dict, parent: Parent | None, start: 
         pipeline = _runtime.pipeline
         if pipeline._thread is None:
             pipeline.start()
-        pipeline.emit((start_event, trace, span, parent_span, root, names[type(self)], surfaces[type(self._client)],
-                       start, request_body, response.headers, ext_trace, experiment, tracking_uri))
-        response.stream = recorder(response.stream, span, root)
+        # A body httpx already holds (MockTransport, respx, a caching transport answer with bytes) is served
+        # from ``response._content``: ``response.stream`` is never read, so the recorder goes on the reading.
+        held = "_content" in response.__dict__
+        pipeline.emit((held_start_event if held else start_event, trace, span, parent_span, root,
+                       names[type(self)], surfaces[type(self._client)], start, request_body, response.headers,
+                       ext_trace, experiment, tracking_uri))
+        response.stream = watcher = recorder(response.stream, span, root)
+        if held:
+            _watch_held(response, watcher)
     except Exception as internal:
         report_internal_error(_runtime.pipeline.counters, "stream", internal)
+
+
+# --- a body already in memory ----------------------------------------------------------------------------
+
+
+def _watch_held(response: Any, recorder: _Recorder) -> None:
+    """Record a held body from the bytes the SDK reads (``iter_bytes`` / ``aiter_bytes``, already decoded, which
+    ``held_start_event`` tells the worker) and how reading ended from ``close`` / ``aclose``, which the SDK calls
+    as a network stream's (its ``finally``, ``Stream.close``). Instance attributes over the response's methods:
+    the response and its body stay the SDK's. A weak reference, so the response is freed (and an unread stream
+    ended as abandoned) as soon as the caller drops it, not at the next cycle collection."""
+    ref = weakref.ref(response)
+    if isinstance(recorder, SyncRecorder):
+        response.iter_bytes = functools.partial(_held_iter, recorder, ref)
+        response.close = functools.partial(_held_close, recorder, ref)
+    else:
+        response.aiter_bytes = functools.partial(_held_aiter, recorder, ref)
+        response.aclose = functools.partial(_held_aclose, recorder, ref)
+
+
+def _held_end(recorder: _Recorder) -> None:
+    if not recorder.ended:
+        recorder._end(None)  # how it ended: from the exception in flight, as a network stream's ``close``
+
+
+def _held_close(recorder: _Recorder, ref: Any) -> None:
+    _held_end(recorder)
+    response = ref()
+    if response is not None:
+        type(response).close(response)
+
+
+async def _held_aclose(recorder: _Recorder, ref: Any) -> None:
+    _held_end(recorder)
+    response = ref()
+    if response is not None:
+        await type(response).aclose(response)
+
+
+def _held_iter(recorder: _Recorder, ref: Any, chunk_size: int | None = None) -> Any:
+    response = ref()
+    body = type(response).iter_bytes(response, chunk_size)
+    del response
+    keep, stamp = recorder.chunks.append, recorder.times.append
+    stamps, left = STAMPED, BATCH
+    try:
+        for chunk in body:
+            keep(chunk)
+            if stamps:
+                stamp(time_ns())
+                stamps -= 1
+            left -= 1
+            if not left:
+                recorder._batch()
+                left = BATCH
+            yield chunk
+    except GeneratorExit:
+        raise
+    except Exception as exc:
+        recorder._end("failed", exc)
+        raise
+    recorder._end("completed")
+
+
+async def _held_aiter(recorder: _Recorder, ref: Any, chunk_size: int | None = None) -> Any:
+    response = ref()
+    body = type(response).aiter_bytes(response, chunk_size)
+    del response
+    keep, stamp = recorder.chunks.append, recorder.times.append
+    stamps, left = STAMPED, BATCH
+    try:
+        async for chunk in body:
+            keep(chunk)
+            if stamps:
+                stamp(time_ns())
+                stamps -= 1
+            left -= 1
+            if not left:
+                recorder._batch()
+                left = BATCH
+            yield chunk
+    except GeneratorExit:
+        raise
+    except Exception as exc:
+        recorder._end("failed", exc)
+        raise
+    recorder._end("completed")
 
 
 def call_sync(call: Any, self: Any, kwargs: dict, names: dict[type, str],

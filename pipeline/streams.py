@@ -65,6 +65,15 @@ def start_event(trace: int, span: int, parent: int, root: int, name: str, surfac
                               ext_trace, experiment, tracking_uri))
 
 
+def held_start_event(trace: int, span: int, parent: int, root: int, name: str, surface: str, start_ns: int,
+                     request: bytes, headers: Any, ext_trace: str, experiment: str, tracking_uri: str) -> bytes:
+    """``start_event`` for a body the HTTP client held in memory: the recorder sees it decoded (``iter_bytes``),
+    so whatever ``content-encoding`` the headers name is not the recorded bytes' encoding."""
+    request_id, _ = response_headers(headers)
+    return encode(StreamStart(trace, span, parent, root, name, surface, start_ns, request, request_id, "",
+                              ext_trace, experiment, tracking_uri))
+
+
 def end_event(span: int, root: int, end_ns: int, how: str, chunks: list[bytes], times_ns: list[int],
               error: Failure | None) -> bytes:
     """A streamed call's ``StreamEnd``, encoded (the chunks since its last ``StreamChunk``)."""
