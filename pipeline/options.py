@@ -32,6 +32,9 @@ class Options:
     max_log_bytes: int = 1024**3
     segment_bytes: int = 64 * 1024**2
     writer_autostart: bool = True  # False: a writer is run by hand or under a supervisor
+    # At exit (and in shutdown()): "store" waits, within shutdown_timeout, until this process's traces are
+    # stored; "disk" only until they are in the log (for a writer that outlives the application).
+    exit_wait: Literal["store", "disk"] = "store"
 
     @property
     def policy(self) -> ContentPolicy:
@@ -78,6 +81,8 @@ def build(base: Options, changes: Mapping[str, Any]) -> Options:
         raise ValueError(f"durability must be 'page_cache', 'fsync' or 'memory', got {opts.durability!r}")
     if opts.segment_bytes < 4096 or opts.max_log_bytes < opts.segment_bytes:
         raise ValueError("segment_bytes must be at least 4096, and max_log_bytes at least segment_bytes")
+    if opts.exit_wait not in ("store", "disk"):
+        raise ValueError(f"exit_wait must be 'store' or 'disk', got {opts.exit_wait!r}")
     if opts.on_full not in ("drop", "block"):
         raise ValueError(f"on_full must be 'drop' or 'block', got {opts.on_full!r}")
     if opts.redact is not None and not callable(opts.redact):

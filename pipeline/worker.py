@@ -208,8 +208,10 @@ class Pipeline:
             self._account_leftovers()
             return True
         deadline = time.monotonic() + timeout
-        # In-process, nothing else will ever store what is left: the store is always waited for.
-        flushed = self.flush(timeout, wait_for_store=wait_for_store or self._mode != "log")
+        # In-process, nothing else will ever store what is left: the store is always waited for. With the log,
+        # the worker appends everything and stops first; then this producer's end is waited for (exitwait.py).
+        in_log = self._mode == "log"
+        flushed = self.flush(timeout, wait_for_store=not in_log)
         self._stopping = True
         self.queue.wake.set()
         thread.join(max(0.0, deadline - time.monotonic()))
@@ -219,11 +221,33 @@ class Pipeline:
             return False
         self._thread = None
         self._account_leftovers()
+        if in_log and wait_for_store and self._mode == "log":
+            flushed = self._store_own_log(deadline, timeout) and flushed
         return flushed
 
+    def _store_own_log(self, deadline: float, timeout: float) -> bool:
+        """After the worker stopped: close this producer's segment and wait, until ``deadline``, for a writer
+        (a running one, else one in this process) to store it; one line says what is left if it cannot."""
+        from . import exitwait
+
+        log, directory = self._log, self._log_dir
+        if log is None or directory is None or log.fd < 0:
+            return True
+        segment, offset = os.path.basename(log.path), log.offset
+        log.close()  # its lock is free: to a writer, this producer is finished (the next append opens anew)
+        try:
+            ok = exitwait.wait_for_store(directory, segment, offset, deadline, self.options.writer_autostart)
+            if not ok:
+                exitwait.report_left(directory, segment, timeout)
+        except Exception as exc:
+            report_internal_error(self.counters, "exit wait", exc)
+            return False
+        return ok
+
     def _at_exit(self) -> None:
-        # At exit the events only need to be on disk (milliseconds): the writer outlives this process.
-        self.shutdown(wait_for_store=False)
+        # Where apps run, nothing outlives the process for sure (a container's end kills a detached writer, and
+        # its disk goes too): by default the exit waits, bounded, until the store has this process's traces.
+        self.shutdown(wait_for_store=self.options.exit_wait == "store")
 
     def _account_leftovers(self) -> None:
         left = sum(1 for item in self.queue.items if type(item) in _EVENT_TYPES)
@@ -368,7 +392,9 @@ class Pipeline:
             self._fall_back(directory, exc)
             return False
         self._log, self._log_dir = appender, directory
-        self._check_writer(force=True)
+        # The first writer is started a check interval after the first append, not at it: a short script
+        # stores at its exit in-process (exitwait.py) instead of paying a second interpreter's start-up.
+        self._writer_checked = time.monotonic()
         return True
 
     def _fall_back(self, directory: str | None, exc: BaseException) -> None:
@@ -397,7 +423,7 @@ class Pipeline:
         counters.queue_peak = max(counters.queue_peak, len(items))
         if not items:
             return
-        if self._log is None and not self._open_log():
+        if (self._log is None or self._log.fd < 0) and not self._open_log():
             return  # now in-process; the caller's _run stores the queue
         log = self._log
         assert log is not None

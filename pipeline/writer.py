@@ -588,6 +588,8 @@ class Writer:
             if counters is not None or not os.path.exists(os.path.join(self.directory, segment)):
                 return {"ok": True, **(counters or {})}  # finished, or dropped (counted)
             return None  # not scanned yet
+        if request.get("final"):
+            return None  # an exiting producer: answered once it is finished (open spans stored as unfinished)
         if producer.done >= (seq, int(request.get("offset", 0))) or (
             producer.segments and producer.segments[0].seq > seq
         ):
