@@ -13,8 +13,10 @@ from typing import Any
 
 logger = logging.getLogger("spanline")
 
-# (owner, attribute) -> (original, wrapper). The owner's __dict__ entry is what gets replaced.
-_installed: dict[tuple[type, str], tuple[Any, Any]] = {}
+# (owner, attribute) -> (original, wrapper). The owner's __dict__ entry is what gets replaced. An owner is a
+# class, or an object whose methods are shadowed by instance attributes (MLflow's runtime context).
+_installed: dict[tuple[Any, str], tuple[Any, Any]] = {}
+_ABSENT = object()  # the instance had no attribute of its own: disabling deletes spanline's
 
 
 def patch(owner: type, attribute: str, make_wrapper: Callable[[Any], Any]) -> None:
@@ -31,6 +33,15 @@ def patch(owner: type, attribute: str, make_wrapper: Callable[[Any], Any]) -> No
     _installed[key] = (original, wrapper)
 
 
+def patch_instance(owner: object, attribute: str, value: Any) -> None:
+    """Set ``owner.attribute`` (an instance attribute, over its class's method) to ``value``, registered so that
+    ``unpatch_all`` puts back what the instance had: nothing of its own, its class's method then shows again."""
+    key = (owner, attribute)
+    original = _installed[key][0] if key in _installed else owner.__dict__.get(attribute, _ABSENT)
+    setattr(owner, attribute, value)
+    _installed[key] = (original, value)
+
+
 def original(owner: type, attribute: str) -> Any:
     """The function spanline replaced at ``owner.attribute`` (what is there now, if spanline has not)."""
     entry = _installed.get((owner, attribute))
@@ -43,9 +54,12 @@ def unpatch_all() -> list[str]:
     left = []
     for (owner, attribute), (original, wrapper) in list(_installed.items()):
         if owner.__dict__.get(attribute) is wrapper:
-            setattr(owner, attribute, original)
+            if original is _ABSENT:
+                delattr(owner, attribute)
+            else:
+                setattr(owner, attribute, original)
         else:
-            left.append(f"{owner.__qualname__}.{attribute}")
+            left.append(f"{getattr(owner, '__qualname__', type(owner).__qualname__)}.{attribute}")
         del _installed[(owner, attribute)]
     return left
 

@@ -222,8 +222,13 @@ def _install_hooks(runtime: object) -> Callable[[], object]:
             with contextlib.suppress(ValueError):  # detached in another context (a generator finished elsewhere)
                 current.reset(token.ours)
 
-    runtime.get_current, runtime.attach, runtime.detach = get_current, attach, detach
-    runtime._spanline_original_get_current = original_get_current
+    # Through the patch registry, so that autolog(disable=True) gives MLflow back its own functions.
+    from spanline.patches import patch_instance
+
+    patch_instance(runtime, "get_current", get_current)
+    patch_instance(runtime, "attach", attach)
+    patch_instance(runtime, "detach", detach)
+    patch_instance(runtime, "_spanline_original_get_current", original_get_current)
     return original_get_current
 
 

@@ -186,6 +186,10 @@ class Writer:
         return self.poll
 
     def _should_exit(self, progressed: bool) -> bool:
+        drain = getattr(self, "drain", None)  # pipeline/drain.py: set by ``spanline writer``
+        if drain is not None and drain.requested:
+            self.state = "draining"
+            return drain.should_exit(self, progressed)
         now = time.monotonic()
         if progressed or self.unwritten or self.waiters:
             self._idle_since = now

@@ -77,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     writer.add_argument("--idle-exit", type=float, default=5.0, help="seconds idle before --exit-when-idle exits")
     writer.add_argument("--poll", type=float, default=0.2, help="seconds between looks for new records")
     writer.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        help="on SIGTERM/SIGINT, seconds to go on storing until every producer is gone and its traces are "
+        "stored (a second signal: exit now, the rest left in the log); default $SPANLINE_WRITER_GRACE or 25",
+    )
+    writer.add_argument(
         "--writers",
         type=_positive_int,
         default=os.environ.get("SPANLINE_WRITERS") or None,  # argparse applies ``type`` to a string default
@@ -142,14 +149,16 @@ def _log_dir(args: argparse.Namespace) -> str:
 
 def _writer(args: argparse.Namespace) -> int:
     import logging
-    import signal
 
+    from spanline.pipeline import drain
     from spanline.pipeline.writer import Writer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s spanline-writer[%(process)d] %(message)s")
-    # SIGTERM (a supervisor, a test's teardown): leave through the loop's cleanup. What was read but not
-    # checkpointed is stored again by the next writer, once (log_spans is idempotent).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # SIGTERM / SIGINT (Kubernetes, a supervisor): drain within the grace period, then leave through the loop's
+    # cleanup. What was read but not checkpointed is stored again by the next writer, once (log_spans is
+    # idempotent).
+    grace = drain.Drain(args.grace if args.grace is not None else drain.grace_from_env())
+    grace.install()
     os.environ.setdefault("MLFLOW_MODEL_CATALOG_URI", "")  # offline, MLflow would stall ~7 s per process
     # The writer's own loop retries a failed store write, forever, with a short capped backoff. MLflow's HTTP
     # retries inside a call (7 by default, waits doubling up to 2 minutes) would hold the call for minutes
@@ -163,7 +172,12 @@ def _writer(args: argparse.Namespace) -> int:
         poll=args.poll,
         writers=args.writers,
     )
-    return writer.run()
+    writer.drain = grace  # type: ignore[attr-defined]
+    try:
+        code = writer.run()
+    except SystemExit as stop:  # a second signal
+        code = stop.code if isinstance(stop.code, int) else 1
+    return grace.exit_code(code)
 
 
 def _status(args: argparse.Namespace) -> int:

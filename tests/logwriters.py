@@ -18,18 +18,20 @@ from spanline.pipeline import logdir
 
 
 def stop_writers_under(root: str, timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL, every writer holding a lock in a log directory under ``root``."""
+    """SIGTERM twice, then SIGKILL, every writer holding a lock in a log directory under ``root``."""
     pids = []
     for directory, _, files in os.walk(root):
         if logdir.LOCK in files and logdir.writer_running(directory):
             pid = logdir.writer_pid(directory)
             if pid:
                 pids.append(pid)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    # A first SIGTERM makes a writer drain (it waits for live producers, up to its grace period); the second
+    # makes it leave at once, as a test's teardown wants.
+    for sig, wait in ((signal.SIGTERM, 0.3), (signal.SIGTERM, timeout), (signal.SIGKILL, timeout)):
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait
         while pids and time.monotonic() < deadline:
             pids = [pid for pid in pids if _alive(pid)]
             time.sleep(0.05)

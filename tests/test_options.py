@@ -173,3 +173,23 @@ def test_silent_autolog_logs_nothing(experiment, fake, caplog, monkeypatch):
         mlflow.anthropic.autolog(disable=True)
         spanline.autolog(disable=True)
         spanline.autolog(silent=False, disable=True)
+
+
+def test_disable_gives_mlflow_back_its_context_functions():
+    """autolog() hooks MLflow's runtime context (get_current / attach / detach); disable puts MLflow's own back."""
+    from mlflow.environment_variables import MLFLOW_USE_DEFAULT_TRACER_PROVIDER
+    from mlflow.tracing.provider import mlflow_runtime_context
+    from opentelemetry import context as otel_context
+
+    runtime = mlflow_runtime_context if MLFLOW_USE_DEFAULT_TRACER_PROVIDER.get() else otel_context._RUNTIME_CONTEXT
+    spanline.autolog(disable=True)
+    before = {name: getattr(runtime, name) for name in ("get_current", "attach", "detach")}
+    spanline.autolog()
+    try:
+        assert runtime.get_current != before["get_current"], "the hook is in place while autolog is on"
+    finally:
+        spanline.autolog(disable=True)
+    for name, function in before.items():
+        assert getattr(runtime, name) == function, name
+        assert name not in vars(runtime), f"{name}: MLflow's own method, not an instance attribute"
+    assert not hasattr(runtime, "_spanline_original_get_current")
