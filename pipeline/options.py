@@ -58,13 +58,50 @@ def _parse_env(name: str, text: str) -> Any:
     return text or None if name in ("log_dir", "experiment_id") else text
 
 
-def from_env(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+# What each variable accepts, for the error naming a bad one.
+_ACCEPTED = {
+    "sample_rate": "a number within 0..1", "capture_content": "'full' or 'metadata'",
+    "max_content_bytes": "a number of bytes (at least 64), or 'none'", "queue_size": "an integer >= 1",
+    "on_full": "'drop' or 'block'", "batch_size": "an integer >= 1", "flush_interval": "seconds, > 0",
+    "experiment_id": "an experiment id", "shutdown_timeout": "seconds, >= 0", "log_dir": "a directory",
+    "durability": "'page_cache', 'fsync' or 'memory'", "max_log_bytes": "a number of bytes, >= segment_bytes",
+    "segment_bytes": "a number of bytes, >= 4096", "writer_autostart": "1/0, true/false, yes/no, on/off",
+    "exit_wait": "'store' or 'disk'",
+}
+# SPANLINE_* variables read elsewhere (the writer's command line).
+_OTHER_VARIABLES = {"SPANLINE_WRITERS", "SPANLINE_WRITER_GRACE"}
+
+
+def from_env(environ: Mapping[str, str] = os.environ, strict: bool = False) -> dict[str, Any]:
+    """The options set by ``SPANLINE_<NAME>`` variables. A bad value: skipped, or with ``strict`` a ValueError
+    naming the variable and what it accepts (``autolog()`` is strict; ``import spanline`` never raises)."""
     out = {}
     for name in _FIELDS:
         key = f"SPANLINE_{name.upper()}"
         if key in environ and name != "redact":
-            out[name] = _parse_env(name, environ[key])
+            try:
+                value = _parse_env(name, environ[key])
+                build(Options(), {name: value})
+            except (TypeError, ValueError) as exc:
+                if strict:
+                    raise ValueError(f"{key}={environ[key]!r} is not valid: it takes {_ACCEPTED.get(name, 'a value')}"
+                                     f" ({exc})") from None
+                continue
+            out[name] = value
     return out
+
+
+def unknown_env(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """One line per ``SPANLINE_*`` variable that spanline does not read, naming the closest one it does."""
+    import difflib
+
+    known = {f"SPANLINE_{n.upper()}" for n in _FIELDS} | _OTHER_VARIABLES
+    lines = []
+    for key in sorted(k for k in environ if k.startswith("SPANLINE_") and k not in known):
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        lines.append(f"spanline: unknown environment variable {key} is ignored{hint}")
+    return lines
 
 
 def build(base: Options, changes: Mapping[str, Any]) -> Options:

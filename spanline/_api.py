@@ -39,6 +39,7 @@ def autolog(disable: bool = False, log_traces: bool = True, silent: bool = False
 
     logger.disabled = bool(silent)
     with _autolog_lock:
+        _check_environment()
         if options:
             configure(**options)
         if disable:
@@ -60,6 +61,20 @@ def autolog(disable: bool = False, log_traces: bool = True, silent: bool = False
         _runtime.recording = _runtime.log_traces = bool(log_traces)
         if log_traces:
             _runtime.pipeline.start()
+
+
+_env_checked = False
+
+
+def _check_environment() -> None:
+    """A bad ``SPANLINE_*`` value raises here, naming the variable (``import spanline`` skipped it); an unknown
+    one is warned about once, with the closest known name."""
+    global _env_checked
+    _options.from_env(strict=True)
+    if not _env_checked:
+        _env_checked = True
+        for line in _options.unknown_env():
+            logger.warning(line)
 
 
 def flush(timeout: float | None = None) -> bool:

@@ -193,3 +193,32 @@ def test_disable_gives_mlflow_back_its_context_functions():
         assert getattr(runtime, name) == function, name
         assert name not in vars(runtime), f"{name}: MLflow's own method, not an instance attribute"
     assert not hasattr(runtime, "_spanline_original_get_current")
+
+
+def test_a_bad_environment_value_names_the_variable_at_autolog_not_at_import():
+    code = """
+import spanline
+print("imported")
+try:
+    spanline.autolog()
+except ValueError as exc:
+    print("error:", exc)
+"""
+    done = run_script(code, "sqlite:///:memory:", {"SPANLINE_SAMPLE_RATE": "abc"})
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "imported" in out
+    assert "error: SPANLINE_SAMPLE_RATE='abc' is not valid: it takes a number within 0..1" in out
+
+
+def test_an_unknown_environment_variable_is_warned_about_with_the_closest_name():
+    code = """
+import spanline
+spanline.autolog()
+spanline.autolog()
+"""
+    done = run_script(code, "sqlite:///:memory:", {"SPANLINE_SAMPLE_RAT": "0.5", "SPANLINE_WRITER_AUTOSTART": "0"})
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "SPANLINE_SAMPLE_RAT" in line]
+    assert len(lines) == 1, done.stderr
+    assert "did you mean SPANLINE_SAMPLE_RATE?" in lines[0]
