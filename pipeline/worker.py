@@ -45,6 +45,7 @@ _JOINED_MLFLOW = b"\xd9#tr-"
 _EVENT_TYPES = (bytes, events.Deferred)  # queue items that are events (the rest are markers)
 encoded = events.encoded
 _WRITER_CHECK_EVERY = 2.0  # seconds between checks that a writer holds the log (a lost writer is restarted)
+_WARN_EVERY = 60.0  # the store's trouble is logged at most once a minute while it lasts
 
 
 class FlushMarker:
@@ -97,6 +98,8 @@ class Pipeline:
         self._log_dir: str | None = None
         self._mode = "in_process" if self.options.durability == "memory" else "log"
         self._writer_checked = 0.0
+        self._watched = 0.0
+        self._warned = -_WARN_EVERY
         self._writer_counters: dict = {}  # this producer's counters, as the writer last reported them
         self._joins = 0
         self._joins_flushed = 0
@@ -344,6 +347,7 @@ class Pipeline:
             try:
                 if self._mode == "log":
                     self._append_round()
+                    self._watch_writer()
                 if self._mode != "log":
                     self._store_round(final=stopping)
             except Exception as exc:  # the worker must survive anything; count it and go on
@@ -405,6 +409,22 @@ class Pipeline:
             "spanline: the event log at %s cannot be written (%s); this process stores its traces itself",
             directory, exc,
         )
+
+    def _watch_writer(self) -> None:
+        """The writer's trouble reaches the application: while its status says it cannot store, ``last_error``
+        says what failed and where, and the ``spanline`` logger says it once a minute at most."""
+        now = time.monotonic()
+        if self._log_dir is None or now - self._watched < _WRITER_CHECK_EVERY:
+            return
+        self._watched = now
+        status = logdir.read_status(self._log_dir)
+        if status.get("state") != "retrying" or not status.get("last_error"):
+            return
+        error = f"writer (pid {status.get('pid')}, log {self._log_dir}): {status['last_error']}"
+        self.counters.last_error = error
+        if now - self._warned >= _WARN_EVERY:
+            self._warned = now
+            logger.warning("spanline: traces are not being stored: %s; they wait in the log", error)
 
     def _check_writer(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -48,6 +48,8 @@ _STATUS_EVERY = 0.5
 # The longest wait between store retries. A failing attempt is cheap (a refused connection, a failed SQL
 # connect), so retrying every ~2 s costs the store nothing and stores the backlog soon after it is back.
 _BACKOFF_CAP = 2.0
+# An automatic writer retrying a failing store with no producer alive exits after this long (the log is kept).
+_ORPHANED_EXIT = 300.0
 
 
 @dataclass
@@ -191,6 +193,8 @@ class Writer:
             self.state = "draining"
             return drain.should_exit(self, progressed)
         now = time.monotonic()
+        if self._retrying_orphaned(now):
+            return True
         if progressed or self.unwritten or self.waiters:
             self._idle_since = now
             return False
@@ -202,6 +206,24 @@ class Writer:
             self._idle_since = now
             return False
         return now - self._idle_since >= self.idle_exit
+
+    def _retrying_orphaned(self, now: float) -> bool:
+        """An automatic writer whose store has failed with no producer alive for ``_ORPHANED_EXIT`` seconds
+        says so and exits; the log keeps everything, and the next traced process starts a writer again."""
+        if not (self.exit_when_idle and self.unwritten and self.state == "retrying") or any(
+            not p.dead for p in self.producers.values()
+        ):
+            self._orphaned_since = None
+            return False
+        if getattr(self, "_orphaned_since", None) is None:
+            self._orphaned_since = now
+            return False
+        if now - self._orphaned_since < _ORPHANED_EXIT:
+            return False
+        self.last_error = (f"{self.last_error}; no producer alive for {_ORPHANED_EXIT:.0f} s: exiting, the log "
+                           f"is kept for the next writer")
+        logger.warning("spanline writer: %s", self.last_error)
+        return True
 
     def _serve_requests(self, server: socket.socket, timeout: float) -> None:
         for key, _ in self.selector.select(timeout):
@@ -448,7 +470,9 @@ class Writer:
             try:
                 self._sink(batch)
             except Exception as exc:
-                self.last_error = f"store: {_brief(exc)}"
+                from .storeerrors import describe
+
+                self.last_error = f"store: {_brief_text(describe(batch[0].tracking_uri, exc))}"
                 self.totals["retries"] += 1
                 if self.state != "retrying":  # once per outage, not at every retry (~2 s apart at most)
                     logger.warning("spanline writer: store write failed (will retry): %s", self.last_error)
@@ -686,6 +710,10 @@ _ERROR_CHARS = 1000  # a SQL error repeats every row of its batch: tens of KB pe
 def _brief(exc: BaseException) -> str:
     """An exception as one bounded line for the status and the log."""
     text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= _ERROR_CHARS else f"{text[:_ERROR_CHARS]}… ({len(text) - _ERROR_CHARS} chars more)"
+
+
+def _brief_text(text: str) -> str:
     return text if len(text) <= _ERROR_CHARS else f"{text[:_ERROR_CHARS]}… ({len(text) - _ERROR_CHARS} chars more)"
 
 
