@@ -195,10 +195,20 @@ def _status(args: argparse.Namespace) -> int:
     running = logdir.writer_running(directory)
     print(f"log directory: {directory}")
     print(f"segments:      {segments} ({size:,} bytes)")
+    producers = _producers(directory)
+    uris = sorted({p["tracking_uri"] for p in producers if p["tracking_uri"]})
+    print(f"tracking URI:  {', '.join(uris) if uris else '(none recorded in the log)'}")
     if running:
-        print(f"writer:        pid {logdir.writer_pid(directory)}, {status.get('state', 'starting')}")
+        pid = logdir.writer_pid(directory)
+        print(f"writer:        pid {pid}, {status.get('state', 'starting')}")
+        print(f"  stop it:     kill -TERM {pid}   (it drains within its grace period; a second SIGTERM stops it "
+              f"at once, the rest stays in the log for the next writer)")
     else:
         print("writer:        not running (the next traced process starts one)")
+    for p in producers:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p["start_ns"] / 1e9)) if p["start_ns"] else "?"
+        print(f"producer:      pid {p['pid']} started {started}: {'alive' if p['alive'] else 'gone'}, "
+              f"{p['segments']} segment(s) in the log")
     if status:
         age = time.time() - status.get("updated", 0)
         lag = status.get("lag_p99_s")
@@ -207,13 +217,61 @@ def _status(args: argparse.Namespace) -> int:
         print(f"lag (p99):     {'-' if lag is None else f'{lag:.3f} s'}   (status {age:.1f} s old)")
         print(f"dropped:       {status.get('dropped') or 'none'}")
         for pid, p in (status.get("producers") or {}).items():
-            print(f"producer {pid}: pid {p.get('pid')}, {'alive' if p.get('alive') else 'gone'}, "
-                  f"{p.get('segments')} segment(s), {p.get('bytes_pending', 0):,} bytes unread, "
-                  f"{p.get('traces_stored', 0):,} traces stored, open spans {p.get('open_spans', 0)}")
+            print(f"producer {pid} (writer's view): {p.get('segments')} segment(s), "
+                  f"{p.get('bytes_pending', 0):,} bytes unread, {p.get('traces_stored', 0):,} traces stored, "
+                  f"open spans {p.get('open_spans', 0)}")
         for name, message in (status.get("bad_segments") or {}).items():
             print(f"left in place: {name}: {message}")
         print(f"last error:    {status.get('last_error') or 'none'}")
     return 0
+
+
+def _producers(directory: str) -> list[dict]:
+    """Every producer with segments in ``directory``: its pid and start time (from its segment header, so a
+    reused pid is not mistaken for it) and whether it lives, read from the lock it holds on its newest segment
+    while it does (not from the writer's status, which a writer busy retrying updates late)."""
+    import fcntl
+
+    from spanline.pipeline import eventlog
+
+    newest: dict[str, tuple[int, str]] = {}
+    counts: dict[str, int] = {}
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    for name in names:
+        parsed = eventlog.parse_name(name)
+        if parsed is None:
+            continue
+        producer, seq = parsed
+        counts[producer] = counts.get(producer, 0) + 1
+        if producer not in newest or seq > newest[producer][0]:
+            newest[producer] = (seq, name)
+    out = []
+    for producer, (_, name) in sorted(newest.items()):
+        entry = {"id": producer, "pid": None, "start_ns": 0, "tracking_uri": "", "alive": False,
+                 "segments": counts[producer]}
+        try:
+            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            header = eventlog.read_header(fd)
+            if header is not None:
+                entry.update(pid=header.fields.get("pid"), start_ns=header.fields.get("start_ns") or 0,
+                             tracking_uri=header.fields.get("tracking_uri") or "")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            except BlockingIOError:
+                entry["alive"] = True
+        except Exception:
+            pass
+        finally:
+            os.close(fd)
+        out.append(entry)
+    return out
 
 
 def _bench(rest: list[str]) -> int:

@@ -6,6 +6,8 @@ the ``spanline`` logger."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 from helpers import run_script
 from logwriters import stop_writers_under
@@ -28,8 +30,15 @@ def test_last_error_names_the_refused_connection(tmp_path):
     os.makedirs(cache)
     try:
         done = run_script(APP, "http://127.0.0.1:1", {"XDG_CACHE_HOME": cache, "SPANLINE_SHUTDOWN_TIMEOUT": "1"})
+        (log_dir,) = [d for d, _, files in os.walk(cache) if any(f.endswith(".seg") for f in files)]
+        status = subprocess.run([sys.executable, "-m", "spanline.cli", "status", "--log-dir", log_dir],
+                                capture_output=True, text=True, timeout=60).stdout
     finally:
         stop_writers_under(cache)
+    # What `spanline status` says: the URI, the real cause, the exited app as gone, how to stop the writer.
+    assert "tracking URI:  http://127.0.0.1:1" in status, status
+    assert "connection refused" in status, status
+    assert ": gone," in status and "kill -TERM" in status, status
     assert done.returncode == 0, done.stderr[-3000:]
     (line,) = [line for line in done.stdout.splitlines() if line.startswith("LAST_ERROR")]
     assert "cannot reach http://127.0.0.1:1: connection refused" in line, line
