@@ -84,6 +84,7 @@ class Pipeline:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._start_lock = threading.Lock()
+        self._configure_lock = threading.Lock()
         self._flush_requests = 0
         self._atexit_registered = False
         os.register_at_fork(after_in_child=self._after_fork_in_child)
@@ -91,6 +92,9 @@ class Pipeline:
     def _reset_state(self) -> None:
         # The options whose content policy applies to the events drained so far (the call-time policy).
         self._applied = self.options
+        # The options of the last PolicyMarker put on the queue (or the start's): what configure() compares
+        # against. Not ``_applied``: the worker may not have drained the markers posted before this one yet.
+        self._posted = self.options
         self._rewrite = policy.needed(self.options.policy)
         self.assembler = Assembler(self.counters, lambda: self._applied.policy)
         self._pending: list[Unit] = []
@@ -107,6 +111,10 @@ class Pipeline:
     # --- lifecycle (user threads) --------------------------------------------------------------------
 
     def configure(self, options: Options) -> None:
+        with self._configure_lock:  # two threads' calls post their markers in the order they set the options
+            self._configure(options)
+
+    def _configure(self, options: Options) -> None:
         self.options = options
         if options.durability == "memory":
             self._mode = "in_process"
@@ -116,8 +124,10 @@ class Pipeline:
             # The open segment follows the option from the next append on (the worker reads it per append).
             self._log.fsync = options.durability == "fsync"
         self.queue.configure(options.queue_size, options.batch_size, options.on_full == "block")
-        if options.policy != self._applied.policy or options.experiment_id != self._applied.experiment_id:
+        posted = self._posted
+        if options.policy != posted.policy or options.experiment_id != posted.experiment_id:
             # In order with the events: calls made before this keep the policy they were made under.
+            self._posted = options
             self.queue.put_marker(PolicyMarker(options))
 
     def set_sink(self, sink: Callable[[list[Unit]], None]) -> None:
@@ -269,6 +279,7 @@ class Pipeline:
         self._reset_state()
         self._thread = None
         self._start_lock = threading.Lock()
+        self._configure_lock = threading.Lock()
         mp_util = sys.modules.get("multiprocessing.util")
         if mp_util is not None:
             # A multiprocessing worker ends with os._exit, skipping atexit but running multiprocessing's
