@@ -32,6 +32,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import safefs
+
 FORMAT_VERSION = 1
 MAGIC = b"SPNLOG\r\n"
 _HEADER = struct.Struct("<8sHII")
@@ -75,23 +77,23 @@ def segment_name(producer_id: str, seq: int) -> str:
     return f"{producer_id}.{seq:06d}{SUFFIX}"
 
 
+# Exactly what ``segment_name`` writes (``<start ns hex>-<pid>.<seq>.seg``): any other name in the directory
+# (a file name with a newline, a look-alike) is never opened, and so never logged either.
+_NAME = re.compile(r"([0-9a-f]{1,32}-[0-9]{1,10})\.([0-9]{6,12})\.seg")
+
+
 def parse_name(name: str) -> tuple[str, int] | None:
     """``(producer_id, seq)`` of a segment file name, or None for any other file."""
-    if not name.endswith(SUFFIX):
+    match = _NAME.fullmatch(name)
+    if match is None:
         return None
-    stem = name[: -len(SUFFIX)]
-    producer, _, seq = stem.rpartition(".")
-    if not producer or not seq.isdigit():
-        return None
-    return producer, int(seq)
+    return match.group(1), int(match.group(2))
 
 
 def ensure_dir(path: str) -> None:
-    """Create the log directory, private to this user (0700); raise if it cannot be written."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    st = os.stat(path)
-    if st.st_uid == os.getuid() and st.st_mode & 0o077:
-        os.chmod(path, 0o700)
+    """Create the log directory, private to this user (0700); raise if it cannot be written, or if another
+    user owns it or could write to it (``safefs.UnsafeDirectoryError``, a ``PermissionError``)."""
+    safefs.make_private_dirs(path)
     if not os.access(path, os.W_OK | os.X_OK):
         raise PermissionError(f"log directory {path} is not writable")
 
@@ -211,7 +213,8 @@ def read_records(fd: int, offset: int, limit: int = 32 * 1024 * 1024) -> ReadRes
 
 def scan(path: str) -> tuple[Header, ReadResult]:
     """Header and every record of a whole segment file (tests, ``spanline status``, drop accounting)."""
-    fd = os.open(path, os.O_RDONLY)
+    with safefs.opened_dir(os.path.dirname(path) or ".") as dir_fd:
+        fd = safefs.open_in(dir_fd, os.path.basename(path), os.O_RDONLY)
     try:
         header = read_header(fd)
         if header is None:
@@ -222,23 +225,63 @@ def scan(path: str) -> tuple[Header, ReadResult]:
         os.close(fd)
 
 
-def read_checkpoint(segment_path: str) -> int | None:
+def _checkpoint_text(offset: int) -> bytes:
+    return f"{offset} {zlib.crc32(str(offset).encode()):08x}".encode()
+
+
+def parse_checkpoint(data: bytes | None) -> int | None:
+    """The offset a checkpoint file holds: ``<offset> <crc32 of it>`` (or a bare offset, written before
+    the checksum existed); None if it is absent or damaged. Only a hint: see ``valid_checkpoint``."""
+    if not data:
+        return None
     try:
-        with open(segment_path + CHECKPOINT_SUFFIX) as f:
-            return int(f.read().strip() or 0)
-    except (FileNotFoundError, ValueError):
+        parts = data.decode("ascii").split()
+        if not 1 <= len(parts) <= 2 or not parts[0].isdigit() or len(parts[0]) > 20:
+            return None
+        if len(parts) == 2 and int(parts[1], 16) != zlib.crc32(parts[0].encode()):
+            return None
+        return int(parts[0])
+    except (UnicodeDecodeError, ValueError):
         return None
 
 
-def write_checkpoint(segment_path: str, offset: int) -> None:
-    """Record that everything before ``offset`` in this segment is stored (atomic replace)."""
-    tmp = f"{segment_path}{CHECKPOINT_SUFFIX}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, str(offset).encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, segment_path + CHECKPOINT_SUFFIX)
+def valid_checkpoint(fd: int, header: Header, offset: int) -> bool:
+    """Whether ``offset`` can be where reading resumes in the open segment ``fd``: within the file, past its
+    header, and either its end or the start of a whole, valid record. A checkpoint that fails this is
+    damage (or a file of someone's making), and reading starts over from the header: at-least-once."""
+    size = os.fstat(fd).st_size
+    if not header.size <= offset <= size:
+        return False
+    if offset == size or offset == header.size:
+        return True
+    head = os.pread(fd, _RECORD.size, offset)
+    if len(head) < _RECORD.size:
+        return False
+    length = _RECORD.unpack(head)[0]
+    if length > MAX_RECORD or offset + _RECORD.size + length > size:
+        return False
+    return _valid_at(memoryview(os.pread(fd, _RECORD.size + length, offset)), 0) > 0
+
+
+def read_checkpoint(segment_path: str, dir_fd: int | None = None) -> int | None:
+    name = os.path.basename(segment_path) + CHECKPOINT_SUFFIX
+    if dir_fd is None:
+        try:
+            with safefs.opened_dir(os.path.dirname(segment_path) or ".") as fd:
+                return parse_checkpoint(safefs.read_small(fd, name, 64))
+        except OSError:
+            return None
+    return parse_checkpoint(safefs.read_small(dir_fd, name, 64))
+
+
+def write_checkpoint(segment_path: str, offset: int, dir_fd: int | None = None) -> None:
+    """Record that everything before ``offset`` in this segment is stored (atomic replace, no link followed)."""
+    name = os.path.basename(segment_path) + CHECKPOINT_SUFFIX
+    if dir_fd is None:
+        with safefs.opened_dir(os.path.dirname(segment_path) or ".") as fd:
+            safefs.write_replace(fd, name, _checkpoint_text(offset))
+        return
+    safefs.write_replace(dir_fd, name, _checkpoint_text(offset))
 
 
 def remove_segment(path: str) -> None:
@@ -271,7 +314,7 @@ class Appender:
         old_fd = self.fd
         self.seq += 1
         self.path = os.path.join(self.directory, segment_name(self.producer_id, self.seq))
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW, 0o600)
         # Held for the producer's life: the writer reads a free lock on an unsealed segment as "it died".
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         head = encode_header({**self.header, "producer_id": self.producer_id, "seq": self.seq})
@@ -330,9 +373,9 @@ def total_bytes(directory: str) -> tuple[int, int]:
     except FileNotFoundError:
         return 0, 0
     for entry in entries:
-        if entry.name.endswith(SUFFIX):
+        if parse_name(entry.name) is not None:
             try:
-                size += entry.stat().st_size
+                size += entry.stat(follow_symlinks=False).st_size
                 count += 1
             except FileNotFoundError:
                 pass
