@@ -32,7 +32,7 @@ _TRANSIENT = re.compile(
     r"(?i)connection|timed? ?out|timeout|temporar|unavailable|database is locked|database is busy|"
     r"too many requests|max retries|broken pipe|reset by peer|refused|server version|"
     r"\b(?:429|500|502|503|504)\b|disk i/o error|no space left|could not connect|eof occurred|"
-    r"remote end closed|partialwrite"
+    r"remote end closed|partialwrite|disk is full|disk full"
 )
 # Failures that will fail the same way each time for the same unit.
 _PERMANENT = re.compile(

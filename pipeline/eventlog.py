@@ -55,6 +55,28 @@ class BadSegmentError(Exception):
     """A file that is not a segment (bad magic or a corrupt header)."""
 
 
+class PartialAppend(OSError):
+    """An append that failed (a full disk, EIO) after ``events_written`` of its events were written whole;
+    the bytes of the record cut in the middle are cut off the file again, so the segment stays readable."""
+
+    def __init__(self, cause: OSError, events_written: int) -> None:
+        super().__init__(cause.errno, cause.strerror)
+        self.events_written = events_written
+
+
+def whole_records(data: bytes | memoryview, upto: int) -> tuple[int, int]:
+    """(bytes, events) of the whole records at the start of ``data`` that end at or before ``upto``."""
+    pos = events = 0
+    while pos + _RECORD.size <= upto:
+        length, _, kind = _RECORD.unpack_from(data, pos)
+        end = pos + _RECORD.size + length
+        if end > upto:
+            break
+        events += kind == EVENT
+        pos = end
+    return pos, events
+
+
 def frame(kind: int, payload: bytes) -> bytes:
     """One record: length, checksum, kind, payload."""
     return _RECORD.pack(len(payload), zlib.crc32(payload, _KIND_CRC[kind]), kind) + payload
@@ -312,21 +334,34 @@ class Appender:
 
     def _open_next(self) -> None:
         old_fd = self.fd
-        self.seq += 1
-        self.path = os.path.join(self.directory, segment_name(self.producer_id, self.seq))
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        seq = self.seq + 1
+        path = os.path.join(self.directory, segment_name(self.producer_id, seq))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW, 0o600)
         # Held for the producer's life: the writer reads a free lock on an unsealed segment as "it died".
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        head = encode_header({**self.header, "producer_id": self.producer_id, "seq": self.seq})
+        head = encode_header({**self.header, "producer_id": self.producer_id, "seq": seq})
         first = head + (policy_frame(self.policy) if self.policy else b"")
-        os.write(fd, first)
+        try:
+            if os.write(fd, first) != len(first):
+                raise OSError(28, "No space left on device (segment header cut short)")
+        except OSError:
+            # A full disk: no half-made segment left behind (locked by us, it would look like ours for good);
+            # the current one stays open and the next append tries again.
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            os.close(fd)
+            raise
+        self.seq, self.path = seq, path
         if old_fd >= 0:
             # Sealed only once its successor exists and is locked: the newest segment of a live producer is
             # always locked, so the writer never mistakes a rotation for a death.
-            os.write(old_fd, frame(SEAL, json.dumps({"records": self.records}).encode()))
-            if self.fsync:
-                os.fdatasync(old_fd)
-                self.syncs += 1
+            try:
+                os.write(old_fd, frame(SEAL, json.dumps({"records": self.records}).encode()))
+                if self.fsync:
+                    os.fdatasync(old_fd)
+                    self.syncs += 1
+            except OSError:
+                pass  # unsealed: the writer reads it as cut by a rotation once the next one exists
             os.close(old_fd)
         self.fd, self.offset, self.records = fd, len(first), 0
 
@@ -340,15 +375,34 @@ class Appender:
         if self.offset + len(data) > self.segment_bytes and self.records:
             self.rotate()
         view = memoryview(data)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
-        if self.fsync:
-            os.fdatasync(self.fd)  # on disk before the tick that appended it completes
-            self.syncs += 1
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(self.fd, view[written:])
+        except OSError as exc:
+            self._cut_after_failure(data, written, exc)
         self.offset += len(data)
         self.records += records
+        if self.fsync:
+            try:
+                os.fdatasync(self.fd)  # on disk before the tick that appended it completes
+            except OSError as exc:  # written (in the page cache) all the same: nothing counted lost
+                raise PartialAppend(exc, records) from exc
+            self.syncs += 1
         return os.path.basename(self.path), self.offset
+
+    def _cut_after_failure(self, data: bytes, written: int, exc: OSError) -> None:
+        """After a failed write: keep the whole records written, cut the partial one, raise ``PartialAppend``
+        saying how many events made it (only the others are lost)."""
+        keep, events = whole_records(data, written)
+        if keep < written:
+            try:
+                os.ftruncate(self.fd, self.offset + keep)  # shrinking needs no space
+            except OSError:
+                keep, events = written, whole_records(data, written)[1]  # the reader skips the cut record
+        self.offset += keep
+        self.records += events
+        raise PartialAppend(exc, events) from exc
 
     def rotate(self) -> None:
         self._open_next()
