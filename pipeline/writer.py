@@ -319,10 +319,15 @@ class Writer:
         except OSError as exc:  # a link (ELOOP), another user's file, a FIFO: never read
             self._bad(producer, seg, f"not read: {exc.strerror or exc}")
             return False
-        except (eventlog.NewerFormatError, eventlog.BadSegmentError) as exc:
+        except eventlog.NewerFormatError as exc:
             self._bad(producer, seg, str(exc))
             return False
+        except eventlog.BadSegmentError as exc:
+            self._quarantine(producer, seg, str(exc))
+            return False
         if header is None:
+            if self._abandoned(seg):
+                self._quarantine(producer, seg, "segment header incomplete and its producer gone")
             return False
         seg.header = header
         seg.offset = header.size
@@ -332,6 +337,35 @@ class Writer:
                 self.counters, producer.content_policy, producer=header.fields.get("producer") or {}
             )
         return True
+
+    def _abandoned(self, seg: Segment) -> bool:
+        """A segment whose header is incomplete and whose lock nobody holds: its producer died while making it
+        (or it is not a producer's). Seconds of grace: a producer locks its file just after creating it."""
+        try:
+            fcntl.flock(seg.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(seg.fd, fcntl.LOCK_UN)
+        try:
+            st = os.fstat(seg.fd)
+        except OSError:
+            return False
+        return time.time() - st.st_mtime > 5.0
+
+    def _quarantine(self, producer: Producer, seg: Segment, message: str) -> None:
+        """A file with a segment's name that is no segment: renamed aside (``<name>.bad``, a name no writer
+        reads), counted, and not a producer that could still be alive (an --exit-when-idle writer exits)."""
+        name = os.path.basename(seg.path)
+        try:
+            if self.dir_fd >= 0:
+                os.rename(name, name + ".bad", src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+            else:
+                os.rename(seg.path, seg.path + ".bad")
+            where = f"renamed to {name + '.bad'!r}"
+        except OSError as exc:
+            where = f"left in place ({exc.strerror})"
+        self.totals["quarantined"] = self.totals.get("quarantined", 0) + 1
+        self._bad(producer, seg, f"{message}: quarantined, {where}")
 
     def _open_segment(self, path: str) -> int:
         if self.dir_fd < 0:  # a Writer driven directly (tests), not through run()
@@ -395,9 +429,14 @@ class Writer:
                 return read_any
             result = eventlog.read_records(seg.fd, seg.offset, min(budget, _READ_BYTES))
             if result.corrupt:
+                # Bytes that are no record: whose they were is unknown (the producer's own records, or bytes
+                # someone else appended), so they are reported as what they are, with the segment, and not
+                # charged to the producer's drops: a loss of its own shows as its spans' loss (an end without
+                # its start is dropped as orphaned, a start without its end stored unfinished).
                 self.totals["corrupt_records"] += result.corrupt
-                self._drop(producer, DropReason.CORRUPT_RECORD, result.corrupt)
-                self.last_error = f"{os.path.basename(seg.path)}: {result.corrupt} corrupt record(s) skipped"
+                producer.counters["corrupt_records"] = producer.counters.get("corrupt_records", 0) + result.corrupt
+                self.last_error = (f"{os.path.basename(seg.path)!r}: {result.corrupt} corrupt record(s) skipped "
+                                   f"(bytes that are no record of producer {producer.pid}'s: not counted as its loss)")
             self._fold(producer, seg, result.records)
             budget -= result.end - seg.offset
             read_any |= result.end > seg.offset
@@ -441,7 +480,11 @@ class Writer:
         seg.offset = result.end
         if result.partial:
             self._drop(producer, DropReason.TORN_TAIL, 1)
-            self.last_error = f"{os.path.basename(seg.path)}: torn tail skipped (its producer died mid-append)"
+            self.last_error = f"{os.path.basename(seg.path)!r}: torn tail skipped (its producer died mid-append)"
+            # Final: nobody will complete it. What came before is stored, and the segment deleted once it is
+            # (a record claiming 200 MiB with 12 present was otherwise re-read every round, for ever).
+            seg.offset = max(seg.offset, _size(seg))
+            seg.sealed = True
         producer.dead = True
         if producer.assembler is not None:
             producer.assembler.close_all()
