@@ -39,6 +39,7 @@ MAGIC = b"SPNLOG\r\n"
 _HEADER = struct.Struct("<8sHII")
 _RECORD = struct.Struct("<IIB")
 MAX_RECORD = 256 * 1024 * 1024  # larger lengths can only be corruption
+_MAX_HEADER = 1024 * 1024  # a header is a few hundred bytes of JSON
 
 EVENT, POLICY, TICK, SEAL = b"E"[0], b"P"[0], b"T"[0], b"Z"[0]
 _KINDS = (EVENT, POLICY, TICK, SEAL)
@@ -149,12 +150,39 @@ def read_header(fd: int) -> Header | None:
             f"segment format version {version} is newer than this spanline's ({FORMAT_VERSION}): "
             "upgrade spanline to store it; the file is left in place"
         )
+    if length > _MAX_HEADER:
+        raise BadSegmentError(f"segment header claims {length} bytes")
     body = os.pread(fd, length, _HEADER.size)
     if len(body) < length:
         return None
     if zlib.crc32(body) != crc:
         raise BadSegmentError("segment header checksum mismatch")
-    return Header(version, json.loads(body), _HEADER.size + length)
+    try:
+        fields = json.loads(body)
+    except ValueError:
+        raise BadSegmentError("segment header is not JSON") from None
+    if not isinstance(fields, dict):
+        raise BadSegmentError("segment header is not a JSON object")
+    return Header(version, _typed_header(fields), _HEADER.size + length)
+
+
+_HEADER_TYPES: dict[str, type | tuple[type, ...]] = {
+    "pid": int, "start_ns": int, "host": str, "producer": dict, "tracking_uri": str, "cwd": str,
+    "experiment": str, "max_log_bytes": int, "producer_id": str, "seq": int,
+}
+
+
+def _typed_header(fields: dict[str, Any]) -> dict[str, Any]:
+    """The header's known fields of the types a producer writes (others dropped): a header that passes its
+    checksum but was made by someone else cannot make the writer fail on a field's type."""
+    out = {}
+    for key, value in fields.items():
+        kind = _HEADER_TYPES.get(key)
+        if kind is not None and isinstance(value, kind) and not isinstance(value, bool):
+            if key == "producer":
+                value = {str(k): v for k, v in value.items() if isinstance(v, str)}
+            out[key] = value
+    return out
 
 
 @dataclass

@@ -416,7 +416,7 @@ class Writer:
         result = eventlog.read_records(start.fd, start.offset, max(0, offset - start.offset))
         for _, kind, payload in result.records:
             if kind == eventlog.POLICY:
-                producer.policy = json.loads(payload)
+                producer.policy = _policy(payload, producer.policy)
         start.offset = max(start.offset, offset)
         producer.done = (start.seq, start.offset)
 
@@ -512,7 +512,7 @@ class Writer:
             elif kind == eventlog.POLICY:
                 # Units completed so far go where the policy in force until now sends them.
                 self.unwritten.extend(self._place(producer, u) for u in assembler.take())
-                producer.policy = json.loads(payload)
+                producer.policy = _policy(payload, producer.policy)
             elif kind == eventlog.TICK and not producer.oldest_tick_ns:
                 producer.oldest_tick_ns = int.from_bytes(payload, "little", signed=True)
             elif kind == eventlog.SEAL:
@@ -869,3 +869,19 @@ class OneLineFormatter(logging.Formatter):
             text = text.replace(message, message.replace("\n", "\\n"), 1)
             return text.replace("\n", "\n    | ")  # the traceback's own lines, marked as its continuation
         return text.replace("\n", "\\n")
+
+
+_POLICY_TYPES = {"capture_content": str, "max_content_bytes": int, "experiment_id": str}
+
+
+def _policy(payload: bytes, current: dict[str, Any]) -> dict[str, Any]:
+    """A policy record's content, with only the keys and types a producer writes; a record that is not one
+    (damage that kept its checksum, or bytes of someone's making) leaves the policy in force unchanged."""
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        return current
+    if not isinstance(value, dict):
+        return current
+    return {k: v for k, v in value.items() if k in _POLICY_TYPES and isinstance(v, _POLICY_TYPES[k])
+            and not isinstance(v, bool)}
