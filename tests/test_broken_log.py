@@ -4,8 +4,10 @@ The writer stores what can be stored, says what it could not, and never spins or
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -182,3 +184,39 @@ def test_a_checkpoint_is_written_with_its_checksum_and_read_back():
     assert eventlog.parse_checkpoint(b"1234") == 1234  # written before the checksum existed
     assert eventlog.parse_checkpoint(b"1234 00000000") is None
     assert eventlog.parse_checkpoint(b"-5") is None and eventlog.parse_checkpoint(b"9" * 40) is None
+
+
+def _processes_under(root: str) -> list[int]:
+    """Pids of processes whose command line names a path under ``root`` (a writer's ``--log-dir``)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except OSError:
+                continue
+            if root.encode() in cmdline:
+                found.append(int(entry))
+    return found
+
+
+def test_spanline_bench_leaves_no_process_behind(tmp_path):
+    """The bench deletes its work directory at the end; a writer it started there (an --exit-when-idle one,
+    or one still draining) sees its directory gone and exits, instead of running on for hours."""
+    root = str(tmp_path / "tmp")
+    os.makedirs(root)
+    env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": "", "TMPDIR": root}
+    try:
+        done = subprocess.run([sys.executable, "-m", "spanline.bench", "--smoke", "--scenarios", "S5",
+                               "--no-progress", "--out", str(tmp_path / "out")],
+                              env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        deadline = time.monotonic() + 60  # generous: a writer checks its directory about once a second
+        while _processes_under(root) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _processes_under(root) == [], "a process of the bench outlived it"
+    finally:
+        for pid in _processes_under(root):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
