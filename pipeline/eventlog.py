@@ -32,11 +32,14 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import safefs
+
 FORMAT_VERSION = 1
 MAGIC = b"SPNLOG\r\n"
 _HEADER = struct.Struct("<8sHII")
 _RECORD = struct.Struct("<IIB")
 MAX_RECORD = 256 * 1024 * 1024  # larger lengths can only be corruption
+_MAX_HEADER = 1024 * 1024  # a header is a few hundred bytes of JSON
 
 EVENT, POLICY, TICK, SEAL = b"E"[0], b"P"[0], b"T"[0], b"Z"[0]
 _KINDS = (EVENT, POLICY, TICK, SEAL)
@@ -51,6 +54,28 @@ class NewerFormatError(Exception):
 
 class BadSegmentError(Exception):
     """A file that is not a segment (bad magic or a corrupt header)."""
+
+
+class PartialAppend(OSError):
+    """An append that failed (a full disk, EIO) after ``events_written`` of its events were written whole;
+    the bytes of the record cut in the middle are cut off the file again, so the segment stays readable."""
+
+    def __init__(self, cause: OSError, events_written: int) -> None:
+        super().__init__(cause.errno, cause.strerror)
+        self.events_written = events_written
+
+
+def whole_records(data: bytes | memoryview, upto: int) -> tuple[int, int]:
+    """(bytes, events) of the whole records at the start of ``data`` that end at or before ``upto``."""
+    pos = events = 0
+    while pos + _RECORD.size <= upto:
+        length, _, kind = _RECORD.unpack_from(data, pos)
+        end = pos + _RECORD.size + length
+        if end > upto:
+            break
+        events += kind == EVENT
+        pos = end
+    return pos, events
 
 
 def frame(kind: int, payload: bytes) -> bytes:
@@ -75,23 +100,23 @@ def segment_name(producer_id: str, seq: int) -> str:
     return f"{producer_id}.{seq:06d}{SUFFIX}"
 
 
+# Exactly what ``segment_name`` writes (``<start ns hex>-<pid>.<seq>.seg``): any other name in the directory
+# (a file name with a newline, a look-alike) is never opened, and so never logged either.
+_NAME = re.compile(r"([0-9a-f]{1,32}-[0-9]{1,10})\.([0-9]{6,12})\.seg")
+
+
 def parse_name(name: str) -> tuple[str, int] | None:
     """``(producer_id, seq)`` of a segment file name, or None for any other file."""
-    if not name.endswith(SUFFIX):
+    match = _NAME.fullmatch(name)
+    if match is None:
         return None
-    stem = name[: -len(SUFFIX)]
-    producer, _, seq = stem.rpartition(".")
-    if not producer or not seq.isdigit():
-        return None
-    return producer, int(seq)
+    return match.group(1), int(match.group(2))
 
 
 def ensure_dir(path: str) -> None:
-    """Create the log directory, private to this user (0700); raise if it cannot be written."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    st = os.stat(path)
-    if st.st_uid == os.getuid() and st.st_mode & 0o077:
-        os.chmod(path, 0o700)
+    """Create the log directory, private to this user (0700); raise if it cannot be written, or if another
+    user owns it or could write to it (``safefs.UnsafeDirectoryError``, a ``PermissionError``)."""
+    safefs.make_private_dirs(path)
     if not os.access(path, os.W_OK | os.X_OK):
         raise PermissionError(f"log directory {path} is not writable")
 
@@ -125,12 +150,39 @@ def read_header(fd: int) -> Header | None:
             f"segment format version {version} is newer than this spanline's ({FORMAT_VERSION}): "
             "upgrade spanline to store it; the file is left in place"
         )
+    if length > _MAX_HEADER:
+        raise BadSegmentError(f"segment header claims {length} bytes")
     body = os.pread(fd, length, _HEADER.size)
     if len(body) < length:
         return None
     if zlib.crc32(body) != crc:
         raise BadSegmentError("segment header checksum mismatch")
-    return Header(version, json.loads(body), _HEADER.size + length)
+    try:
+        fields = json.loads(body)
+    except ValueError:
+        raise BadSegmentError("segment header is not JSON") from None
+    if not isinstance(fields, dict):
+        raise BadSegmentError("segment header is not a JSON object")
+    return Header(version, _typed_header(fields), _HEADER.size + length)
+
+
+_HEADER_TYPES: dict[str, type | tuple[type, ...]] = {
+    "pid": int, "start_ns": int, "host": str, "producer": dict, "tracking_uri": str, "cwd": str,
+    "experiment": str, "max_log_bytes": int, "producer_id": str, "seq": int,
+}
+
+
+def _typed_header(fields: dict[str, Any]) -> dict[str, Any]:
+    """The header's known fields of the types a producer writes (others dropped): a header that passes its
+    checksum but was made by someone else cannot make the writer fail on a field's type."""
+    out = {}
+    for key, value in fields.items():
+        kind = _HEADER_TYPES.get(key)
+        if kind is not None and isinstance(value, kind) and not isinstance(value, bool):
+            if key == "producer":
+                value = {str(k): v for k, v in value.items() if isinstance(v, str)}
+            out[key] = value
+    return out
 
 
 @dataclass
@@ -211,7 +263,8 @@ def read_records(fd: int, offset: int, limit: int = 32 * 1024 * 1024) -> ReadRes
 
 def scan(path: str) -> tuple[Header, ReadResult]:
     """Header and every record of a whole segment file (tests, ``spanline status``, drop accounting)."""
-    fd = os.open(path, os.O_RDONLY)
+    with safefs.opened_dir(os.path.dirname(path) or ".") as dir_fd:
+        fd = safefs.open_in(dir_fd, os.path.basename(path), os.O_RDONLY)
     try:
         header = read_header(fd)
         if header is None:
@@ -222,23 +275,63 @@ def scan(path: str) -> tuple[Header, ReadResult]:
         os.close(fd)
 
 
-def read_checkpoint(segment_path: str) -> int | None:
+def _checkpoint_text(offset: int) -> bytes:
+    return f"{offset} {zlib.crc32(str(offset).encode()):08x}".encode()
+
+
+def parse_checkpoint(data: bytes | None) -> int | None:
+    """The offset a checkpoint file holds: ``<offset> <crc32 of it>`` (or a bare offset, written before
+    the checksum existed); None if it is absent or damaged. Only a hint: see ``valid_checkpoint``."""
+    if not data:
+        return None
     try:
-        with open(segment_path + CHECKPOINT_SUFFIX) as f:
-            return int(f.read().strip() or 0)
-    except (FileNotFoundError, ValueError):
+        parts = data.decode("ascii").split()
+        if not 1 <= len(parts) <= 2 or not parts[0].isdigit() or len(parts[0]) > 20:
+            return None
+        if len(parts) == 2 and int(parts[1], 16) != zlib.crc32(parts[0].encode()):
+            return None
+        return int(parts[0])
+    except (UnicodeDecodeError, ValueError):
         return None
 
 
-def write_checkpoint(segment_path: str, offset: int) -> None:
-    """Record that everything before ``offset`` in this segment is stored (atomic replace)."""
-    tmp = f"{segment_path}{CHECKPOINT_SUFFIX}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, str(offset).encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, segment_path + CHECKPOINT_SUFFIX)
+def valid_checkpoint(fd: int, header: Header, offset: int) -> bool:
+    """Whether ``offset`` can be where reading resumes in the open segment ``fd``: within the file, past its
+    header, and either its end or the start of a whole, valid record. A checkpoint that fails this is
+    damage (or a file of someone's making), and reading starts over from the header: at-least-once."""
+    size = os.fstat(fd).st_size
+    if not header.size <= offset <= size:
+        return False
+    if offset == size or offset == header.size:
+        return True
+    head = os.pread(fd, _RECORD.size, offset)
+    if len(head) < _RECORD.size:
+        return False
+    length = _RECORD.unpack(head)[0]
+    if length > MAX_RECORD or offset + _RECORD.size + length > size:
+        return False
+    return _valid_at(memoryview(os.pread(fd, _RECORD.size + length, offset)), 0) > 0
+
+
+def read_checkpoint(segment_path: str, dir_fd: int | None = None) -> int | None:
+    name = os.path.basename(segment_path) + CHECKPOINT_SUFFIX
+    if dir_fd is None:
+        try:
+            with safefs.opened_dir(os.path.dirname(segment_path) or ".") as fd:
+                return parse_checkpoint(safefs.read_small(fd, name, 64))
+        except OSError:
+            return None
+    return parse_checkpoint(safefs.read_small(dir_fd, name, 64))
+
+
+def write_checkpoint(segment_path: str, offset: int, dir_fd: int | None = None) -> None:
+    """Record that everything before ``offset`` in this segment is stored (atomic replace, no link followed)."""
+    name = os.path.basename(segment_path) + CHECKPOINT_SUFFIX
+    if dir_fd is None:
+        with safefs.opened_dir(os.path.dirname(segment_path) or ".") as fd:
+            safefs.write_replace(fd, name, _checkpoint_text(offset))
+        return
+    safefs.write_replace(dir_fd, name, _checkpoint_text(offset))
 
 
 def remove_segment(path: str) -> None:
@@ -269,21 +362,34 @@ class Appender:
 
     def _open_next(self) -> None:
         old_fd = self.fd
-        self.seq += 1
-        self.path = os.path.join(self.directory, segment_name(self.producer_id, self.seq))
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        seq = self.seq + 1
+        path = os.path.join(self.directory, segment_name(self.producer_id, seq))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW, 0o600)
         # Held for the producer's life: the writer reads a free lock on an unsealed segment as "it died".
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        head = encode_header({**self.header, "producer_id": self.producer_id, "seq": self.seq})
+        head = encode_header({**self.header, "producer_id": self.producer_id, "seq": seq})
         first = head + (policy_frame(self.policy) if self.policy else b"")
-        os.write(fd, first)
+        try:
+            if os.write(fd, first) != len(first):
+                raise OSError(28, "No space left on device (segment header cut short)")
+        except OSError:
+            # A full disk: no half-made segment left behind (locked by us, it would look like ours for good);
+            # the current one stays open and the next append tries again.
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            os.close(fd)
+            raise
+        self.seq, self.path = seq, path
         if old_fd >= 0:
             # Sealed only once its successor exists and is locked: the newest segment of a live producer is
             # always locked, so the writer never mistakes a rotation for a death.
-            os.write(old_fd, frame(SEAL, json.dumps({"records": self.records}).encode()))
-            if self.fsync:
-                os.fdatasync(old_fd)
-                self.syncs += 1
+            try:
+                os.write(old_fd, frame(SEAL, json.dumps({"records": self.records}).encode()))
+                if self.fsync:
+                    os.fdatasync(old_fd)
+                    self.syncs += 1
+            except OSError:
+                pass  # unsealed: the writer reads it as cut by a rotation once the next one exists
             os.close(old_fd)
         self.fd, self.offset, self.records = fd, len(first), 0
 
@@ -297,15 +403,34 @@ class Appender:
         if self.offset + len(data) > self.segment_bytes and self.records:
             self.rotate()
         view = memoryview(data)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
-        if self.fsync:
-            os.fdatasync(self.fd)  # on disk before the tick that appended it completes
-            self.syncs += 1
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(self.fd, view[written:])
+        except OSError as exc:
+            self._cut_after_failure(data, written, exc)
         self.offset += len(data)
         self.records += records
+        if self.fsync:
+            try:
+                os.fdatasync(self.fd)  # on disk before the tick that appended it completes
+            except OSError as exc:  # written (in the page cache) all the same: nothing counted lost
+                raise PartialAppend(exc, records) from exc
+            self.syncs += 1
         return os.path.basename(self.path), self.offset
+
+    def _cut_after_failure(self, data: bytes, written: int, exc: OSError) -> None:
+        """After a failed write: keep the whole records written, cut the partial one, raise ``PartialAppend``
+        saying how many events made it (only the others are lost)."""
+        keep, events = whole_records(data, written)
+        if keep < written:
+            try:
+                os.ftruncate(self.fd, self.offset + keep)  # shrinking needs no space
+            except OSError:
+                keep, events = written, whole_records(data, written)[1]  # the reader skips the cut record
+        self.offset += keep
+        self.records += events
+        raise PartialAppend(exc, events) from exc
 
     def rotate(self) -> None:
         self._open_next()
@@ -330,9 +455,9 @@ def total_bytes(directory: str) -> tuple[int, int]:
     except FileNotFoundError:
         return 0, 0
     for entry in entries:
-        if entry.name.endswith(SUFFIX):
+        if parse_name(entry.name) is not None:
             try:
-                size += entry.stat().st_size
+                size += entry.stat(follow_symlinks=False).st_size
                 count += 1
             except FileNotFoundError:
                 pass

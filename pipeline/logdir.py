@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import socket
 import sys
@@ -28,6 +29,10 @@ import tempfile
 import threading
 import time
 from typing import Any
+
+from . import safefs
+
+logger = logging.getLogger("spanline")
 
 LOCK = "writer.lock"
 STATUS = "status.json"
@@ -57,17 +62,32 @@ def resolved_tracking_uri() -> str:
     return absolute_uri(mlflow.get_tracking_uri())
 
 
+_fallback_dirs: dict[str, str] = {}  # tracking URI -> this process's private fallback directory
+_fallback_lock = threading.Lock()
+
+
 def default_dir(tracking_uri: str) -> str:
+    """The user's cache directory for this store; when that cannot be used (unwritable, or not private: owned
+    by another user or writable by others), a fresh private directory of this process's (``mkdtemp``), never
+    a predictable path in a shared temp directory, where another user could have prepared it (issue 25)."""
     key = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     candidate = os.path.join(base, "spanline", key)
     try:
-        os.makedirs(candidate, mode=0o700, exist_ok=True)
+        safefs.make_private_dirs(candidate)
         if os.access(candidate, os.W_OK | os.X_OK):
             return candidate
-    except OSError:
-        pass
-    return os.path.join(tempfile.gettempdir(), f"spanline-{os.getuid()}", key)
+        reason: str = "not writable"
+    except OSError as exc:
+        reason = str(exc)
+    with _fallback_lock:
+        fallback = _fallback_dirs.get(tracking_uri)
+        if fallback is None or not os.path.isdir(fallback):
+            fallback = _fallback_dirs[tracking_uri] = tempfile.mkdtemp(prefix=f"spanline-{key}-")
+            # Once per store and process: its traces are not shared with other processes' through this one.
+            logger.warning("spanline: the log directory %r cannot be used (%s); using the private directory %r",
+                           candidate, reason, fallback)
+    return fallback
 
 
 def socket_path(directory: str) -> str:
@@ -80,16 +100,22 @@ def socket_path(directory: str) -> str:
 
 def read_status(directory: str) -> dict[str, Any]:
     try:
-        with open(os.path.join(directory, STATUS)) as f:
-            return json.load(f)
+        with safefs.opened_dir(directory) as dir_fd:
+            data = safefs.read_small(dir_fd, STATUS, 64 << 20)
+        return json.loads(data) if data else {}
     except (OSError, ValueError):
         return {}
+
+
+def _open_lock(directory: str) -> int:
+    with safefs.opened_dir(directory) as dir_fd:
+        return safefs.open_in(dir_fd, LOCK, os.O_RDWR | os.O_CREAT)
 
 
 def writer_running(directory: str) -> bool:
     """Whether a writer holds the directory's lock (one non-blocking ``flock`` attempt)."""
     try:
-        fd = os.open(os.path.join(directory, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+        fd = _open_lock(directory)
     except OSError:
         return False
     try:
@@ -103,8 +129,8 @@ def writer_running(directory: str) -> bool:
 
 def writer_pid(directory: str) -> int | None:
     try:
-        with open(os.path.join(directory, LOCK)) as f:
-            text = f.read().strip()
+        with safefs.opened_dir(directory) as dir_fd:
+            text = (safefs.read_small(dir_fd, LOCK, 64) or b"").strip()
         return int(text) if text else None
     except (OSError, ValueError):
         return None
@@ -134,20 +160,26 @@ def ensure_writer(directory: str) -> bool:
         _reap()
         if directory in _spawned or writer_running(directory):
             return False  # ours is still starting (or running), or another holds the lock
-        log = os.path.join(directory, WRITER_LOG)
-        # posix_spawn, not subprocess: no Popen object to outlive (and warn about) at exit; its own session,
-        # so it outlives the application and no signal of the application's terminal reaches it.
-        pid = os.posix_spawn(
-            sys.executable,
-            [sys.executable, "-m", "spanline.writer", "--log-dir", directory, "--exit-when-idle"],
-            os.environ,
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_OPEN, 1, log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
-                (os.POSIX_SPAWN_DUP2, 1, 2),
-            ],
-            setsid=True,
-        )
+        # Opened here, through the checked directory and never through a link, and handed to the child: a
+        # path given to posix_spawn would be opened by the child following links.
+        with safefs.opened_dir(directory) as dir_fd:
+            log_fd = safefs.open_in(dir_fd, WRITER_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            # posix_spawn, not subprocess: no Popen object to outlive (and warn about) at exit; its own
+            # session, so it outlives the application and no signal of the application's terminal reaches it.
+            pid = os.posix_spawn(
+                sys.executable,
+                [sys.executable, "-m", "spanline.writer", "--log-dir", directory, "--exit-when-idle"],
+                os.environ,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                    (os.POSIX_SPAWN_DUP2, log_fd, 2),
+                ],
+                setsid=True,
+            )
+        finally:
+            os.close(log_fd)
         _spawned[directory] = pid
         return True
 
@@ -205,7 +237,7 @@ def _read_line(sock: socket.socket) -> bytes:
 @contextlib.contextmanager
 def held_lock(directory: str):
     """The writer's lock: yields True if this process now holds it (kept until the block ends)."""
-    fd = os.open(os.path.join(directory, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    fd = _open_lock(directory)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

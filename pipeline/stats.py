@@ -33,6 +33,7 @@ class DropReason:
     LOG_FULL = "log_full"  # oldest segments dropped past max_log_bytes
     CORRUPT_RECORD = "corrupt_record"  # a record whose checksum did not match
     TORN_TAIL = "torn_tail"  # a producer died mid-append
+    DEAD_LETTER = "dead_letter"  # refused by the store for good: set aside, `spanline replay-dead-letters`
 
 
 @dataclass(frozen=True)

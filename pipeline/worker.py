@@ -508,7 +508,10 @@ class Pipeline:
                 else:
                     segment, offset = os.path.basename(log.path), log.offset
             except OSError as exc:
-                counters.drop(DropReason.LOG_ERROR, n)
+                # A full disk: only the events not written whole are lost (a partial append keeps its whole
+                # records, and the writer stores them).
+                written = exc.events_written if isinstance(exc, eventlog.PartialAppend) else 0
+                counters.drop(DropReason.LOG_ERROR, n - written)
                 report_internal_error(counters, "log append", exc)
                 segment, offset = os.path.basename(log.path), log.offset
             if marker is not None:

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import eventlog, events, logdir
+from . import deadletter, eventlog, events, logdir, safefs
 from .assembler import Assembler, Unit
 from .convert import ContentPolicy
 from .stats import Counters, DropReason
@@ -50,6 +50,7 @@ _STATUS_EVERY = 0.5
 _BACKOFF_CAP = 2.0
 # An automatic writer retrying a failing store with no producer alive exits after this long (the log is kept).
 _ORPHANED_EXIT = 300.0
+_DIR_CHECK_EVERY = 1.0
 
 
 @dataclass
@@ -126,15 +127,26 @@ class Writer:
         self.state = "starting"
         self._owner: dict[int, Producer] = {}  # id(unit) -> its producer, while the unit is unwritten
         self.finished_producers: dict[str, dict[str, Any]] = {}  # their counters, for late flush answers
+        self.dir_fd = -1  # the log directory, opened (and checked) by run()
+        self._dir_checked = 0.0
+        self.file_errors: dict[str, str] = {}  # what of its own the writer cannot write now (a full disk)
+        self.dead_letter_errors: dict[str, int] = {}  # error -> units set aside for it
 
     # --- the loop ----------------------------------------------------------------------------------------
 
     def run(self) -> int:
         eventlog.ensure_dir(self.directory)
-        with logdir.held_lock(self.directory) as held:
-            if not held:
-                return self._run_as_client()
-            return self._serve()
+        # Every file of the directory is opened relative to this descriptor, never through a link: the
+        # directory checked (owned by us, writable by no one else) is the one used for the writer's life.
+        self.dir_fd = safefs.open_dir(self.directory)
+        try:
+            with logdir.held_lock(self.directory) as held:
+                if not held:
+                    return self._run_as_client()
+                return self._serve()
+        finally:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
 
     def _run_as_client(self) -> int:
         if not self.once:
@@ -165,7 +177,7 @@ class Writer:
                 self._serve_requests(server, self._next_wait())
                 progressed = self._progressed = self.round()
                 self._write_status()
-                if self._should_exit(progressed):
+                if self._should_exit(progressed) or self._directory_gone():
                     return 0
         finally:
             self.state = "stopped"
@@ -177,6 +189,20 @@ class Writer:
             server.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+    def _directory_gone(self) -> bool:
+        """Whether the log directory was deleted or replaced under the writer (checked about once a second):
+        then nothing it holds is anyone's any more, and a writer left running would hold deleted files and
+        the store open for ever (a bench's writers outlived their directories by hours)."""
+        now = time.monotonic()
+        if self.dir_fd < 0 or now - self._dir_checked < _DIR_CHECK_EVERY:
+            return False
+        self._dir_checked = now
+        if safefs.same_dir(self.dir_fd, self.directory):
+            return False
+        logger.warning("spanline writer: the log directory %r was deleted or replaced; exiting", self.directory)
+        self.state = "directory gone"
+        return True
 
     def _next_wait(self) -> float:
         if self.unwritten:
@@ -300,7 +326,7 @@ class Writer:
                 continue  # an old one we already finished (deleted meanwhile) — never re-read
             producer.segments.append(Segment(os.path.join(self.directory, name), seq))
             producer.segments.sort(key=lambda s: s.seq)
-        for producer in self.producers.values():
+        for producer in list(self.producers.values()):
             self._resume(producer)
             current = self._current(producer)
             if current is not None:
@@ -312,14 +338,22 @@ class Writer:
             return True
         try:
             if seg.fd < 0:
-                seg.fd = os.open(seg.path, os.O_RDONLY)
+                seg.fd = self._open_segment(seg.path)
             header = eventlog.read_header(seg.fd)
         except FileNotFoundError:
             return False
-        except (eventlog.NewerFormatError, eventlog.BadSegmentError) as exc:
+        except OSError as exc:  # a link (ELOOP), another user's file, a FIFO: never read
+            self._bad(producer, seg, f"not read: {exc.strerror or exc}")
+            return False
+        except eventlog.NewerFormatError as exc:
             self._bad(producer, seg, str(exc))
             return False
+        except eventlog.BadSegmentError as exc:
+            self._quarantine(producer, seg, str(exc))
+            return False
         if header is None:
+            if self._abandoned(seg):
+                self._quarantine(producer, seg, "segment header incomplete and its producer gone")
             return False
         seg.header = header
         seg.offset = header.size
@@ -330,20 +364,60 @@ class Writer:
             )
         return True
 
+    def _abandoned(self, seg: Segment) -> bool:
+        """A segment whose header is incomplete and whose lock nobody holds: its producer died while making it
+        (or it is not a producer's). Seconds of grace: a producer locks its file just after creating it."""
+        try:
+            fcntl.flock(seg.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(seg.fd, fcntl.LOCK_UN)
+        try:
+            st = os.fstat(seg.fd)
+        except OSError:
+            return False
+        return time.time() - st.st_mtime > 5.0
+
+    def _quarantine(self, producer: Producer, seg: Segment, message: str) -> None:
+        """A file with a segment's name that is no segment: renamed aside (``<name>.bad``, a name no writer
+        reads), counted, and not a producer that could still be alive (an --exit-when-idle writer exits)."""
+        name = os.path.basename(seg.path)
+        try:
+            if self.dir_fd >= 0:
+                os.rename(name, name + ".bad", src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+            else:
+                os.rename(seg.path, seg.path + ".bad")
+            where = f"renamed to {name + '.bad'!r}"
+        except OSError as exc:
+            where = f"left in place ({exc.strerror})"
+        self.totals["quarantined"] = self.totals.get("quarantined", 0) + 1
+        self._bad(producer, seg, f"{message}: quarantined, {where}")
+
+    def _open_segment(self, path: str) -> int:
+        if self.dir_fd < 0:  # a Writer driven directly (tests), not through run()
+            return safefs.open_in_path(path, os.O_RDONLY)
+        return safefs.open_in(self.dir_fd, os.path.basename(path), os.O_RDONLY)
+
     def _bad(self, producer: Producer, seg: Segment, message: str) -> None:
         name = os.path.basename(seg.path)
         self.bad_segments[name] = message
         self.last_error = f"{name}: {message}"
-        logger.error("spanline writer: %s left in place: %s", name, message)
+        logger.error("spanline writer: %r left in place: %s", name, message)
         if seg.fd >= 0:
             os.close(seg.fd)
+            seg.fd = -1
         producer.segments.remove(seg)
+        if not producer.segments and producer.assembler is None:
+            # Nothing of it was ever readable: not a producer that could still be alive (an --exit-when-idle
+            # writer would otherwise wait for it forever).
+            self.producers.pop(producer.pid, None)
 
     def _resume(self, producer: Producer) -> None:
         """On first sight of a producer: continue from its checkpoint, skipping what is stored."""
         if producer.done != (-1, 0) or not producer.segments:
             return
-        checkpointed = [s for s in producer.segments if eventlog.read_checkpoint(s.path) is not None]
+        dfd = self._dfd()
+        checkpointed = [s for s in producer.segments if eventlog.read_checkpoint(s.path, dfd) is not None]
         if not checkpointed:
             first = producer.segments[0]
             producer.done = (first.seq, 0)
@@ -354,12 +428,21 @@ class Writer:
             producer.segments.remove(seg)
         if not self._open(producer, start):
             return
-        offset = eventlog.read_checkpoint(start.path) or start.offset
+        offset = eventlog.read_checkpoint(start.path, dfd) or start.offset
+        assert start.header is not None
+        if not eventlog.valid_checkpoint(start.fd, start.header, offset):
+            # A hint that does not fit its segment (past its end, inside the header, not on a record): read
+            # the segment from the start instead; what is stored already is stored again, once (idempotent).
+            name = os.path.basename(start.path)
+            self.totals["bad_checkpoints"] = self.totals.get("bad_checkpoints", 0) + 1
+            self.last_error = f"{name!r}: checkpoint {offset} does not fit the segment; read from its start"
+            logger.warning("spanline writer: %s", self.last_error)
+            offset = start.offset
         # The policy in force at the checkpoint: the segment's policy records before it.
         result = eventlog.read_records(start.fd, start.offset, max(0, offset - start.offset))
         for _, kind, payload in result.records:
             if kind == eventlog.POLICY:
-                producer.policy = json.loads(payload)
+                producer.policy = _policy(payload, producer.policy)
         start.offset = max(start.offset, offset)
         producer.done = (start.seq, start.offset)
 
@@ -372,9 +455,14 @@ class Writer:
                 return read_any
             result = eventlog.read_records(seg.fd, seg.offset, min(budget, _READ_BYTES))
             if result.corrupt:
+                # Bytes that are no record: whose they were is unknown (the producer's own records, or bytes
+                # someone else appended), so they are reported as what they are, with the segment, and not
+                # charged to the producer's drops: a loss of its own shows as its spans' loss (an end without
+                # its start is dropped as orphaned, a start without its end stored unfinished).
                 self.totals["corrupt_records"] += result.corrupt
-                self._drop(producer, DropReason.CORRUPT_RECORD, result.corrupt)
-                self.last_error = f"{os.path.basename(seg.path)}: {result.corrupt} corrupt record(s) skipped"
+                producer.counters["corrupt_records"] = producer.counters.get("corrupt_records", 0) + result.corrupt
+                self.last_error = (f"{os.path.basename(seg.path)!r}: {result.corrupt} corrupt record(s) skipped "
+                                   f"(bytes that are no record of producer {producer.pid}'s: not counted as its loss)")
             self._fold(producer, seg, result.records)
             budget -= result.end - seg.offset
             read_any |= result.end > seg.offset
@@ -418,7 +506,11 @@ class Writer:
         seg.offset = result.end
         if result.partial:
             self._drop(producer, DropReason.TORN_TAIL, 1)
-            self.last_error = f"{os.path.basename(seg.path)}: torn tail skipped (its producer died mid-append)"
+            self.last_error = f"{os.path.basename(seg.path)!r}: torn tail skipped (its producer died mid-append)"
+            # Final: nobody will complete it. What came before is stored, and the segment deleted once it is
+            # (a record claiming 200 MiB with 12 present was otherwise re-read every round, for ever).
+            seg.offset = max(seg.offset, _size(seg))
+            seg.sealed = True
         producer.dead = True
         if producer.assembler is not None:
             producer.assembler.close_all()
@@ -446,7 +538,7 @@ class Writer:
             elif kind == eventlog.POLICY:
                 # Units completed so far go where the policy in force until now sends them.
                 self.unwritten.extend(self._place(producer, u) for u in assembler.take())
-                producer.policy = json.loads(payload)
+                producer.policy = _policy(payload, producer.policy)
             elif kind == eventlog.TICK and not producer.oldest_tick_ns:
                 producer.oldest_tick_ns = int.from_bytes(payload, "little", signed=True)
             elif kind == eventlog.SEAL:
@@ -459,7 +551,12 @@ class Writer:
         uri = unit.tracking_uri or header.get("tracking_uri", "")
         unit.tracking_uri = logdir.absolute_uri(uri, header.get("cwd")) if uri else ""
         if not (unit.experiment and unit.spans[0].in_mlflow_trace):
-            unit.experiment = producer.policy.get("experiment_id") or unit.experiment or header.get("experiment", "")
+            # The header's experiment is an id of the header's store: never sent to another store (a process
+            # that switched its tracking URI mid-run), where it names nothing, or some other experiment.
+            own = header.get("tracking_uri", "")
+            same_store = not own or unit.tracking_uri == logdir.absolute_uri(own, header.get("cwd"))
+            unit.experiment = (producer.policy.get("experiment_id") or unit.experiment
+                               or (header.get("experiment", "") if same_store else ""))
         self._owner[id(unit)] = producer
         return unit
 
@@ -468,7 +565,9 @@ class Writer:
         while self.unwritten:
             batch = self.unwritten[: getattr(self._sink, "batch_units", _BATCH_UNITS)]  # fan-out: one per writer
             try:
-                self._sink(batch)
+                # A permanent refusal is narrowed down to the units refused alone; they are set aside, and
+                # the rest of the batch is stored: one poison trace holds nothing else up.
+                refused = deadletter.bisect(self._sink, batch)
             except Exception as exc:
                 from .storeerrors import describe
 
@@ -478,17 +577,25 @@ class Writer:
                     logger.warning("spanline writer: store write failed (will retry): %s", self.last_error)
                 self.state = "retrying"
                 # Exponential backoff with jitter, capped: a store back after an outage of minutes is retried
-                # within ``_BACKOFF_CAP`` seconds, and many writers do not hammer it in step.
-                self.retry_at = time.monotonic() + random.uniform(0.5, 1.0) * self.backoff
+                # within ``_BACKOFF_CAP`` seconds, and many writers do not hammer it in step; a server that
+                # said how long to wait (429 Retry-After) is waited for that long.
+                wait = random.uniform(0.5, 1.0) * self.backoff
+                asked = deadletter.retry_after(exc)
+                self.retry_at = time.monotonic() + (max(wait, asked) if asked is not None else wait)
                 self.backoff = min(self.backoff * 2, _BACKOFF_CAP)
                 return False
+            if refused:
+                self._set_aside(refused)
             if self.state == "retrying":
                 retries = self.totals["retries"]
                 logger.warning("spanline writer: the store takes batches again (%d retries in all)", retries)
             self.state = "running"
             self.backoff = 0.1
             self.totals["batches"] += 1
+            refused_ids = {id(u) for u, _ in refused}
             for unit in batch:
+                if id(unit) in refused_ids:
+                    continue
                 producer = self._owner.pop(id(unit), None)
                 spans = len(unit.spans)
                 traces = sum(1 for s in unit.spans if s.is_trace_root)
@@ -499,6 +606,33 @@ class Writer:
                     producer.counters["traces_stored"] += traces
             del self.unwritten[: len(batch)]
         return True
+
+    def _set_aside(self, refused: list[tuple[Unit, str]]) -> None:
+        """Units the store refused for good: into the dead-letter file, counted for their producer (its
+        flush() reports the loss) and in the status, logged once per distinct error."""
+        try:
+            if self.dir_fd >= 0:
+                deadletter.append(self.dir_fd, refused)
+            else:
+                with safefs.opened_dir(self.directory) as dir_fd:
+                    deadletter.append(dir_fd, refused)
+            reason = DropReason.DEAD_LETTER
+        except OSError as exc:  # a full disk: counted as lost, never retried forever
+            self._file_failed("dead letters", exc)
+            reason = DropReason.SINK_ERROR
+        for unit, error in refused:
+            producer = self._owner.pop(id(unit), None)
+            self.totals["dead_letters"] = self.totals.get("dead_letters", 0) + 1
+            if producer is not None:
+                self._drop(producer, reason, unit.event_count)
+            else:
+                self.dropped[reason] = self.dropped.get(reason, 0) + unit.event_count
+            if error not in self.dead_letter_errors:
+                logger.error("spanline writer: the store refused trace %s for good (set aside in %s; "
+                             "`spanline replay-dead-letters` stores it once fixed): %s",
+                             unit.trace_id, deadletter.FILE, error)
+            self.dead_letter_errors[error] = self.dead_letter_errors.get(error, 0) + 1
+            self.last_error = f"dead letter {unit.trace_id}: {error}"
 
     def _commit(self) -> None:
         """Everything read this round is stored: move checkpoints, delete finished segments."""
@@ -528,14 +662,24 @@ class Writer:
                 self._finish(producer)
                 del self.producers[pid]
 
+    def _dfd(self) -> int | None:
+        return self.dir_fd if self.dir_fd >= 0 else None
+
     def _checkpoint(self, producer: Producer, pos: tuple[int, int]) -> None:
         seq, offset = pos
         for seg in list(producer.segments):
             if seg.seq < seq:
                 self._delete(producer, seg)  # everything in it is stored
             elif seg.seq == seq:
-                with contextlib.suppress(FileNotFoundError):
-                    eventlog.write_checkpoint(seg.path, offset)
+                try:
+                    eventlog.write_checkpoint(seg.path, offset, self._dfd())
+                    self._file_ok("checkpoint")
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    # A full disk (ENOSPC), EIO: the checkpoint is only a hint (a restart replays more, once,
+                    # idempotent). Storing goes on; the next commit writes it again.
+                    self._file_failed("checkpoint", exc)
 
     def _delete(self, producer: Producer, seg: Segment) -> None:
         if seg.fd >= 0:
@@ -601,6 +745,8 @@ class Writer:
         self.waiters = still
 
     def _answer(self, request: dict[str, Any], drained: bool) -> dict[str, Any] | None:
+        if request.get("status"):
+            return self.status()  # also when the status file cannot be written (a full disk)
         if request.get("drain"):
             return {"ok": True} if drained and not self.unwritten else None
         segment = request.get("segment", "")
@@ -647,6 +793,9 @@ class Writer:
             **self.totals,
             "dropped": self.dropped_totals(),
             "bad_segments": self.bad_segments,
+            "file_errors": dict(self.file_errors),
+            "dead_letter_file": deadletter.FILE,
+            "dead_letter_errors": dict(list(self.dead_letter_errors.items())[-20:]),
             "last_error": self.last_error,
             "lag_p50_s": lags[len(lags) // 2] if lags else None,
             "lag_p99_s": lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else None,
@@ -671,15 +820,30 @@ class Writer:
         if not force and now - self._status_at < _STATUS_EVERY:
             return
         self._status_at = now
-        path = os.path.join(self.directory, logdir.STATUS)
-        tmp = path + ".tmp"
+        data = json.dumps(self.status()).encode()
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.status(), f)
-            os.replace(tmp, path)
+            if self.dir_fd >= 0:
+                safefs.write_replace(self.dir_fd, logdir.STATUS, data)
+            else:
+                with safefs.opened_dir(self.directory) as dir_fd:
+                    safefs.write_replace(dir_fd, logdir.STATUS, data)
+            self._file_ok("status")
         except OSError as exc:
-            logger.warning("spanline writer: cannot write status: %r", exc)
+            # The status stays in memory and on the socket ({"status": true}); the file is written again
+            # at the next interval.
+            self._file_failed("status", exc)
+
+    def _file_failed(self, what: str, exc: OSError) -> None:
+        """A file of the writer's own could not be written: reported (status, once in the log), not fatal."""
+        message = f"{what}: {type(exc).__name__}: {exc.strerror or exc}"
+        if self.file_errors.get(what) != message:
+            logger.warning("spanline writer: cannot write the %s (%s); storing goes on", what, message)
+        self.file_errors[what] = message
+        self.last_error = message
+
+    def _file_ok(self, what: str) -> None:
+        if self.file_errors.pop(what, None) is not None:
+            logger.warning("spanline writer: the %s is written again", what)
 
 
 def _size(seg: Segment) -> int:
@@ -726,3 +890,32 @@ def _hung_up(sock: socket.socket) -> bool:
         return False
     except OSError:
         return True
+
+
+class OneLineFormatter(logging.Formatter):
+    """Log lines whose text cannot start a line of its own: a file name or an error message with a newline in
+    it (another user's file name, a store's error) is escaped, and a traceback's lines are indented."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record).replace("\r", "\\r")
+        if record.exc_info or record.stack_info:
+            message = record.getMessage().replace("\r", "\\r")
+            text = text.replace(message, message.replace("\n", "\\n"), 1)
+            return text.replace("\n", "\n    | ")  # the traceback's own lines, marked as its continuation
+        return text.replace("\n", "\\n")
+
+
+_POLICY_TYPES = {"capture_content": str, "max_content_bytes": int, "experiment_id": str}
+
+
+def _policy(payload: bytes, current: dict[str, Any]) -> dict[str, Any]:
+    """A policy record's content, with only the keys and types a producer writes; a record that is not one
+    (damage that kept its checksum, or bytes of someone's making) leaves the policy in force unchanged."""
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        return current
+    if not isinstance(value, dict):
+        return current
+    return {k: v for k, v in value.items() if k in _POLICY_TYPES and isinstance(v, _POLICY_TYPES[k])
+            and not isinstance(v, bool)}

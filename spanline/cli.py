@@ -96,6 +96,16 @@ def _parser() -> argparse.ArgumentParser:
     _log_location(status)
     status.add_argument("--json", action="store_true", help="print the writer's status file as JSON")
 
+    replay = sub.add_parser(
+        "replay-dead-letters",
+        help="store again the traces the store refused for good (set aside in the log directory's dead-letter file)",
+        description=(
+            "Once the cause is fixed (the experiment created, the store migrated), write each trace of the "
+            "log directory's dead-letter file again; those refused again stay in the file with their new error."
+        ),
+    )
+    _log_location(replay)
+
     sub.add_parser(
         "bench",
         help="run spanline's benchmark (arguments go to spanline.bench)",
@@ -122,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         return _writer(args)
     if args.command == "status":
         return _status(args)
+    if args.command == "replay-dead-letters":
+        return _replay_dead_letters(args)
     parser.print_help()
     return 2
 
@@ -151,9 +163,11 @@ def _writer(args: argparse.Namespace) -> int:
     import logging
 
     from spanline.pipeline import drain
-    from spanline.pipeline.writer import Writer
+    from spanline.pipeline.writer import OneLineFormatter, Writer
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s spanline-writer[%(process)d] %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(OneLineFormatter("%(asctime)s spanline-writer[%(process)d] %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     # SIGTERM / SIGINT (Kubernetes, a supervisor): drain within the grace period, then leave through the loop's
     # cleanup. What was read but not checkpointed is stored again by the next writer, once (log_spans is
     # idempotent).
@@ -223,6 +237,7 @@ def _status(args: argparse.Namespace) -> int:
         for name, message in (status.get("bad_segments") or {}).items():
             print(f"left in place: {name}: {message}")
         print(f"last error:    {status.get('last_error') or 'none'}")
+    _print_dead_letters(directory)
     return 0
 
 
@@ -272,6 +287,28 @@ def _producers(directory: str) -> list[dict]:
             os.close(fd)
         out.append(entry)
     return out
+
+
+def _print_dead_letters(directory: str) -> None:
+    from spanline.pipeline import deadletter
+
+    count, error = deadletter.count(directory)
+    if count:
+        print(f"dead letters:  {count} trace part(s) refused by the store for good, in "
+              f"{os.path.join(directory, deadletter.FILE)}; last error: {error}")
+        print("               fix the cause, then run `spanline replay-dead-letters`")
+
+
+def _replay_dead_letters(args: argparse.Namespace) -> int:
+    os.environ.setdefault("MLFLOW_MODEL_CATALOG_URI", "")
+    from spanline.pipeline import deadletter
+    from spanline.pipeline.sink import MlflowSink
+
+    directory = _log_dir(args)
+    result = deadletter.replay(directory, MlflowSink(lambda: None).write)
+    print(f"replayed: {result['stored']} stored, {result['refused']} refused again (kept), "
+          f"{result['unreadable']} unreadable line(s) dropped")
+    return 0 if not result["refused"] else 1
 
 
 def _bench(rest: list[str]) -> int:

@@ -1,0 +1,152 @@
+"""A trace the store refuses for good (issue 25): set aside in the dead-letter file, counted for the app that
+made it, never holding up another app's traces; replayed once the cause is fixed. And each trace goes where
+its call was made when an app switches its store mid-run. Real processes, real sqlite stores."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import mlflow
+import pytest
+from logwriters import stop_writers_under
+from spanline.pipeline import deadletter
+
+APP = """
+import os, sys, mlflow, spanline
+from spanline.fake_anthropic import FakeAnthropicAPI
+spanline.autolog()
+client = FakeAnthropicAPI().client(api_key="sk-test")
+
+@spanline.trace(span_type="AGENT")
+def agent(i):
+    return client.messages.create(model="claude-fake-1", max_tokens=8,
+                                  messages=[{"role": "user", "content": f"q-{i}"}])
+"""
+
+
+def _run(code: str, log_dir: str, timeout: float = 240) -> str:
+    env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": "", "SPANLINE_LOG_DIR": log_dir}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run([sys.executable, "-c", APP + textwrap.dedent(code)], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout
+
+
+def _count(uri: str, experiment_id: str) -> int:
+    mlflow.set_tracking_uri(uri)
+    return len(mlflow.search_traces(locations=[experiment_id], return_type="list", max_results=1000))
+
+
+@pytest.fixture
+def log_dir(tmp_path):
+    directory = str(tmp_path / "log")
+    try:
+        yield directory
+    finally:
+        stop_writers_under(directory)
+
+
+def test_a_poison_trace_is_set_aside_and_nothing_waits_behind_it(tmp_path, log_dir):
+    """An app switches its tracking URI mid-run without choosing an experiment there: its later traces name
+    experiment 1 of the first store, which the second store does not have (MLflow keeps the active
+    experiment id across ``set_tracking_uri``). They are set aside; a healthy app sharing the log directory
+    gets every trace stored and ``flush()`` True; the poisoned app's ``flush()`` says it lost them, counted
+    as ``dead_letter``; ``spanline status`` shows them; once the experiment exists they are replayed."""
+    first, second = f"sqlite:///{tmp_path}/a.db", f"sqlite:///{tmp_path}/b.db"
+    out = _run(f"""
+        mlflow.set_tracking_uri({first!r})
+        mlflow.set_experiment("first")
+        for i in range(4):
+            agent(i)
+        mlflow.set_tracking_uri({second!r})
+        for i in range(4, 7):
+            agent(i)
+        print("FLUSH", spanline.flush(120), spanline.stats().dropped, flush=True)
+    """, log_dir)
+    assert "FLUSH False {'dead_letter': " in out, out
+    healthy = _run(f"""
+        mlflow.set_tracking_uri({second!r})
+        for i in range(5):
+            agent(i)
+        print("FLUSH", spanline.flush(120), spanline.stats().dropped, flush=True)
+    """, log_dir)
+    assert "FLUSH True {}" in healthy, healthy
+    assert _count(first, "1") == 4
+    assert _count(second, "0") == 5, "the healthy app's traces, not held behind the poison ones"
+    count, error = deadletter.count(log_dir)
+    assert count == 3 and "No Experiment with id=1" in error
+    status = subprocess.run([sys.executable, "-m", "spanline.cli", "status", "--log-dir", log_dir],
+                            capture_output=True, text=True, timeout=120).stdout
+    assert "dead letters:  3" in status and "No Experiment with id=1" in status, status
+
+    mlflow.set_tracking_uri(second)
+    assert mlflow.create_experiment("made-later") == "1"  # the fix: the experiment the traces name exists
+    env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": ""}
+    replay = subprocess.run([sys.executable, "-m", "spanline.cli", "replay-dead-letters", "--log-dir", log_dir],
+                            capture_output=True, text=True, timeout=240, env=env)
+    assert replay.returncode == 0 and "3 stored, 0 refused" in replay.stdout, replay.stdout + replay.stderr[-3000:]
+    assert _count(second, "1") == 3
+    assert deadletter.count(log_dir)[0] == 0
+
+
+def test_an_app_that_switches_store_and_experiment_mid_run_stores_each_trace_where_its_call_was_made(
+    tmp_path, log_dir
+):
+    first, second = f"sqlite:///{tmp_path}/a.db", f"sqlite:///{tmp_path}/b.db"
+    out = _run(f"""
+        mlflow.set_tracking_uri({first!r})
+        mlflow.set_experiment("first")
+        for i in range(3):
+            agent(i)
+        mlflow.set_tracking_uri({second!r})
+        mlflow.set_experiment("second")
+        for i in range(3, 8):
+            agent(i)
+        print("FLUSH", spanline.flush(120), spanline.stats().dropped, flush=True)
+    """, log_dir)
+    assert "FLUSH True {}" in out, out
+    mlflow.set_tracking_uri(first)
+    assert _count(first, mlflow.get_experiment_by_name("first").experiment_id) == 3
+    mlflow.set_tracking_uri(second)
+    assert _count(second, mlflow.get_experiment_by_name("second").experiment_id) == 5
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (ConnectionRefusedError(111, "Connection refused"), "transient"),
+        (TimeoutError("timed out"), "transient"),
+        ("OperationalError: (sqlite3.OperationalError) database is locked", "transient"),
+        ("MlflowException: API request to endpoint /v1/traces failed with error code 503 != 200", "transient"),
+        ("MlflowException: API request failed with error code 429 != 200. Retry-After: 7", "transient"),
+        ("MlflowException: No Experiment with id=1 exists", "permanent"),
+        ("MlflowException: API request to endpoint /v1/traces failed with error code 400 != 200", "permanent"),
+        ("OperationalError: (sqlite3.OperationalError) no such table: spans", "permanent"),
+        ("RuntimeError: something nobody knows", "transient"),
+    ],
+)
+def test_transient_and_permanent_store_failures_are_told_apart(error, kind):
+    assert deadletter.classify(error) == kind
+
+
+def test_a_server_asking_to_wait_is_waited_for():
+    assert deadletter.retry_after("failed with error code 429 != 200. Retry-After: 7") == 7.0
+    assert deadletter.retry_after("failed with error code 503") is None
+
+
+def test_bisect_sets_aside_exactly_the_units_refused_alone():
+    written: list[str] = []
+
+    def sink(batch):
+        if any(u == "poison" for u in batch):
+            raise RuntimeError("MlflowException: No Experiment with id=9 exists")
+        written.extend(batch)
+
+    batch = [f"u{i}" for i in range(7)] + ["poison"] + [f"v{i}" for i in range(5)]
+    refused = deadletter.bisect(sink, batch)
+    assert [u for u, _ in refused] == ["poison"] and "id=9" in refused[0][1]
+    assert sorted(written) == sorted(u for u in batch if u != "poison")
