@@ -277,19 +277,24 @@ def test_error_event_mid_stream(traced, fake):
     client = fake.client()
     request = {"messages": [{"role": "user", "content": "Tell me more fake:error"}]}
     stream = client.messages.create(**_kwargs(request), stream=True)
-    with pytest.raises(anthropic.APIStatusError) as raised:
+    with pytest.raises(anthropic.APIStatusError) as raised_by_create:
         for _ in stream:
             pass
-    with pytest.raises(anthropic.APIStatusError), client.messages.stream(**_kwargs(request)) as helper:
+    with pytest.raises(anthropic.APIStatusError) as raised_by_stream, client.messages.stream(
+        **_kwargs(request)
+    ) as helper:
         helper.get_final_message()
     spans = _spans(traced)
     assert [s.name for s in spans] == ["Messages.create", "Messages.stream"]
-    for span in spans:
+    # Each span records the exception its own call raised. Its text is compared per call: since 2.17 the SDK
+    # puts the request's id in it, so the two calls' texts differ (req_fake_0001 vs req_fake_0002).
+    for span, raised in zip(spans, (raised_by_create, raised_by_stream), strict=True):
         attrs = _assert_stream_span(span, end="failed", completed=False, status="ERROR", name=span.name)
         (event,) = span.events
         assert event.name == "exception"
-        assert event.attributes["exception.type"] == "APIStatusError"
+        assert event.attributes["exception.type"] == type(raised.value).__name__ == "APIStatusError"
         assert event.attributes["exception.message"] == str(raised.value)
+        assert "Overloaded" in str(raised.value), "the error body's message, as the user saw it"
         assert "Traceback" in event.attributes["exception.stacktrace"]
         assert json.loads(attrs["anthropic.error"])["error"]["type"] == "overloaded_error"
         assert span.outputs["content"][0]["text"] == "Hello! You said: ", "the part before the error is stored"
