@@ -15,6 +15,37 @@ logger = logging.getLogger("spanline")
 
 # (owner, attribute) -> (original, wrapper). The owner's __dict__ entry is what gets replaced.
 _installed: dict[tuple[type, str], tuple[Any, Any]] = {}
+# Surfaces this SDK version lacks, each named once in the log (see ``install_surface``).
+missing_surfaces: dict[str, str] = {}
+
+
+class MissingSeam(LookupError):
+    """The installed SDK has no function (or class) where spanline patches one: an older or newer SDK."""
+
+
+def install_surface(surface: str, install: Callable[[], None]) -> bool:
+    """Run one surface's ``install``; if the installed SDK lacks one of its seams, leave that surface as the SDK
+    made it (whatever part of it was patched is put back) and say so once, naming the surface and the SDK's
+    version. Every other surface is still traced: an older SDK without, say, the tool runner's private
+    methods must not cost its users the tracing of plain calls."""
+    before = set(_installed)
+    try:
+        install()
+    except (ImportError, MissingSeam) as missing:
+        for key in set(_installed) - before:
+            original, wrapper = _installed.pop(key)
+            if key[0].__dict__.get(key[1]) is wrapper:
+                setattr(key[0], key[1], original)
+        if surface not in missing_surfaces:
+            from importlib.metadata import version
+
+            missing_surfaces[surface] = str(missing)
+            logger.warning(
+                "spanline: %s is not traced: anthropic %s has no %s; every other call is traced.",
+                surface, version("anthropic"), missing,
+            )
+        return False
+    return True
 
 
 def patch(owner: type, attribute: str, make_wrapper: Callable[[Any], Any]) -> None:
@@ -25,6 +56,8 @@ def patch(owner: type, attribute: str, make_wrapper: Callable[[Any], Any]) -> No
     key = (owner, attribute)
     if key in _installed and owner.__dict__.get(attribute) is _installed[key][1]:
         return
+    if attribute not in owner.__dict__:
+        raise MissingSeam(f"{owner.__module__}.{owner.__qualname__}.{attribute}")
     original = owner.__dict__[attribute]
     wrapper = make_wrapper(original)
     setattr(owner, attribute, wrapper)
