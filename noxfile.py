@@ -63,7 +63,9 @@ def _define(name: str, python: str, anthropic: str, mlflow: str) -> None:
             reason = f"Python {python} not found on this machine (PATH or pyenv)"
             (REPORTS / f"{name}.json").write_text(json.dumps({**versions, "skipped_because": reason}))
             session.skip(reason)
-        session.install("-e", ".[test]", anthropic, f"mlflow=={mlflow}")
+        # Compiled at install: else each process's first import compiles MLflow (~30 s here), and the writer
+        # process a test starts misses the test's flush deadline.
+        session.install("-e", ".[test]", anthropic, f"mlflow=={mlflow}", env={"UV_COMPILE_BYTECODE": "1"})
         # The resolver must have honoured the pins (a session that silently ran other versions proves nothing).
         session.run("python", "-c", (
             "import sys, platform, anthropic, mlflow;"
