@@ -18,7 +18,6 @@ import types
 import uuid
 
 import mlflow
-import pytest
 from helpers import CITIES, children_of, make_agent, root_of, scan_for, traces_in
 from logwriters import log_dir_of, stop_writers_under
 from spanline.pipeline import eventlog, logdir
@@ -133,7 +132,6 @@ def _reap(proc: subprocess.Popen) -> None:
     proc.communicate(timeout=10)
 
 
-@pytest.mark.compat
 def test_writer_killed_mid_batch_then_restarted_stores_every_trace_once(tmp_path, own_cache):
     uri = f"sqlite:///{tmp_path}/store.db"
     directory = log_dir_of(uri)
