@@ -17,6 +17,35 @@ logger = logging.getLogger("spanline")
 # class, or an object whose methods are shadowed by instance attributes (MLflow's runtime context).
 _installed: dict[tuple[Any, str], tuple[Any, Any]] = {}
 _ABSENT = object()  # the instance had no attribute of its own: disabling deletes spanline's
+# Surfaces this SDK version lacks, each named once in the log (see ``install_surface``).
+missing_surfaces: dict[str, str] = {}
+
+
+class MissingSeam(LookupError):
+    """The installed SDK has no function (or class) where spanline patches one: an older or newer SDK."""
+
+
+def install_surface(surface: str, install: Callable[[], None]) -> bool:
+    """Run one surface's ``install``; if the installed SDK lacks one of its seams, leave that surface as the SDK
+    made it (whatever part of it was patched is put back) and say so once, naming the surface and the SDK's
+    version. Every other surface is still traced: an older SDK without, say, the tool runner's private
+    methods must not cost its users the tracing of plain calls."""
+    before = set(_installed)
+    try:
+        install()
+    except (ImportError, MissingSeam) as missing:
+        for key in set(_installed) - before:
+            _restore(key)
+        if surface not in missing_surfaces:
+            from importlib.metadata import version
+
+            missing_surfaces[surface] = str(missing)
+            logger.warning(
+                "spanline: %s is not traced: anthropic %s has no %s; every other call is traced.",
+                surface, version("anthropic"), missing,
+            )
+        return False
+    return True
 
 
 def patch(owner: type, attribute: str, make_wrapper: Callable[[Any], Any]) -> None:
@@ -27,6 +56,8 @@ def patch(owner: type, attribute: str, make_wrapper: Callable[[Any], Any]) -> No
     key = (owner, attribute)
     if key in _installed and owner.__dict__.get(attribute) is _installed[key][1]:
         return
+    if attribute not in owner.__dict__:
+        raise MissingSeam(f"{owner.__module__}.{owner.__qualname__}.{attribute}")
     original = owner.__dict__[attribute]
     wrapper = make_wrapper(original)
     setattr(owner, attribute, wrapper)
@@ -52,14 +83,22 @@ def unpatch_all() -> list[str]:
     """Restore every original. Where someone else has replaced or wrapped spanline's function since,
     restoring would remove theirs: that one is left as it is (inert while recording is off) and named."""
     left = []
-    for (owner, attribute), (original, wrapper) in list(_installed.items()):
-        if owner.__dict__.get(attribute) is wrapper:
-            if original is _ABSENT:
-                delattr(owner, attribute)
-            else:
-                setattr(owner, attribute, original)
-        else:
+    for owner, attribute in list(_installed):
+        if not _restore((owner, attribute)):
             left.append(f"{getattr(owner, '__qualname__', type(owner).__qualname__)}.{attribute}")
-        del _installed[(owner, attribute)]
     return left
+
+
+def _restore(key: tuple[Any, str]) -> bool:
+    """Put back what ``key`` held before spanline, unless someone replaced spanline's function since (then it
+    is left, inert while recording is off). Either way ``key`` leaves the registry. True when restored."""
+    owner, attribute = key
+    original, wrapper = _installed.pop(key)
+    if owner.__dict__.get(attribute) is not wrapper:
+        return False
+    if original is _ABSENT:
+        delattr(owner, attribute)
+    else:
+        setattr(owner, attribute, original)
+    return True
 

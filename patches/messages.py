@@ -60,13 +60,13 @@ def install() -> None:
             if method in async_cls.__dict__:
                 patch(async_cls, method, _wrap_async)
     # The surfaces that reuse these wrappers or hang off the same calls (spanline._api installs this module).
-    from . import batches, count_tokens, tool_runner
+    from . import batches, count_tokens, install_surface, tool_runner
 
-    raw_response.install()
-    count_tokens.install()
-    batches.install()
-    tool_runner.install()
-    streaming.install()
+    install_surface("raw responses (with_raw_response / with_streaming_response)", raw_response.install)
+    install_surface("messages.count_tokens", count_tokens.install)
+    install_surface("messages.batches", batches.install)
+    install_surface("beta.messages.tool_runner", tool_runner.install)
+    install_surface("messages.stream", streaming.install)
 
 
 def _mlflow_records_it() -> bool:

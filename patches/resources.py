@@ -17,6 +17,11 @@ _PROVIDER_BY_PLATFORM = {None: "anthropic", "bedrock": "bedrock", "vertex": "ver
 def provider_of(client_cls: type) -> str:
     """The provider that serves a client class's calls, as ``mlflow.llm.provider`` names it."""
     platform = getattr(client_cls, "_otel_platform", None)
+    if platform is None and not hasattr(client_cls, "_otel_platform"):
+        # SDK 1.x has no _otel_platform: its provider clients live in anthropic.lib.<platform>.
+        parts = client_cls.__module__.split(".")
+        if parts[:2] == ["anthropic", "lib"] and len(parts) > 2:
+            platform = parts[2]
     return _PROVIDER_BY_PLATFORM.get(platform, platform if isinstance(platform, str) else "anthropic")
 
 

@@ -39,6 +39,7 @@ from mlflow.tracing.constant import (
     TraceMetadataKey,
 )
 from mlflow.tracing.utils import add_size_stats_to_trace_metadata
+from spanline.pipeline.compat import INFO_FINALIZED, mlflow_wrote_trace_info
 
 logger = logging.getLogger("spanline")
 
@@ -141,7 +142,8 @@ def for_spanline_root(
     info = trace_info_for(trace_id, experiment_id, spans, metadata)
     add_size_stats_to_trace_metadata(Trace(info, TraceData(spans=list(spans))))
     metadata.update({k: info.trace_metadata[k] for k in SIZE_KEYS if k in info.trace_metadata})
-    metadata[TraceMetadataKey.TRACE_INFO_FINALIZED] = "true"
+    if INFO_FINALIZED is not None:  # older MLflow writes no such key (compat.py)
+        metadata[INFO_FINALIZED] = "true"
     return info, metadata
 
 
@@ -307,7 +309,7 @@ class Refresher:
             rows: dict[str, tuple[TraceInfo, dict[str, str]]] = {}
             for trace in store.batch_get_traces(trace_ids):
                 metadata = trace.info.trace_metadata
-                if metadata.get(TraceMetadataKey.TRACE_INFO_FINALIZED) != "true":
+                if not mlflow_wrote_trace_info(metadata):
                     continue  # MLflow has not written its trace info yet: its start_trace would overwrite ours
                 if not _whole(trace.data.spans):
                     continue  # MLflow's info is in but not all its spans yet (its export is still running)

@@ -37,7 +37,10 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-import httpx2
+try:
+    import httpx2
+except ImportError:  # anthropic 1.x talks through httpx, whose API httpx2 keeps
+    import httpx as httpx2  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
     from types import TracebackType

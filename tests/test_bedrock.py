@@ -10,7 +10,6 @@ import json
 import logging
 
 import anthropic
-import httpx2
 import pytest
 from helpers import attr_json, scan_for, store_files, traces_in
 from hypothesis import given
@@ -20,7 +19,10 @@ from spanline.pipeline.streams import StreamState
 
 import spanline
 from spanline import fake_anthropic
-from spanline.fake_anthropic import FakeAnthropicAPI
+from spanline.fake_anthropic import (
+    FakeAnthropicAPI,
+    httpx2,  # httpx under anthropic 1.x
+)
 
 pytest.importorskip("botocore")
 
@@ -71,6 +73,7 @@ def _check(fake, traced, tracking_uri, caplog, streamed: bool = False) -> None:
     assert not any(s.decode() in logged for s in secrets)
 
 
+@pytest.mark.compat
 def test_sigv4_signed_call_is_stored_as_bedrock_with_no_secret(traced, fake, tracking_uri, caplog):
     caplog.set_level(logging.DEBUG, logger="spanline")
     client = _client(fake, asynchronous=False)
@@ -91,6 +94,7 @@ async def test_async_sigv4_signed_call_is_stored_as_bedrock_with_no_secret(trace
 # --- streamed: the AWS event stream ----------------------------------------------------------------------
 
 
+@pytest.mark.compat
 def test_sigv4_streamed_call_is_stored_with_its_assembled_message(traced, fake, tracking_uri, caplog):
     caplog.set_level(logging.DEBUG, logger="spanline")
     client = _client(fake, asynchronous=False)

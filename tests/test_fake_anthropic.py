@@ -9,7 +9,6 @@ from typing import Any
 
 import anthropic
 import anyio
-import httpx2
 import pytest
 from anthropic.lib.streaming import MessageStream
 from anthropic.types import (
@@ -25,7 +24,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spanline import fake_anthropic
-from spanline.fake_anthropic import FAKE_API_KEY, FakeAnthropicAPI
+from spanline.fake_anthropic import (
+    FAKE_API_KEY,
+    FakeAnthropicAPI,
+    httpx2,  # httpx under anthropic 1.x
+)
 
 MODEL = "claude-fake-1"
 WEATHER_QUESTION = "What's the weather like in Tokyo today?"

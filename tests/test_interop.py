@@ -211,6 +211,7 @@ def test_innermost_span_wins_whichever_tracer_opened_it(traced, fake, kinds, fir
     assert trace.info.tags["mlflow.traceName"] == "level1"
 
 
+@pytest.mark.compat
 def test_a_traced_function_opens_an_mlflow_span_around_the_sdk_call(traced, fake):
     """The issue's case: @spanline.trace -> mlflow.start_span("retrieve") -> messages.create."""
     client = fake.client()
@@ -291,6 +292,7 @@ def store_experiments(request, tracking_uri):
         yield ours, mlflow.create_experiment(f"meta-{uuid.uuid4().hex[:10]}")
 
 
+@pytest.mark.compat
 def test_trace_metadata_is_what_mlflow_writes(store_experiments):
     ours_experiment, theirs_experiment = store_experiments
     theirs = _metadata_of_one_call("mlflow", theirs_experiment)
@@ -336,6 +338,7 @@ def test_trace_info_dict_without_protobuf_is_mlflows(request_time, duration, sta
     assert len(Trace(ours, empty).to_json().encode()) == len(Trace(theirs, empty).to_json().encode())
 
 
+@pytest.mark.compat
 def test_size_figures_of_a_trace_rooted_in_mlflow_count_every_span(traced, fake):
     """The seed's agent under @mlflow.trace: MLflow writes the AGENT root and its size figures (its own spans
     only); spanline's three spans join the trace, and the stored figures count all four."""

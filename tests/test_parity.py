@@ -133,11 +133,13 @@ def _span_view(span) -> dict:
 CALLS = [_basic, _with_tools, _follow_up, _thinking, _not_found]
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("call", CALLS, ids=lambda f: f.__name__)
 def test_spanline_stores_what_mlflow_autolog_stores(experiment, call):
     _assert_same(_record(call, "mlflow"), _record(call, "spanline"))
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("call", CALLS, ids=lambda f: f.__name__)
 @pytest.mark.parametrize("loop", ["asyncio", "trio"])
 def test_async_client_parity(experiment, call, loop):

@@ -32,6 +32,7 @@ def _ask(client, text="hi", **kwargs):
 # --- the SDK stays the SDK ------------------------------------------------------------------------------
 
 
+@pytest.mark.compat
 def test_disable_restores_the_exact_originals(experiment):
     from anthropic._base_client import AsyncAPIClient, SyncAPIClient
     from anthropic.resources.messages import AsyncMessages, Messages
@@ -46,6 +47,7 @@ def test_disable_restores_the_exact_originals(experiment):
     assert all(a is b for a, b in zip(after, before, strict=True))
 
 
+@pytest.mark.compat
 def test_traced_call_returns_and_raises_like_the_untraced_one(traced, fake):
     client = fake.client()
     message = _ask(client)
@@ -72,6 +74,7 @@ def test_traced_call_returns_and_raises_like_the_untraced_one(traced, fake):
     assert failed.inputs["model"] == "fake-error-500", "the request is recorded even when the call fails"
 
 
+@pytest.mark.compat
 def test_streaming_is_traced_and_the_stream_is_the_sdks(traced, fake):
     client = fake.client()
     stream = client.messages.create(model=MODEL, max_tokens=32, stream=True,

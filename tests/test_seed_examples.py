@@ -10,17 +10,18 @@ import json
 
 import anthropic
 import anyio
-import httpx2
 import mlflow
 import pytest
 from helpers import CITIES, WEATHER, attr_json, children_of, make_agent, root_of, token_usage, traces_in
 from mlflow.entities import SpanType
 
 import spanline
+from spanline.fake_anthropic import httpx2  # httpx under anthropic 1.x
 
 MODEL = "claude-3-5-sonnet-20241022"
 
 
+@pytest.mark.compat
 def test_basic_example(traced, fake):
     client = fake.client()
 
@@ -48,6 +49,7 @@ def test_basic_example(traced, fake):
     assert token_usage(trace)["total_tokens"] == usage.input_tokens + usage.output_tokens
 
 
+@pytest.mark.compat
 @pytest.mark.anyio
 async def test_async_example(traced, fake):
     client = fake.async_client()
@@ -109,6 +111,7 @@ DECORATORS = {
 }
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("decorators", DECORATORS)
 def test_tool_calling_agent(traced, fake, decorators):
     run_tool_agent = make_agent(fake.async_client(), *DECORATORS[decorators])

@@ -7,15 +7,21 @@ import json
 import warnings
 
 import anthropic
-import httpx2
 import mlflow
 import pydantic
 import pytest
 from helpers import attr_json, children_of, root_of, token_usage, traces_in
 
 import spanline
+from spanline.fake_anthropic import httpx2  # httpx under anthropic 1.x
 
 MODEL = "claude-sonnet-4-5"
+# The runner's _run_tool, which spanline patches, exists from anthropic 1.9 (before it, test_compat checks that
+# spanline says so and traces the rest). By version, not by looking: a seam renamed later must fail here.
+_TOOL_RUNNER_SEAMS = pytest.mark.skipif(
+    tuple(int(p) for p in anthropic.__version__.split(".")[:2]) < (1, 9),
+    reason=f"anthropic {anthropic.__version__}'s tool runner has no _run_tool (from 1.9)",
+)
 HELLO = [{"role": "user", "content": "Hello there, Claude"}]
 
 
@@ -33,6 +39,7 @@ def _output(span) -> dict:
 # --- count_tokens --------------------------------------------------------------------------------------
 
 
+@pytest.mark.compat
 def test_count_tokens_is_a_short_span_with_the_request_and_the_count(traced, fake):
     client = fake.client()
     counted = client.messages.count_tokens(model=MODEL, messages=HELLO, system="Be brief.")
@@ -47,6 +54,7 @@ def test_count_tokens_is_a_short_span_with_the_request_and_the_count(traced, fak
     assert trace.info.state == "OK"
 
 
+@pytest.mark.compat
 @pytest.mark.anyio
 async def test_count_tokens_async_and_beta(traced, fake):
     client = fake.async_client()
@@ -72,6 +80,7 @@ def test_count_tokens_error_is_reraised_unchanged_with_an_error_span(traced, fak
 # --- with_raw_response / with_streaming_response ----------------------------------------------------------
 
 
+@pytest.mark.compat
 def test_with_raw_response_records_the_message_and_usage(traced, fake):
     client = fake.client()
     raw = client.messages.with_raw_response.create(model=MODEL, max_tokens=64, messages=HELLO)
@@ -83,6 +92,7 @@ def test_with_raw_response_records_the_message_and_usage(traced, fake):
     assert token_usage(trace)["input_tokens"] == message.usage.input_tokens
 
 
+@pytest.mark.compat
 def test_with_streaming_response_is_recorded_once_the_body_is_read(traced, fake):
     client = fake.client()
     with client.messages.with_streaming_response.create(model=MODEL, max_tokens=64, messages=HELLO) as response:
@@ -137,6 +147,7 @@ async def test_with_streaming_response_over_a_network_async(traced, fake):
     assert trace.data.spans[0].outputs["id"] == message.id
 
 
+@pytest.mark.compat
 @pytest.mark.anyio
 async def test_raw_and_streaming_responses_async(traced, fake):
     client = fake.async_client()
@@ -160,6 +171,7 @@ class City(pydantic.BaseModel):
     population: int
 
 
+@pytest.mark.compat
 def test_parse_records_the_structured_reply(traced, fake):
     client = fake.client()
     parsed = client.messages.parse(model=MODEL, max_tokens=128, messages=HELLO, output_format=City)
@@ -171,6 +183,7 @@ def test_parse_records_the_structured_reply(traced, fake):
     assert token_usage(trace)["output_tokens"] == parsed.usage.output_tokens
 
 
+@pytest.mark.compat
 @pytest.mark.anyio
 async def test_beta_create_and_parse_sync_and_async(traced, fake):
     sync_client, async_client = fake.client(), fake.async_client()
@@ -235,6 +248,7 @@ def _check_results_trace(trace, batch_id: str, prefix: str = "") -> None:
     assert trace.info.tags["mlflow.traceName"] == root.name
 
 
+@pytest.mark.compat
 def test_batch_create_results_cancel_delete(traced, fake):
     client = fake.client()
     batch = client.messages.batches.create(requests=_batch_requests())
@@ -259,6 +273,7 @@ def test_batch_create_results_cancel_delete(traced, fake):
     assert delete.data.spans[0].outputs == {"id": batch.id, "type": "message_batch_deleted"}
 
 
+@pytest.mark.compat
 @pytest.mark.anyio
 async def test_batch_results_async_and_beta(traced, fake):
     client = fake.async_client()
@@ -411,6 +426,8 @@ def _check_runner_trace(trace, name: str) -> None:
     assert usage["total_tokens"] == sum(attr_json(s, "mlflow.chat.tokenUsage")["total_tokens"] for s in (turn1, turn2))
 
 
+@pytest.mark.compat
+@_TOOL_RUNNER_SEAMS
 def test_tool_runner_is_an_agent_span_with_turns_and_tools(traced, fake):
     client = fake.client()
     runner = client.beta.messages.tool_runner(model=MODEL, max_tokens=256, tools=[_weather_tool()], messages=QUESTION)
@@ -421,6 +438,8 @@ def test_tool_runner_is_an_agent_span_with_turns_and_tools(traced, fake):
     _check_runner_trace(trace, "beta.Messages.tool_runner")
 
 
+@pytest.mark.compat
+@_TOOL_RUNNER_SEAMS
 @pytest.mark.anyio
 async def test_tool_runner_async(traced, fake):
     client = fake.async_client()
