@@ -90,12 +90,17 @@ def default_dir(tracking_uri: str) -> str:
     return fallback
 
 
-def socket_path(directory: str) -> str:
+SOCK = _SOCK
+
+
+def socket_address(directory: str, dir_fd: int) -> str:
+    """Where to bind or connect to the writer's socket, which is always ``writer.sock`` in the log directory.
+    A path too long for ``sun_path`` goes through the directory's open descriptor (``/proc/self/fd/N/``),
+    not through a predictable name in a shared temp directory, which another user could take first."""
     path = os.path.join(directory, _SOCK)
     if len(path) <= _MAX_SOCK_PATH:
         return path
-    key = hashlib.sha256(os.path.abspath(directory).encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), f"spanline-{os.getuid()}-{key}.sock")
+    return f"/proc/self/fd/{dir_fd}/{_SOCK}"
 
 
 def read_status(directory: str) -> dict[str, Any]:
@@ -193,7 +198,20 @@ def ask_writer(
     writer answers a flush request only once the data is stored, so this waits on a socket read: no
     polling, and the request itself wakes the writer.
     """
-    path = socket_path(directory)
+    try:
+        dir_fd = safefs.open_dir(directory)
+    except OSError:
+        return None  # not a private directory (or gone): no writer of ours can be there
+    try:
+        return _ask(directory, dir_fd, request, deadline, autostart)
+    finally:
+        os.close(dir_fd)
+
+
+def _ask(
+    directory: str, dir_fd: int, request: dict[str, Any], deadline: float | None, autostart: bool
+) -> dict[str, Any] | None:
+    path = socket_address(directory, dir_fd)
     delay = 0.01
     payload = (json.dumps(request) + "\n").encode()
     while True:

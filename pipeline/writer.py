@@ -157,12 +157,12 @@ class Writer:
         return 0 if reply and reply.get("ok") else 1
 
     def _serve(self) -> int:
-        path = logdir.socket_path(self.directory)
+        path = logdir.socket_address(self.directory, self.dir_fd)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+            os.unlink(logdir.SOCK, dir_fd=self.dir_fd)
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         server.bind(path)
-        os.chmod(path, 0o600)
+        os.chmod(logdir.SOCK, 0o600, dir_fd=self.dir_fd)
         server.listen(128)
         server.setblocking(False)
         self.selector = selectors.DefaultSelector()
@@ -188,7 +188,7 @@ class Writer:
                 self._sink.close()  # the fan-out's store writers (threads, processes)
             server.close()
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+                os.unlink(logdir.SOCK, dir_fd=self.dir_fd)
 
     def _directory_gone(self) -> bool:
         """Whether the log directory was deleted or replaced under the writer (checked about once a second):

@@ -236,6 +236,11 @@ def _status(args: argparse.Namespace) -> int:
                   f"open spans {p.get('open_spans', 0)}")
         for name, message in (status.get("bad_segments") or {}).items():
             print(f"left in place: {name}: {message}")
+        for what, message in (status.get("file_errors") or {}).items():
+            print(f"cannot write:  {what}: {message} (storing goes on)")
+        if status.get("quarantined") or status.get("corrupt_records"):
+            print(f"damaged:       {status.get('quarantined', 0)} segment(s) quarantined (renamed *.bad), "
+                  f"{status.get('corrupt_records', 0)} corrupt record(s) skipped")
         print(f"last error:    {status.get('last_error') or 'none'}")
     _print_dead_letters(directory)
     return 0

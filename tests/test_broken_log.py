@@ -220,3 +220,22 @@ def test_spanline_bench_leaves_no_process_behind(tmp_path):
         for pid in _processes_under(root):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_log_directory_with_a_long_path_keeps_its_socket_inside(tmp_path, monkeypatch):
+    """A socket path too long for sun_path went to a predictable name in the shared temp directory, which
+    another user could take first; now it stays in the private directory, reached through its descriptor."""
+    uri = f"sqlite:///{tmp_path}/store.db"
+    shared = tmp_path / "shared-tmp"
+    shared.mkdir()
+    log_dir = str(tmp_path / ("d" * 60) / ("e" * 60) / "log")
+    try:
+        out = subprocess.run([sys.executable, "-c", APP + "print('FLUSH', spanline.flush(120), flush=True)\n"],
+                             capture_output=True, text=True, timeout=240,
+                             env=_env(uri, log_dir, 3, TMPDIR=str(shared)))
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "FLUSH True" in out.stdout, out.stdout + out.stderr[-3000:]
+        assert _stored(uri) == 3
+        assert os.listdir(shared) == [], "nothing of the log (its socket) in the shared temp directory"
+    finally:
+        stop_writers_under(str(tmp_path))

@@ -11,11 +11,12 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Iterator
 
 import pytest
 from logwriters import stop_writers_under
-from spanline.pipeline import eventlog
+from spanline.pipeline import eventlog, logdir
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the test mounts a small tmpfs")
 
@@ -124,6 +125,12 @@ def test_a_full_disk_loses_only_what_it_must_and_the_writer_lives_on(tmp_path, t
     assert out["writer_status"]["state"] != "stopped"
     lost = out["dropped"].get("log_error", 0)
     assert lost > 0, out["dropped"]
+
+    # The app is gone: its writer stores what it left open (unfinished) and exits when idle. Counted after.
+    deadline = time.monotonic() + 180
+    while logdir.writer_running(log_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not logdir.writer_running(log_dir), "the autostarted writer exits once its producer is gone"
 
     import mlflow
 
