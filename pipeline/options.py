@@ -75,19 +75,35 @@ _OTHER_VARIABLES = {"SPANLINE_WRITERS", "SPANLINE_WRITER_GRACE"}
 def from_env(environ: Mapping[str, str] = os.environ, strict: bool = False) -> dict[str, Any]:
     """The options set by ``SPANLINE_<NAME>`` variables. A bad value: skipped, or with ``strict`` a ValueError
     naming the variable and what it accepts (``autolog()`` is strict; ``import spanline`` never raises)."""
-    out = {}
+    out: dict[str, Any] = {}
+
+    def bad(name: str, exc: BaseException) -> None:
+        key = f"SPANLINE_{name.upper()}"
+        if strict:
+            raise ValueError(f"{key}={environ[key]!r} is not valid: it takes {_ACCEPTED.get(name, 'a value')}"
+                             f" ({exc})") from None
+
     for name in _FIELDS:
         key = f"SPANLINE_{name.upper()}"
         if key in environ and name != "redact":
             try:
-                value = _parse_env(name, environ[key])
-                build(Options(), {name: value})
+                out[name] = _parse_env(name, environ[key])
             except (TypeError, ValueError) as exc:
-                if strict:
-                    raise ValueError(f"{key}={environ[key]!r} is not valid: it takes {_ACCEPTED.get(name, 'a value')}"
-                                     f" ({exc})") from None
+                bad(name, exc)
+    # Checked together (max_log_bytes against segment_bytes): a variable is bad when the set without it passes.
+    try:
+        build(Options(), out)
+    except (TypeError, ValueError) as exc:
+        culprits = []
+        for name in list(out):
+            try:
+                build(Options(), {k: v for k, v in out.items() if k != name})
+                culprits.append(name)
+            except (TypeError, ValueError):
                 continue
-            out[name] = value
+        for name in culprits or list(out):
+            bad(name, exc)
+            out.pop(name, None)
     return out
 
 

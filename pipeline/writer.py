@@ -571,7 +571,7 @@ class Writer:
             except Exception as exc:
                 from .storeerrors import describe
 
-                self.last_error = f"store: {_brief_text(describe(batch[0].tracking_uri, exc))}"
+                self.last_error = f"store: {_brief_text(describe(getattr(batch[0], 'tracking_uri', '') or '', exc))}"
                 self.totals["retries"] += 1
                 if self.state != "retrying":  # once per outage, not at every retry (~2 s apart at most)
                     logger.warning("spanline writer: store write failed (will retry): %s", self.last_error)

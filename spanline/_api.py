@@ -101,8 +101,9 @@ def shutdown(timeout: float | None = None, wait_for_store: bool = True) -> bool:
 
     ``wait_for_store=True`` (the default): return once everything is stored, by the running writer or, when
     none runs, by this process (pipeline/exitwait.py). ``False``: once it is in the event log on disk
-    (milliseconds); a writer stores it afterwards. The ``atexit`` handler follows the ``exit_wait`` option. Idempotent. Events that could not be handled in time are counted in
-    ``stats().dropped["shutdown"]``. Tracing restarts the worker if spans are emitted afterwards.
+    (milliseconds); a writer stores it afterwards. The ``atexit`` handler follows the ``exit_wait`` option.
+    Idempotent. Events that could not be handled in time are counted in ``stats().dropped["shutdown"]``.
+    Tracing restarts the worker if spans are emitted afterwards.
     """
     return _runtime.pipeline.shutdown(timeout, wait_for_store=wait_for_store)
 
