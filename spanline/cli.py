@@ -252,7 +252,7 @@ def _producers(directory: str) -> list[dict]:
     while it does (not from the writer's status, which a writer busy retrying updates late)."""
     import fcntl
 
-    from spanline.pipeline import eventlog
+    from spanline.pipeline import eventlog, safefs
 
     newest: dict[str, tuple[int, str]] = {}
     counts: dict[str, int] = {}
@@ -273,7 +273,7 @@ def _producers(directory: str) -> list[dict]:
         entry = {"id": producer, "pid": None, "start_ns": 0, "tracking_uri": "", "alive": False,
                  "segments": counts[producer]}
         try:
-            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+            fd = safefs.open_in_path(os.path.join(directory, name), os.O_RDONLY)  # never through a link
         except OSError:
             continue
         try:
