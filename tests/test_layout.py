@@ -139,3 +139,19 @@ def test_testing_package_is_layered() -> None:
 def test_no_import_cycles() -> None:
     """No module of the distribution reaches itself through imports, function-level ones included."""
     assert cycles(import_graph()) == []
+
+
+def _outside(module: str, path: Path, allowed: tuple[str, ...]) -> set[str]:
+    """What ``module`` imports of spanline's own modules that is not under one of ``allowed``."""
+    names = set(_imported_names(module, path))
+    own = {n for n in names if n == "spanline" or n.startswith("spanline.")}
+    return {n for n in own if not any(n == a or n.startswith(a + ".") for a in allowed)}
+
+
+@pytest.mark.xfail(strict=True, reason="fixed by the redesign step")
+def test_pipeline_imports_nothing_above_it() -> None:
+    """``pipeline/`` is the bottom layer: it never imports the facade (``spanline``, ``spanline._runtime``, ...)
+    nor ``patches/``, at any level of a function."""
+    found = {name: _outside(name, path, ("spanline.pipeline",))
+             for name, path in _modules().items() if name.startswith("spanline.pipeline")}
+    assert {name: names for name, names in found.items() if names} == {}
