@@ -25,3 +25,16 @@ def test_docs_build_strictly(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     reference = (tmp_path / "site" / "reference" / "index.html").read_text(encoding="utf-8")
     assert 'id="spanline.autolog"' in reference and 'id="spanline.testing.FakeAnthropicAPI"' in reference
+
+
+def test_testing_page_example_runs_as_printed() -> None:
+    """docs/testing.md's example, the first thing a user copies into a test of their own, runs unchanged
+    (its asserts included) in a fresh interpreter, offline."""
+    import re
+
+    text = (ROOT / "docs" / "testing.md").read_text(encoding="utf-8")
+    [code] = re.findall(r"^```python\n(.*?)^```", text, flags=re.M | re.S)
+    env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("http://127.0.0.1:")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from logwriters import stop_writers_under
 from mlflow import MlflowClient
 
@@ -18,25 +19,30 @@ ROOT = Path(__file__).resolve().parent.parent
 # The short README is drafted in docs/ while README.md is being changed elsewhere; at merge it replaces
 # README.md and this points there.
 README = ROOT / "docs" / "README-draft.md"
+# The same first call, as the docs site's getting-started page shows it.
+GETTING_STARTED = ROOT / "docs" / "getting-started.md"
 
 
-def _section(title: str) -> str:
-    text = README.read_text(encoding="utf-8")
+def _section(title: str, page: Path = README) -> str:
+    text = page.read_text(encoding="utf-8")
     match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S)
-    assert match, f"no '## {title}' section in {README.name}"
+    assert match, f"no '## {title}' section in {page.name}"
     return match.group(1)
 
 
-def _block(title: str, language: str) -> str:
-    blocks = re.findall(rf"^```{language}\n(.*?)^```", _section(title), flags=re.M | re.S)
-    assert len(blocks) == 1, f"expected one {language} block under '## {title}', found {len(blocks)}"
+def _block(title: str, language: str, page: Path = README) -> str:
+    blocks = re.findall(rf"^```{language}\n(.*?)^```", _section(title, page), flags=re.M | re.S)
+    assert len(blocks) == 1, f"expected one {language} block under '## {title}' in {page.name}, found {len(blocks)}"
     return blocks[0]
 
 
-def test_use_example_runs_offline_as_written(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("page", "title"), [(README, "Use"), (GETTING_STARTED, "A first traced call, offline")], ids=["readme", "docs"]
+)
+def test_use_example_runs_offline_as_written(tmp_path: Path, page: Path, title: str) -> None:
     """The example, unchanged, with no key and no network: exit 0, the fake's answer printed, and in the
     store it names one trace: the ``agent`` span (AGENT) with the SDK call under it (CHAT_MODEL, tokens)."""
-    code = _block("Use", "python")
+    code = _block(title, "python", page)
     cache = tmp_path / "cache"
     env = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "MLFLOW_TRACKING_URI")}
     env |= {"MLFLOW_MODEL_CATALOG_URI": "", "XDG_CACHE_HOME": str(cache), "PYTHONIOENCODING": "utf-8"}
