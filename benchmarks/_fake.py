@@ -1,4 +1,4 @@
-"""The fake Anthropic backend for the benchmarks: ``spanline.fake_anthropic``'s in-process transport, through
+"""The fake Anthropic backend for the benchmarks: ``spanline.testing``'s in-process transport, through
 ``spanline.bench.fake_clients``, so ``spanline bench`` and this suite measure the same backend.
 """
 

@@ -24,7 +24,7 @@ def main(rev: str) -> None:
 
     import spanline
     from spanline import _runtime
-    from spanline.fake_anthropic import FakeAnthropicAPI
+    from spanline.testing import FakeAnthropicAPI
 
     src = subprocess.check_output(["git", "show", f"{rev}:patches/messages.py"]).decode()
     old = types.ModuleType("spanline.patches._messages_base")

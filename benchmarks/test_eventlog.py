@@ -44,7 +44,7 @@ import json, os, sys, time
 mode, calls = sys.argv[1], int(sys.argv[2])
 import mlflow
 mlflow.set_experiment("bench")
-from spanline.fake_anthropic import FakeAnthropicAPI
+from spanline.testing import FakeAnthropicAPI
 client = FakeAnthropicAPI().client()
 def call(i):
     client.messages.create(model="claude-fake-1", max_tokens=8, messages=[{"role": "user", "content": f"q{i}"}])
@@ -133,7 +133,7 @@ def test_app_cpu_per_call(benchmark, tmp_path):
 def _fill_log(directory: str, uri: str) -> None:
     code = textwrap.dedent(f"""
         import mlflow, spanline
-        from spanline.fake_anthropic import FakeAnthropicAPI
+        from spanline.testing import FakeAnthropicAPI
         mlflow.set_experiment("bench")
         spanline.autolog(silent=True, writer_autostart=False, log_dir="{directory}")
         client = FakeAnthropicAPI().client()
@@ -240,7 +240,7 @@ def test_lag_at_half_the_ceiling(benchmark, tmp_path):
 
     import spanline
     from spanline.bench.lag import steady_lag
-    from spanline.fake_anthropic import FakeAnthropicAPI
+    from spanline.testing import FakeAnthropicAPI
 
     ceiling = float(os.environ.get("SPANLINE_BENCH_CEILING", "200"))
     rate = ceiling / 2

@@ -33,16 +33,16 @@ def _sse_client(deltas: int) -> Any:
     """A real ``anthropic.Anthropic`` whose every response is one SSE body with ``deltas`` text deltas."""
     import httpx2
 
-    from spanline import fake_anthropic
+    from spanline.testing import FakeAnthropicAPI, wire
 
-    api = fake_anthropic.FakeAnthropicAPI(record_requests=False)
-    message = api._build_message({**STREAM_KWARGS, "stream": False})
+    api = FakeAnthropicAPI(record_requests=False)
+    message = api.build_message({**STREAM_KWARGS, "stream": False})
     message["content"] = [{"citations": None, "text": "lorem ipsum dolor " * deltas, "type": "text"}]
-    body = list(fake_anthropic._stream_events(message))
+    body = list(wire.stream_events(message))
     headers = {"request-id": "req_bench", "content-type": "text/event-stream; charset=utf-8"}
 
     def handle(request: httpx2.Request) -> httpx2.Response:
-        return httpx2.Response(200, headers=headers, stream=fake_anthropic._SSEStream(lambda: iter(body)))
+        return httpx2.Response(200, headers=headers, stream=wire.SSEStream(lambda: iter(body)))
 
     return api.client(http_client=httpx2.Client(transport=httpx2.MockTransport(handle))), len(body)
 
@@ -145,12 +145,12 @@ def test_worker_assembly(benchmark: Any) -> None:
     """The worker's side, for the record: folding a long stream's bytes into its message (µs per event)."""
     from spanline.pipeline.streams import StreamState
 
-    from spanline import fake_anthropic
+    from spanline.testing import FakeAnthropicAPI, wire
 
-    api = fake_anthropic.FakeAnthropicAPI(record_requests=False)
-    message = api._build_message({**STREAM_KWARGS, "stream": False})
+    api = FakeAnthropicAPI(record_requests=False)
+    message = api.build_message({**STREAM_KWARGS, "stream": False})
     message["content"] = [{"citations": None, "text": "lorem ipsum dolor " * LONG, "type": "text"}]
-    body = list(fake_anthropic._stream_events(message))
+    body = list(wire.stream_events(message))
     times = list(range(len(body)))
 
     def fold() -> None:

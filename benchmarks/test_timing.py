@@ -16,7 +16,7 @@ def test_fake_async_latency_overlaps(benchmark: Any) -> None:
     """Six concurrent calls (five at 0.2 s, one at 0.3 s) take ~0.3 s, not the 1.3 s of serial sleeps."""
     import anyio
 
-    from spanline.fake_anthropic import FakeAnthropicAPI
+    from spanline.testing import FakeAnthropicAPI
 
     benchmark.group = "fake API latency"
     fake = FakeAnthropicAPI(latency=0.2, model_latency={"slow": 0.3}, record_requests=False)
@@ -37,7 +37,7 @@ def test_fake_async_latency_overlaps(benchmark: Any) -> None:
 
 
 def test_fake_sync_latency_per_model(benchmark: Any) -> None:
-    from spanline.fake_anthropic import FakeAnthropicAPI
+    from spanline.testing import FakeAnthropicAPI
 
     benchmark.group = "fake API latency"
     client = FakeAnthropicAPI(model_latency={"slow": 0.1}, record_requests=False).client()
@@ -59,7 +59,7 @@ def test_busy_program_store_lag(benchmark: Any, tracking_store: str) -> None:
     import mlflow
 
     import spanline
-    from spanline.fake_anthropic import FakeAnthropicAPI
+    from spanline.testing import FakeAnthropicAPI
 
     benchmark.group = "steady load: append-to-stored lag"
     mlflow.set_experiment(f"steady-{uuid.uuid4().hex[:8]}")

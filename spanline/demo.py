@@ -58,7 +58,7 @@ def _make_client() -> tuple[Any, str]:
         import anthropic
 
         return anthropic.AsyncAnthropic(), f"the real Anthropic API (ANTHROPIC_API_KEY is set), model {MODEL}"
-    from spanline.fake_anthropic import FakeAnthropicAPI
+    from spanline.testing import FakeAnthropicAPI
 
     return (
         FakeAnthropicAPI().async_client(),

@@ -1,7 +1,7 @@
 """Shared fixtures: a real sqlite MLflow store, the fake Anthropic backend, spanline on and off.
 
 MLflow is real (a sqlite file in a tmp dir, read back with mlflow.search_traces / get_trace); the
-Anthropic SDK is real; only its network is fake (spanline.fake_anthropic).
+Anthropic SDK is real; only its network is fake (spanline.testing).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import mlflow
 import pytest
 
 import spanline
-from spanline.fake_anthropic import FakeAnthropicAPI
+from spanline.testing import FakeAnthropicAPI
 
 pytest_plugins = ["mlflow_server", "logwriters", "postgres"]
 _CACHE = os.environ["XDG_CACHE_HOME"]

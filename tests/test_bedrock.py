@@ -18,11 +18,8 @@ from logwriters import log_dir_of
 from spanline.pipeline.streams import StreamState
 
 import spanline
-from spanline import fake_anthropic
-from spanline.fake_anthropic import (
-    FakeAnthropicAPI,
-    httpx2,  # httpx under anthropic 1.x
-)
+from spanline.testing import FakeAnthropicAPI, wire
+from spanline.testing.http import httpx2  # httpx under anthropic 1.x
 
 pytest.importorskip("botocore")
 
@@ -133,8 +130,8 @@ def _eventstream_body(text: str) -> tuple[bytes, dict, int]:
     """A streamed reply as Bedrock sends it, the message it stands for, and how many events it holds."""
     fake = FakeAnthropicAPI()
     body = {"model": MODEL, "max_tokens": 100_000, "messages": [{"role": "user", "content": text}]}
-    message = fake._build_message(body)
-    frames = list(fake_anthropic._stream_events(message, frozenset(), fake_anthropic._bedrock_frame))
+    message = fake.build_message(body)
+    frames = list(wire.stream_events(message, frozenset(), wire.bedrock_frame))
     return b"".join(frames), message, len(frames)
 
 

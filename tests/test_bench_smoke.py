@@ -84,7 +84,7 @@ def test_untraced_twin_runs_the_sdk_as_shipped(traced, experiment):
 
 
 def test_bench_talks_to_the_one_fake_anthropic_api():
-    """The bench measures the SDK against ``spanline.fake_anthropic``, the fake the tests and the demo use, not a
+    """The bench measures the SDK against ``spanline.testing``, the fake the tests and the demo use, not a
     second fake of its own: answers carry that fake's ids, and no module of the package defines a handler."""
     import pkgutil
 
@@ -94,7 +94,7 @@ def test_bench_talks_to_the_one_fake_anthropic_api():
     client, _, which = fake_clients()
     answer = client.messages.create(**CHAT_KWARGS)
     assert answer.id.startswith("msg_fake_") and answer._request_id.startswith("req_fake_")
-    assert "spanline.fake_anthropic" in which
+    assert "spanline.testing" in which
     for info in pkgutil.iter_modules(spanline.bench.__path__, "spanline.bench."):
         if info.name.endswith("__main__"):  # importing it runs the bench
             continue

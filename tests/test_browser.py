@@ -27,7 +27,7 @@ from helpers import TOOLS, make_agent, traces_in
 from test_attachments import image_block, png
 
 import spanline
-from spanline.fake_anthropic import FakeAnthropicAPI
+from spanline.testing import FakeAnthropicAPI
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "browser-screenshots"

@@ -23,12 +23,9 @@ from anthropic.types import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spanline import fake_anthropic
-from spanline.fake_anthropic import (
-    FAKE_API_KEY,
-    FakeAnthropicAPI,
-    httpx2,  # httpx under anthropic 1.x
-)
+from spanline.testing import FAKE_API_KEY, FakeAnthropicAPI
+from spanline.testing import api as fake_api
+from spanline.testing.http import httpx2  # httpx under anthropic 1.x
 
 MODEL = "claude-fake-1"
 WEATHER_QUESTION = "What's the weather like in Tokyo today?"
@@ -296,7 +293,7 @@ def test_requests_are_recorded(fake: FakeAnthropicAPI) -> None:
 
 
 def test_recorded_requests_are_bounded(fake: FakeAnthropicAPI, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fake_anthropic, "MAX_RECORDED_REQUESTS", 5)
+    monkeypatch.setattr(fake_api, "MAX_RECORDED_REQUESTS", 5)
     with httpx2.Client(transport=fake.transport(), base_url="http://x") as http:
         for i in range(12):
             http.post(
@@ -607,7 +604,7 @@ def test_async_latency_does_not_block_the_loop() -> None:
 def test_sync_latency(monkeypatch: pytest.MonkeyPatch) -> None:
     """``model_latency`` delays that model's calls only (the sleeps the sync transport takes, recorded)."""
     slept: list[float] = []
-    monkeypatch.setattr(fake_anthropic, "time", type("Clock", (), {"sleep": staticmethod(slept.append)}))
+    monkeypatch.setattr(fake_api, "time", type("Clock", (), {"sleep": staticmethod(slept.append)}))
     fake = FakeAnthropicAPI(model_latency={"slow": 0.1})
     with fake.client() as client:
         client.messages.create(model=MODEL, max_tokens=5, messages=_user("hi"))
@@ -784,7 +781,7 @@ def test_error_event_mid_stream(fake: FakeAnthropicAPI) -> None:
     ],
 )
 def test_routes(method: str, path: str, expected: tuple) -> None:
-    from spanline.fake_anthropic import _route
+    from spanline.testing.routes import route as _route
 
     assert _route(method, path) == expected
 

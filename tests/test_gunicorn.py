@@ -25,7 +25,7 @@ from test_writer import _assert_each_once, _once, _stored
 
 WSGI_APP = """
 import os, time, mlflow, spanline
-from spanline.fake_anthropic import FakeAnthropicAPI
+from spanline.testing import FakeAnthropicAPI
 
 mlflow.set_experiment(os.environ["TEST_EXPERIMENT"])
 spanline.autolog()  # in the master, before the fork (--preload)

@@ -22,7 +22,7 @@ from spanline.pipeline import context, trace_metadata
 from spanline.pipeline.convert import to_json_bytes
 
 import spanline
-from spanline.fake_anthropic import FakeAnthropicAPI
+from spanline.testing import FakeAnthropicAPI
 
 # --- trace ids ------------------------------------------------------------------------------------------
 
@@ -371,7 +371,7 @@ def test_size_figures_of_a_spanline_trace_count_every_span(traced, fake):
 _GLOBAL_MODE_SCRIPT = r"""
 import asyncio, json, os, sys
 import mlflow, spanline
-from spanline.fake_anthropic import FakeAnthropicAPI
+from spanline.testing import FakeAnthropicAPI
 mlflow.set_tracking_uri(sys.argv[1])
 experiment = mlflow.set_experiment("global-mode").experiment_id
 spanline.autolog()

@@ -112,7 +112,7 @@ def test_process_exit_stores_everything_without_a_flush(tmp_path, own_cache):
     done = run_script(
         """
         import mlflow, spanline
-        from spanline.fake_anthropic import FakeAnthropicAPI
+        from spanline.testing import FakeAnthropicAPI
         mlflow.set_experiment("exit")
         spanline.autolog()
         client = FakeAnthropicAPI().client()
@@ -135,7 +135,7 @@ def test_forked_child_traces_with_its_own_worker(tmp_path, own_cache):
     done = run_script(
         """
         import os, mlflow, spanline
-        from spanline.fake_anthropic import FakeAnthropicAPI
+        from spanline.testing import FakeAnthropicAPI
         mlflow.set_experiment("fork")
         spanline.autolog()
         client = FakeAnthropicAPI().client()

@@ -20,7 +20,7 @@ from spanline.pipeline.convert import to_json_bytes
 
 import spanline
 from spanline import _runtime
-from spanline.fake_anthropic import FakeAnthropicAPI
+from spanline.testing import FakeAnthropicAPI
 
 MODEL = "claude-sonnet-4-5"
 

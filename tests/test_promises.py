@@ -314,7 +314,7 @@ async def test_exception_reraised_unchanged_from_every_shape(traced, shape):
 
 _ENV_SCRIPT = """
     import json, os, mlflow, spanline
-    from spanline.fake_anthropic import FakeAnthropicAPI
+    from spanline.testing import FakeAnthropicAPI
     mlflow.set_experiment(os.environ["TEST_ACTIVE_EXPERIMENT"])
     spanline.autolog()
     FakeAnthropicAPI().client().messages.create(

@@ -1,6 +1,6 @@
 """spanline against a real ``mlflow server``: spans go over REST (OTLP to ``/v1/traces``) and are read back.
 
-The Anthropic SDK is real, its network is the in-process fake (spanline.fake_anthropic); MLflow is a real
+The Anthropic SDK is real, its network is the in-process fake (spanline.testing); MLflow is a real
 server started once per session (tests/mlflow_server.py), each test in a fresh experiment on it. The
 tool-calling agent is the seed's "ツール呼び出しエージェント" example (MLflow's Anthropic tracing docs), kept
 in its shape: an async client, a TOOL-decorated ``get_weather``, an AGENT-decorated ``run_tool_agent``
@@ -19,7 +19,7 @@ from helpers import CITIES, WEATHER, attr_json, children_of, make_agent, root_of
 from mlflow.entities import SpanType, TraceState
 
 import spanline
-from spanline.fake_anthropic import FakeAnthropicAPI
+from spanline.testing import FakeAnthropicAPI
 
 MODEL = "claude-3-5-sonnet-20241022"
 FLUSH_TIMEOUT = 60

@@ -203,7 +203,7 @@ import asyncio, os, sys
 import mlflow, spanline
 sys.path.insert(0, os.environ["TEST_HELPERS"])
 from helpers import make_agent
-from spanline.fake_anthropic import FakeAnthropicAPI
+from spanline.testing import FakeAnthropicAPI
 
 mlflow.set_experiment(os.environ["TEST_EXPERIMENT"])
 spanline.autolog()

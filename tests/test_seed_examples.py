@@ -16,7 +16,7 @@ from helpers import CITIES, WEATHER, attr_json, children_of, make_agent, root_of
 from mlflow.entities import SpanType
 
 import spanline
-from spanline.fake_anthropic import httpx2  # httpx under anthropic 1.x
+from spanline.testing.http import httpx2  # httpx under anthropic 1.x
 
 MODEL = "claude-3-5-sonnet-20241022"
 

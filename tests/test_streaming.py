@@ -25,11 +25,8 @@ from spanline.pipeline.stats import Counters
 from spanline.pipeline.streams import StreamState
 
 import spanline
-from spanline import fake_anthropic
-from spanline.fake_anthropic import (
-    FakeAnthropicAPI,
-    httpx2,  # httpx under anthropic 1.x
-)
+from spanline.testing import FAKE_BASE_URL, FakeAnthropicAPI, wire
+from spanline.testing.http import httpx2  # httpx under anthropic 1.x
 
 MODEL = "claude-sonnet-4-5"
 WEATHER_TOOL = {
@@ -80,7 +77,7 @@ def _attrs(span) -> dict:
 def _reference(request: dict) -> dict:
     """The body a non-streaming call of ``request`` receives from a fresh fake (ids as a fresh one numbers
     them), asked of the fake directly so that no traced call is made."""
-    http = httpx2.Request("POST", f"{fake_anthropic.FAKE_BASE_URL}/v1/messages", json=_kwargs(request),
+    http = httpx2.Request("POST", f"{FAKE_BASE_URL}/v1/messages", json=_kwargs(request),
                           headers={"x-api-key": "k"})
     return json.loads(FakeAnthropicAPI().handle(http).read())
 
@@ -434,8 +431,8 @@ async def test_async_streams_dropped_unread_or_half_read(traced, fake):
 def _sse_body(text: str) -> tuple[bytes, dict]:
     fake = FakeAnthropicAPI()
     body = {"model": MODEL, "max_tokens": 100_000, "messages": [{"role": "user", "content": text}]}
-    message = fake._build_message(body)
-    return b"".join(fake_anthropic._stream_events(message)), message
+    message = fake.build_message(body)
+    return b"".join(wire.stream_events(message)), message
 
 
 def _assembled(chunks: list[bytes], encoding: str = "") -> StreamState:

@@ -13,7 +13,7 @@ import pytest
 from helpers import attr_json, children_of, root_of, token_usage, traces_in
 
 import spanline
-from spanline.fake_anthropic import httpx2  # httpx under anthropic 1.x
+from spanline.testing.http import httpx2  # httpx under anthropic 1.x
 
 MODEL = "claude-sonnet-4-5"
 # The runner's _run_tool, which spanline patches, exists from anthropic 1.9 (before it, test_compat checks that

@@ -12,7 +12,7 @@ overheads are differences and ratios against ``untraced`` from the same interlea
 absolute time. Processes are forked from one interpreter that has imported anthropic, mlflow and spanline
 (and nothing else: no patch, no store, no tracer), so a round costs no interpreter start-up; ``--spawn``
 starts a fresh interpreter per process instead. Every process talks to the in-process fake Anthropic
-API (``spanline.fake_anthropic``) and writes to its own copy of a sqlite MLflow store in a temp dir.
+API (``spanline.testing``) and writes to its own copy of a sqlite MLflow store in a temp dir.
 
 Modules, one job each, in the order a run uses them:
 

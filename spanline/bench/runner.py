@@ -29,7 +29,7 @@ PRELOAD = (
     "mlflow.tracing",
     "spanline",
     "spanline.pipeline.sink",
-    "spanline.fake_anthropic",
+    "spanline.testing",
 )
 
 

@@ -35,7 +35,7 @@ PRODUCER = """
 import asyncio, os
 import mlflow, spanline
 from spanline.demo import make_tool_agent
-from spanline.fake_anthropic import FakeAnthropicAPI
+from spanline.testing import FakeAnthropicAPI
 
 mlflow.set_experiment(os.environ["BENCH_EXPERIMENT"])
 spanline.autolog(silent=True)

@@ -55,13 +55,13 @@ STREAM_KWARGS: dict[str, Any] = {
     ],
 }
 
-FAKE_DESCRIPTION = "spanline.fake_anthropic (httpx2.MockTransport, in-process)"
+FAKE_DESCRIPTION = "spanline.testing (httpx2.MockTransport, in-process)"
 
 
 def fake_clients() -> tuple[Any, Any, str]:
-    """(sync client, async client, which fake): real ``anthropic`` clients on ``spanline.fake_anthropic``'s
+    """(sync client, async client, which fake): real ``anthropic`` clients on ``spanline.testing``'s
     in-process transport, the same fake the tests and the demo use, with ``max_retries=0`` and a fake key."""
-    from spanline.fake_anthropic import FakeAnthropicAPI
+    from spanline.testing import FakeAnthropicAPI
 
     # The fake keeps the last 10,000 requests for tests to inspect (tens of MB, and an O(n) trim per
     # request once full). The bench inspects none, and must not count that memory or time as anyone's.
