@@ -166,3 +166,30 @@ def make_agent(client: Any, decorate_tool: Callable, decorate_agent: Callable) -
         return response.content[-1].text
 
     return run_tool_agent
+
+
+# --- the SDK as it was: every attribute of every class and module, by identity ----------------------------
+
+
+def sdk_snapshot() -> dict[tuple[str, str], object]:
+    """Every entry of the ``__dict__`` of each loaded ``anthropic`` module and of each class defined there,
+    keyed by (module or class qualname, attribute): read from the SDK itself, not from spanline's record of
+    what it patched, so a patch left behind (or one spanline forgot it made) shows."""
+    import sys
+
+    out: dict[tuple[str, str], object] = {}
+    for name, module in list(sys.modules.items()):
+        if module is None or not (name == "anthropic" or name.startswith("anthropic.")):
+            continue
+        for attr, value in list(vars(module).items()):
+            out[(name, attr)] = value
+            if isinstance(value, type) and value.__module__ == name:
+                for cattr, cvalue in list(vars(value).items()):
+                    out[(f"{name}.{value.__qualname__}", cattr)] = cvalue
+    return out
+
+
+def sdk_changes(before: dict[tuple[str, str], object]) -> list[tuple[str, str]]:
+    """The entries of ``before`` that are no longer the same object."""
+    now = sdk_snapshot()
+    return sorted(key for key, value in before.items() if key in now and now[key] is not value)

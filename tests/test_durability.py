@@ -16,7 +16,17 @@ import uuid
 from helpers import traces_in
 from logwriters import log_dir_of
 from spanline.pipeline import eventlog, logdir
-from test_writer import APP, _assert_each_once, _assert_stored_with_the_crash, _env, _once, _reap, _run, _stored
+from test_writer import (
+    APP,
+    _assert_each_once,
+    _assert_stored_with_the_crash,
+    _env,
+    _once,
+    _reap,
+    _run,
+    _stored,
+    _wait_in_log,
+)
 
 import spanline
 
@@ -72,7 +82,8 @@ def test_with_fsync_a_process_killed_after_its_calls_loses_nothing(tmp_path, own
         with spanline.start_span("crashing-agent", span_type="AGENT"):  # still open when the process dies
             client.messages.create(model="claude-fake-1", max_tokens=8,
                                    messages=[{"role": "user", "content": "last words"}])
-            time.sleep(2.5)
+            while not spanline.stats().log_syncs or spanline.stats().queue_depth:  # the call appended, synced
+                time.sleep(0.01)
             st = spanline.stats()
             print("syncs", st.log_syncs, st.mode, flush=True)
             time.sleep(600)
@@ -82,6 +93,7 @@ def test_with_fsync_a_process_killed_after_its_calls_loses_nothing(tmp_path, own
     try:
         line = app.stdout.readline().split()
         assert line[:1] == ["syncs"], app.stderr.read()[-3000:]
+        _wait_in_log(log_dir_of(uri), [b"last words"], app)
         app.send_signal(signal.SIGKILL)
         app.wait(10)
     finally:

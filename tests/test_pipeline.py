@@ -11,7 +11,7 @@ import time
 import anthropic
 import mlflow
 import pytest
-from helpers import scan_for, store_files, traces_in
+from helpers import scan_for, sdk_changes, sdk_snapshot, store_files, traces_in
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from logwriters import log_dir_of
@@ -45,6 +45,20 @@ def test_disable_restores_the_exact_originals(experiment):
     spanline.autolog(disable=True)
     after = [Messages.create, AsyncMessages.create, SyncAPIClient._process_response, AsyncAPIClient._process_response]
     assert all(a is b for a, b in zip(after, before, strict=True))
+
+
+@pytest.mark.compat
+def test_disable_restores_every_attribute_of_the_sdk(experiment):
+    """Not only the four seams above: every class and module attribute of the loaded SDK (a patch cycle
+    first, so whatever modules autolog imports are loaded and in the snapshot)."""
+    spanline.autolog()
+    spanline.autolog(disable=True)
+    shipped = sdk_snapshot()
+    spanline.autolog()
+    patched = sdk_changes(shipped)
+    assert len(patched) > 4, patched  # the snapshot sees the patches (positive control)
+    spanline.autolog(disable=True)
+    assert sdk_changes(shipped) == []
 
 
 @pytest.mark.compat

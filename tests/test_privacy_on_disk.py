@@ -24,7 +24,7 @@ from test_writer import _env, _stored
 # characters, so the completion's secret is there and the prompt's is past it.
 APP = """
 import json, os, sys, mlflow, spanline
-from spanline.fake_anthropic import FakeAnthropicAPI
+from spanline.testing import FakeAnthropicAPI
 mlflow.set_experiment(os.environ["TEST_EXPERIMENT"])
 S = json.loads(os.environ["TEST_SECRETS"])
 

@@ -416,12 +416,15 @@ async def test_async_streams_dropped_unread_or_half_read(traced, fake):
             break
     del stream, event
     gc.collect()
-    await anyio.sleep(0.1)  # the event loop finalises the dropped async generators
-    assert await spanline.aflush(60)
+    with anyio.fail_after(60):  # the event loop finalises the dropped async generators: both spans end
+        while await spanline.aflush(60) and len(traces_in(traced)) < 2:
+            await anyio.sleep(0.01)
     unread, half = _spans(traced)
     _assert_stream_span(unread, end="abandoned", completed=False, name="AsyncMessages.create")
     assert _attrs(half)["spanline.stream.completed"] == "false"
-    assert json.loads(_attrs(half)["spanline.stream.end"]) in ("abandoned", "closed")
+    # Dropped half read: the SDK's async generator is finalised (GeneratorExit in flight as it closes the
+    # response), on asyncio and trio alike: abandoned, not closed by the application.
+    assert json.loads(_attrs(half)["spanline.stream.end"]) == "abandoned"
     assert half.outputs["content"][0]["text"]
 
 

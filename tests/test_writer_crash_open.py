@@ -24,7 +24,7 @@ K, EARLY, LATE, N1, N2 = 4, 3, 3, 300, 50
 # calls and ends, and N2 more short traces follow.
 APP = f"""
 import os, sys, threading, mlflow, spanline
-from spanline.fake_anthropic import FakeAnthropicAPI
+from spanline.testing import FakeAnthropicAPI
 mlflow.set_experiment(os.environ["TEST_EXPERIMENT"])
 spanline.autolog()
 client = FakeAnthropicAPI().client()
