@@ -26,9 +26,9 @@ REPORTS = Path(__file__).parent / ".nox" / "_reports"
 
 # name -> (python, anthropic requirement, mlflow version). The floors here are pyproject.toml's lower bounds.
 MATRIX: dict[str, tuple[str, str, str]] = {
-    "floor": ("3.10", "anthropic==1.0.0", "3.6.0"),
+    "floor": ("3.10", "anthropic==1.0.0", "3.9.0"),
     "last-1.x": ("3.11", "anthropic==1.17.0", "3.11.1"),
-    "sdk-2.0": ("3.11", "anthropic==2.0.0", "3.6.0"),
+    "sdk-2.0": ("3.11", "anthropic==2.0.0", "3.9.0"),
     "newest": ("3.11", "anthropic==2.17.0", "3.17.2"),
     "py3.13-aiohttp": ("3.13", "anthropic[aiohttp]==2.17.0", "3.17.2"),
     "py3.10-mid": ("3.10", "anthropic==2.0.0", "3.11.1"),

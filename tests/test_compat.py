@@ -36,7 +36,7 @@ def test_a_seam_the_sdk_lacks_leaves_that_surface_alone_and_the_rest_traced(expe
     try:
         spanline.autolog()
         spanline.autolog()  # a second call names it no second time
-        (line,) = _missing_lines(caplog)
+        (line,) = [line for line in _missing_lines(caplog) if "messages.batches" in line]
         assert "messages.batches is not traced" in line and f"anthropic {anthropic.__version__}" in line
         assert "Batches.results" in line, "the missing seam itself is named"
         assert Batches.__dict__["create"] is batch_create
