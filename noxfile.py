@@ -26,9 +26,9 @@ REPORTS = Path(__file__).parent / ".nox" / "_reports"
 
 # name -> (python, anthropic requirement, mlflow version). The floors here are pyproject.toml's lower bounds.
 MATRIX: dict[str, tuple[str, str, str]] = {
-    "floor": ("3.10", "anthropic==1.0.0", "3.6.0"),
+    "floor": ("3.10", "anthropic==1.0.0", "3.9.0"),
     "last-1.x": ("3.11", "anthropic==1.17.0", "3.11.1"),
-    "sdk-2.0": ("3.11", "anthropic==2.0.0", "3.6.0"),
+    "sdk-2.0": ("3.11", "anthropic==2.0.0", "3.9.0"),
     "newest": ("3.11", "anthropic==2.17.0", "3.17.2"),
     "py3.13-aiohttp": ("3.13", "anthropic[aiohttp]==2.17.0", "3.17.2"),
     "py3.10-mid": ("3.10", "anthropic==2.0.0", "3.11.1"),
@@ -75,7 +75,11 @@ def _define(name: str, python: str, anthropic: str, mlflow: str) -> None:
             "sys.exit(0 if got == want else 'not the pinned versions: %s != %s' % (got, want))"
         ), silent=False)
         env = {"MLFLOW_MODEL_CATALOG_URI": "", "SPANLINE_COMPAT_SESSION": name}
-        session.run("pytest", "-q", "-m", "compat", f"--junitxml={report}", *session.posargs, env=env)
+        # The real `mlflow server` variant of the trace metadata test starts a server (~60 s of a session's ~4 min
+        # on a loaded 2-core machine): the main suite runs it; the sessions check the same rows on sqlite.
+        session.run("pytest", "-q", "-m", "compat", f"--junitxml={report}",
+                    "--deselect", "tests/test_interop.py::test_trace_metadata_is_what_mlflow_writes[server]",
+                    *session.posargs, env=env)
 
     compat.__doc__ = f"Python {python}, {anthropic}, mlflow=={mlflow}: pytest -m compat"
     nox.session(name=name, python=interpreter or False, venv_backend="uv" if interpreter else "none")(compat)

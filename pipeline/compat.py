@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from mlflow.tracing.constant import TraceMetadataKey
 
 # ``mlflow.trace.infoFinalized``: newer MLflow's exporter marks a trace whose info it has written (with
-# ``start_trace``). MLflow 3.6 to 3.8 (at least) write no such key; there the size figures, which its exporter
+# ``start_trace``). MLflow 3.9 and 3.10 (at least) write no such key; there the size figures, which its exporter
 # adds to the trace info just before ``start_trace`` (and ``log_spans`` never writes), mark the same moment.
 INFO_FINALIZED: str | None = getattr(TraceMetadataKey, "TRACE_INFO_FINALIZED", None)
 
@@ -20,3 +20,4 @@ def mlflow_wrote_trace_info(metadata: Mapping[str, str]) -> bool:
     if INFO_FINALIZED is not None:
         return metadata.get(INFO_FINALIZED) == "true"
     return TraceMetadataKey.SIZE_STATS in metadata
+

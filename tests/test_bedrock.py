@@ -75,7 +75,7 @@ def test_sigv4_signed_call_is_stored_as_bedrock_with_no_secret(traced, fake, tra
     caplog.set_level(logging.DEBUG, logger="spanline")
     client = _client(fake, asynchronous=False)
     client.messages.create(model=MODEL, max_tokens=32, messages=[{"role": "user", "content": CONTROL}])
-    assert spanline.flush(30)
+    assert spanline.flush(60)  # the first test of a matrix session also waits for the writer's cold start
     _check(fake, traced, tracking_uri, caplog)
 
 
@@ -98,7 +98,7 @@ def test_sigv4_streamed_call_is_stored_with_its_assembled_message(traced, fake, 
     stream = client.messages.create(model=MODEL, max_tokens=32, stream=True,
                                     messages=[{"role": "user", "content": CONTROL}])
     assert [e.type for e in stream][-1] == "message_stop"
-    assert spanline.flush(30)
+    assert spanline.flush(60)  # the first test of a matrix session also waits for the writer's cold start
     _check(fake, traced, tracking_uri, caplog, streamed=True)
 
 
