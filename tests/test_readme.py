@@ -16,9 +16,7 @@ from logwriters import stop_writers_under
 from mlflow import MlflowClient
 
 ROOT = Path(__file__).resolve().parent.parent
-# The short README is drafted in docs/ while README.md is being changed elsewhere; at merge it replaces
-# README.md and this points there.
-README = ROOT / "docs" / "README-draft.md"
+README = ROOT / "README.md"
 # The same first call, as the docs site's getting-started page shows it.
 GETTING_STARTED = ROOT / "docs" / "getting-started.md"
 
