@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -66,16 +67,35 @@ _fallback_dirs: dict[str, str] = {}  # tracking URI -> this process's private fa
 _fallback_lock = threading.Lock()
 
 
+URI_FILE = "tracking-uri.txt"  # names, for a person listing the cache, the store a log directory belongs to
+
+
+def cache_root() -> str:
+    """Where the default log directories live: ``$XDG_CACHE_HOME/spanline`` (else ``~/.cache/spanline``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "spanline")
+
+
+def default_path(tracking_uri: str) -> str:
+    """The default log directory's path for this store, without creating or checking anything."""
+    return os.path.join(cache_root(), hashlib.sha256(tracking_uri.encode()).hexdigest()[:16])
+
+
+def shown_uri(tracking_uri: str) -> str:
+    """The URI with a password in it masked: what may be written down or printed."""
+    return re.sub(r"(://[^/:@]*):[^/@]*@", r"\1:***@", tracking_uri)
+
+
 def default_dir(tracking_uri: str) -> str:
     """The user's cache directory for this store; when that cannot be used (unwritable, or not private: owned
     by another user or writable by others), a fresh private directory of this process's (``mkdtemp``), never
-    a predictable path in a shared temp directory, where another user could have prepared it (issue 25)."""
+    a predictable path in a shared temp directory, where another user could have prepared it."""
     key = hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    candidate = os.path.join(base, "spanline", key)
+    candidate = default_path(tracking_uri)
     try:
         safefs.make_private_dirs(candidate)
         if os.access(candidate, os.W_OK | os.X_OK):
+            _name_store(candidate, tracking_uri)
             return candidate
         reason: str = "not writable"
     except OSError as exc:
@@ -88,6 +108,26 @@ def default_dir(tracking_uri: str) -> str:
             logger.warning("spanline: the log directory %r cannot be used (%s); using the private directory %r",
                            candidate, reason, fallback)
     return fallback
+
+
+def _name_store(directory: str, tracking_uri: str) -> None:
+    # Best effort: the directory works without it, so a failure (a full disk) is not worth more than a skip.
+    try:
+        with safefs.opened_dir(directory) as dir_fd:
+            if safefs.read_small(dir_fd, URI_FILE) is None:
+                safefs.write_replace(dir_fd, URI_FILE, (shown_uri(tracking_uri) + "\n").encode())
+    except OSError:
+        pass
+
+
+def store_of(directory: str) -> str | None:
+    """The tracking URI named in ``directory``'s ``tracking-uri.txt`` (None: no such file)."""
+    try:
+        with safefs.opened_dir(directory) as dir_fd:
+            data = safefs.read_small(dir_fd, URI_FILE, 4096)
+    except OSError:
+        return None
+    return data.decode(errors="replace").strip() if data is not None else None
 
 
 SOCK = _SOCK
@@ -112,15 +152,16 @@ def read_status(directory: str) -> dict[str, Any]:
         return {}
 
 
-def _open_lock(directory: str) -> int:
+def _open_lock(directory: str, create: bool = True) -> int:
     with safefs.opened_dir(directory) as dir_fd:
-        return safefs.open_in(dir_fd, LOCK, os.O_RDWR | os.O_CREAT)
+        return safefs.open_in(dir_fd, LOCK, os.O_RDWR | (os.O_CREAT if create else 0))
 
 
-def writer_running(directory: str) -> bool:
-    """Whether a writer holds the directory's lock (one non-blocking ``flock`` attempt)."""
+def writer_running(directory: str, create: bool = True) -> bool:
+    """Whether a writer holds the directory's lock (one non-blocking ``flock`` attempt). ``create=False``: a
+    directory without a lock file has no writer, and is left as it is (``spanline status`` only looks)."""
     try:
-        fd = _open_lock(directory)
+        fd = _open_lock(directory, create)
     except OSError:
         return False
     try:

@@ -95,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="print an event log's state: segments, lag, writer, producers")
     _log_location(status)
     status.add_argument("--json", action="store_true", help="print the writer's status file as JSON")
+    status.add_argument("--all", action="store_true", help="list every default log directory of this user")
 
     replay = sub.add_parser(
         "replay-dead-letters",
@@ -147,16 +148,26 @@ def _log_location(sub: argparse.ArgumentParser) -> None:
     )
 
 
-def _log_dir(args: argparse.Namespace) -> str:
+def _log_dir(args: argparse.Namespace, create: bool = True) -> str:
+    """The log directory the command works on; ``create=False`` only computes the default one's path."""
     from spanline.pipeline import logdir
 
     if args.log_dir:
         return args.log_dir
     if os.environ.get("SPANLINE_LOG_DIR"):
         return os.environ["SPANLINE_LOG_DIR"]
+    uri, _ = _tracking_uri(args)
+    return logdir.default_dir(uri) if create else logdir.default_path(uri)
+
+
+def _tracking_uri(args: argparse.Namespace) -> tuple[str, str]:
+    """The tracking URI whose default log directory a command uses, and where it came from."""
+    from spanline.pipeline import logdir
+
     if args.tracking_uri:
-        return logdir.default_dir(logdir.absolute_uri(args.tracking_uri))
-    return logdir.default_dir(logdir.resolved_tracking_uri())
+        return logdir.absolute_uri(args.tracking_uri), "--tracking-uri"
+    source = "$MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "MLflow's default"
+    return logdir.resolved_tracking_uri(), source
 
 
 def _writer(args: argparse.Namespace) -> int:
@@ -200,18 +211,28 @@ def _status(args: argparse.Namespace) -> int:
 
     from spanline.pipeline import eventlog, logdir
 
-    directory = _log_dir(args)
+    if args.all:
+        return _status_all()
+    # Only looks: creates no directory and no file (a newcomer's first `spanline status` must leave no trace).
+    directory = _log_dir(args, create=False)
+    if not (args.log_dir or os.environ.get("SPANLINE_LOG_DIR")) and not args.json:
+        uri, source = _tracking_uri(args)
+        print(f"tracking URI:  {logdir.shown_uri(uri)}   (from {source})")
+    if not os.path.isdir(directory):
+        print(f"log directory: {directory} does not exist: nothing was recorded for this store here "
+              "(`spanline status --all` lists the log directories of this user)")
+        return 0
     status = logdir.read_status(directory)
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
     segments, size = eventlog.total_bytes(directory)
-    running = logdir.writer_running(directory)
+    running = logdir.writer_running(directory, create=False)
     print(f"log directory: {directory}")
     print(f"segments:      {segments} ({size:,} bytes)")
     producers = _producers(directory)
     uris = sorted({p["tracking_uri"] for p in producers if p["tracking_uri"]})
-    print(f"tracking URI:  {', '.join(uris) if uris else '(none recorded in the log)'}")
+    print(f"recorded for:  {', '.join(logdir.shown_uri(u) for u in uris) if uris else '(no producer left in the log)'}")
     if running:
         pid = logdir.writer_pid(directory)
         print(f"writer:        pid {pid}, {status.get('state', 'starting')}")
@@ -243,6 +264,27 @@ def _status(args: argparse.Namespace) -> int:
                   f"{status.get('corrupt_records', 0)} corrupt record(s) skipped")
         print(f"last error:    {status.get('last_error') or 'none'}")
     _print_dead_letters(directory)
+    return 0
+
+
+def _status_all() -> int:
+    """One line per default log directory of this user: its store, what waits in it, whether a writer runs."""
+    from spanline.pipeline import eventlog, logdir
+
+    root = logdir.cache_root()
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        names = []
+    print(f"log directories in {root}: {len(names)}")
+    for name in names:
+        directory = os.path.join(root, name)
+        if not os.path.isdir(directory):
+            continue
+        segments, size = eventlog.total_bytes(directory)
+        writer = "writer running" if logdir.writer_running(directory, create=False) else "no writer"
+        store = logdir.store_of(directory) or "(store not named: made before tracking-uri.txt)"
+        print(f"  {name}  {store}  {segments} segment(s), {size:,} bytes, {writer}")
     return 0
 
 

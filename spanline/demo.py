@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -330,7 +331,7 @@ def run(
     if uri.startswith(("http://", "https://")):
         _say(f"  {uri.rstrip('/')}/#/experiments/{experiment_id}/traces")
     else:
-        _say(f"  mlflow ui --backend-store-uri {uri} --port {UI_PORT}")
+        _say(f"  {_mlflow_command()} ui --backend-store-uri {uri} --port {UI_PORT}")
         _say(f"  http://127.0.0.1:{UI_PORT}/#/experiments/{experiment_id}/traces")
 
     if len(traces) != len(cities):
@@ -341,3 +342,16 @@ def run(
         )
         return 1
     return 0
+
+
+def _mlflow_command() -> str:
+    """``mlflow`` as this interpreter's environment has it, written so it runs as printed from the current
+    directory: the venv's script (``.venv/bin/mlflow``) when the venv is not activated, else plain ``mlflow``."""
+    script = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    if not os.path.exists(script):
+        return f"{sys.executable} -m mlflow"
+    on_path = shutil.which("mlflow")
+    if on_path and os.path.realpath(on_path) == os.path.realpath(script):
+        return "mlflow"
+    relative = os.path.relpath(script)
+    return relative if not relative.startswith("..") else script

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -92,6 +93,14 @@ def test_demo_stores_three_seed_traces_and_prints_them(tmp_path: Path) -> None:
     assert "spanline stats: 3 traces" in out and "dropped: none" in out
     assert f"mlflow ui --backend-store-uri {uri} --port 5000" in out
     assert f"http://127.0.0.1:5000/#/experiments/{experiment_id}/traces" in out
+    # The view command runs as printed, from where the demo ran, with the venv not activated (a newcomer's
+    # shell): its program is a file there, or on the PATH the demo had.
+    command = next(line.split() for line in out.splitlines() if " ui --backend-store-uri " in line)
+    program = command[0]
+    assert os.access(work / program, os.X_OK) or shutil.which(program, path=_env().get("PATH")), command
+    help_run = subprocess.run([*command[: command.index("ui") + 1], "--help"], cwd=work, env=_env(),
+                              capture_output=True, text=True, timeout=TIMEOUT)
+    assert help_run.returncode == 0, help_run.stderr[-2000:]
     # Nothing written to the working directory when a tracking URI is given.
     assert not (work / "mlflow.db").exists()
 
