@@ -141,7 +141,10 @@ def test_the_untraced_methods_stay_untouched_and_autolog_undoes_it_all(fake):
     # Every function is back, the very object the SDK shipped: read from the SDK's own classes and modules
     # (snapshotted before autolog), not from spanline's registry of the originals it kept.
     assert sdk_changes(shipped) == []
-    assert len(while_patched) >= len(patched), "the snapshot sees the patches (positive control)"
+    # Positive control: the snapshot sees every patch spanline made to the SDK's classes (the registry also holds
+    # MLflow's runtime-context hooks, which are not the SDK's).
+    sdk_patched = [key for key in patched if isinstance(key[0], type) and key[0].__module__.startswith("anthropic")]
+    assert len(while_patched) >= len(sdk_patched) > 0, "the snapshot sees the patches (positive control)"
 
 
 def test_the_docs_show_the_table():
