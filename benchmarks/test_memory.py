@@ -33,7 +33,7 @@ def stalled_store(tracking_store: str) -> Iterator[threading.Event]:
     assert spanline.flush(timeout=300)
     spanline.shutdown(timeout=60)  # restart the worker on a store that blocks
     release = threading.Event()
-    real_sink = pipeline._sink
+    real_sink = pipeline.sink
     pipeline.set_sink(lambda units: release.wait(300))
     try:
         yield release

@@ -137,7 +137,7 @@ def _record(self: Any, kwargs: dict, parent: Parent | None, start: int, slot: li
         if unread is not None and raw_response.defer(unread, event):
             return  # with_streaming_response: the body is read later, by the caller; recorded then
         pipeline = _runtime.pipeline
-        if pipeline._thread is None:
+        if pipeline.thread is None:
             pipeline.start()
         pipeline.emit(encode(event))
     except Exception as internal:

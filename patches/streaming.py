@@ -245,7 +245,7 @@ def _opened(self: Any, result: Any, kwargs: dict, parent: Parent | None, start: 
 
             request_body = _fallback_request(kwargs)  # the caller may change kwargs: encoded now
         pipeline = _runtime.pipeline
-        if pipeline._thread is None:
+        if pipeline.thread is None:
             pipeline.start()
         # A body httpx already holds (MockTransport, respx, a caching transport answer with bytes) is served
         # from ``response._content``: ``response.stream`` is never read, so the recorder goes on the reading.

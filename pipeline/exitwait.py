@@ -2,9 +2,9 @@
 
 In: the pipeline's last log position, after its worker appended everything and stopped (``Pipeline.shutdown``
 and the ``atexit`` handler). Out: this process's traces in the store, or one line saying how many are still
-only in the event log and where.
+only in the event log and where. Runs on the thread calling ``shutdown()`` (the ``atexit`` handler's, at exit).
 
-Where apps run (DESIGN §3), a process left behind dies with the container and the log's disk with it: a clean
+Where apps run, a process left behind dies with the container and the log's disk with it: a clean
 exit must not leave its traces to a detached writer. So the producer first closes its segment (its lock is
 free: to a writer it is now a finished producer, whose open spans, such as a stream never read to its end, are
 stored as unfinished), then:

@@ -1,7 +1,8 @@
 """spanline's options: defaults, ``SPANLINE_<NAME>`` environment variables, and validation.
 
 In: keyword arguments of ``autolog()`` / ``configure()``, and the environment. Out: one ``Options`` value,
-replaced whole on every change, so the caller's path reads a consistent set without a lock.
+replaced whole on every change, so the caller's path reads a consistent set without a lock. Runs on the
+user thread calling ``autolog()`` / ``configure()`` (and once at import, for the environment).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Writes complete units of spans to MLflow's tracking store, many traces per store call.
 
-In: ``Unit``s from the assembler, on the worker thread. Out: rows in the tracking store, through its
-``log_spans`` (SQL stores write them directly; the REST store sends OTLP to the server's ``/v1/traces``).
+In: ``Unit``s from an assembler: in the writer process, on its store threads (pipeline/fanout.py); in the
+in-process mode, on the application's worker thread (pipeline/inprocess.py). Out: rows in the tracking store,
+through its ``log_spans`` (SQL stores write them directly; the REST store sends OTLP to the server's
+``/v1/traces``).
 
 No ``start_trace``: ``log_spans`` alone creates each trace row from its spans (previews from the root's
 inputs and outputs, state, duration, token usage and cost aggregated over the tree, the trace name from

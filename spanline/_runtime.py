@@ -6,7 +6,7 @@ Module globals rather than an object, so the hot path pays one module attribute 
 from __future__ import annotations
 
 from spanline.pipeline import options as _options
-from spanline.pipeline.worker import Pipeline
+from spanline.pipeline.lifecycle import Pipeline
 
 options = _options.build(_options.Options(), _options.from_env())
 pipeline = Pipeline(options)

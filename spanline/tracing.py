@@ -89,7 +89,7 @@ def child_of(parent: Parent | None) -> tuple[Parent, int]:
 def emit(event: Event) -> None:
     """Encode one event and append it to the queue (starting the worker on the first)."""
     pipeline = _runtime.pipeline
-    if pipeline._thread is None:
+    if pipeline.thread is None:
         pipeline.start()
     pipeline.emit(encode(event))
 

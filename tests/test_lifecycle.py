@@ -35,7 +35,7 @@ def in_process(**options):
     """spanline storing in this process (durability="memory") with ``options``; the worker is asleep on
     entry (a flush just ran, and ``flush_interval`` is long unless given); everything restored on exit."""
     pipeline = _runtime.pipeline
-    real_sink = pipeline._sink
+    real_sink = pipeline.sink
     saved = _runtime.options
     spanline.autolog(durability="memory", **{"flush_interval": ASLEEP, **options})
     try:
@@ -94,7 +94,7 @@ def test_shutdown_stores_what_is_pending_within_its_timeout(experiment, fake):
 
 def test_shutdown_past_its_timeout_counts_the_rest_as_shutdown_drops(experiment, fake):
     with in_process() as pipeline:
-        entered, gate = _stalled(pipeline, pipeline._sink)
+        entered, gate = _stalled(pipeline, pipeline.sink)
         client = fake.client()
         try:
             _ask(client, "first")
@@ -104,7 +104,7 @@ def test_shutdown_past_its_timeout_counts_the_rest_as_shutdown_drops(experiment,
                 _ask(client, f"late-{i}")
             before = spanline.stats()
             assert before.queue_depth > 0
-            thread = pipeline._thread
+            thread = pipeline.thread
             assert spanline.shutdown(0.3) is False, "the store is stuck: shutdown gives up at its deadline"
             after = spanline.stats()
             assert after.dropped.get("shutdown", 0) - before.dropped.get("shutdown", 0) == before.queue_depth
@@ -157,7 +157,7 @@ def test_shutdown_with_the_log_waits_for_the_store_by_default(traced, fake):
 
 def test_flush_returns_false_on_timeout_then_true_once_it_can_complete(experiment, fake):
     with in_process() as pipeline:
-        entered, gate = _stalled(pipeline, pipeline._sink)
+        entered, gate = _stalled(pipeline, pipeline.sink)
         try:
             _ask(fake.client(), "stuck")
             assert spanline.flush(0.3) is False, "the store is stuck: flush gives up at its deadline"
@@ -257,7 +257,7 @@ def test_stats_with_the_log_against_a_known_scenario(traced, fake, tracking_uri)
 
 def test_batch_size_is_the_number_of_traces_per_store_call(experiment, fake):
     with in_process(batch_size=2) as pipeline:
-        real_sink = pipeline._sink
+        real_sink = pipeline.sink
         sizes: list[int] = []
 
         def counting(units):
@@ -279,7 +279,7 @@ def test_a_half_full_queue_wakes_the_worker_before_flush_interval(experiment, fa
         client = fake.client()
         k = _events_of_one_call(client)
         assert spanline.flush(30)
-        real_sink = pipeline._sink
+        real_sink = pipeline.sink
         stored = threading.Event()
 
         def watching(units):

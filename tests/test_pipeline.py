@@ -174,7 +174,7 @@ def test_full_queue_drops_newest_and_counts_it(experiment, fake):
     spanline.autolog(queue_size=5, batch_size=5, durability="memory")
     pipeline = _runtime.pipeline
     entered, gate = threading.Event(), threading.Event()
-    real_sink = pipeline._sink
+    real_sink = pipeline.sink
 
     def stalled(units):
         entered.set()
@@ -206,7 +206,7 @@ def test_full_queue_drops_newest_and_counts_it(experiment, fake):
 @pytest.mark.provokes_internal_errors
 def test_store_failures_are_retried_then_counted(experiment, fake):
     pipeline = _runtime.pipeline
-    real_sink = pipeline._sink
+    real_sink = pipeline.sink
     calls = {"n": 0}
 
     def flaky(units):
