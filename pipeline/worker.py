@@ -6,7 +6,7 @@ Out: records appended to this process's segment of the event log (pipeline/event
 when the log directory cannot be written (counted in ``stats().log_fallbacks``, logged once), it stores them
 itself as before: assembler, ``MlflowSink.write`` in batches, retries with backoff, drops counted.
 
-Events are appended as the same bytes the caller encoded; a deferred event (``events.encoded``: a streamed
+Events are appended as the same bytes the caller encoded; a deferred event (``events.encode_deferred``: a streamed
 call's start and end) is encoded here first, into the bytes the caller would have made. Only when ``redact`` or
 ``capture_content="metadata"`` is in force does the worker decode an event, apply the policy and re-encode it
 (pipeline/policy.py), so the prompt that must not be stored never reaches the disk. The policy applied is the
@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from . import eventlog, events, logdir, policy
+from . import eventlog, events, logdir, policy, rewrite
 from .assembler import Assembler, Unit
 from .options import Options
 from .queue import EventQueue
@@ -43,7 +43,7 @@ _WRITE_ATTEMPTS = 5
 # msgpack str8 of 35 bytes. JSON payloads are UTF-8 and cannot contain byte 0xd9 followed by "#": no false hit.
 _JOINED_MLFLOW = b"\xd9#tr-"
 _EVENT_TYPES = (bytes, events.Deferred)  # queue items that are events (the rest are markers)
-encoded = events.encoded
+encoded = events.encode_deferred
 _WRITER_CHECK_EVERY = 2.0  # seconds between checks that a writer holds the log (a lost writer is restarted)
 _WARN_EVERY = 60.0  # the store's trouble is logged at most once a minute while it lasts
 
@@ -384,7 +384,7 @@ class Pipeline:
 
     def _open_log(self) -> bool:
         """Open this process's segment; on failure fall back to storing in-process (counted, logged once)."""
-        from . import producer
+        from . import environment
 
         directory = None
         try:
@@ -395,7 +395,7 @@ class Pipeline:
                 "pid": os.getpid(),
                 "start_ns": time.time_ns(),
                 "host": socket.gethostname(),
-                "producer": producer.describe(),
+                "producer": environment.describe(),
                 "tracking_uri": uri,
                 "cwd": os.getcwd(),
                 "experiment": _default_experiment(),
@@ -459,7 +459,7 @@ class Pipeline:
         log = self._log
         assert log is not None
         frame = eventlog.event_frame
-        apply = policy.apply
+        apply = rewrite.apply
         while True:
             frames = [eventlog.tick_frame()]
             n = size = 0
@@ -469,7 +469,7 @@ class Pipeline:
                     break
                 item = items.popleft()
                 kind = type(item)
-                if kind is tuple:  # a deferred event (events.encoded): encoded here, off the caller's path
+                if kind is tuple:  # a deferred event (events.encode_deferred): encoded here, off the caller's path
                     try:
                         item, kind = encoded(item), bytes
                     except Exception as exc:
@@ -479,7 +479,7 @@ class Pipeline:
                         continue
                 if kind is bytes:
                     counters.events_processed += 1
-                    if self._rewrite or policy.holding():  # a stream begun under a policy keeps it
+                    if self._rewrite or rewrite.holding():  # a stream begun under a policy keeps it
                         try:
                             item = apply(item, self._applied.policy)
                         except Exception as exc:  # a redact that raises, an undecodable event: counted
