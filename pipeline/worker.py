@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 
 from . import eventlog, events, logdir, policy, rewrite
+from .appender import Appender, PartialAppend
 from .assembler import Assembler, Unit
 from .options import Options
 from .queue import EventQueue
@@ -98,7 +99,7 @@ class Pipeline:
         self._rewrite = policy.needed(self.options.policy)
         self.assembler = Assembler(self.counters, lambda: self._applied.policy)
         self._pending: list[Unit] = []
-        self._log: eventlog.Appender | None = None
+        self._log: Appender | None = None
         self._log_dir: str | None = None
         self._mode = "in_process" if self.options.durability == "memory" else "log"
         self._writer_checked = 0.0
@@ -401,7 +402,7 @@ class Pipeline:
                 "experiment": _default_experiment(),
                 "max_log_bytes": self.options.max_log_bytes,
             }
-            appender = eventlog.Appender(directory, header, self.options.segment_bytes,
+            appender = Appender(directory, header, self.options.segment_bytes,
                                          self.options.durability == "fsync", self._policy_record())
         except OSError as exc:
             self._fall_back(directory, exc)
@@ -510,7 +511,7 @@ class Pipeline:
             except OSError as exc:
                 # A full disk: only the events not written whole are lost (a partial append keeps its whole
                 # records, and the writer stores them).
-                written = exc.events_written if isinstance(exc, eventlog.PartialAppend) else 0
+                written = exc.events_written if isinstance(exc, PartialAppend) else 0
                 counters.drop(DropReason.LOG_ERROR, n - written)
                 report_internal_error(counters, "log append", exc)
                 segment, offset = os.path.basename(log.path), log.offset

@@ -15,7 +15,7 @@ import uuid
 
 from helpers import traces_in
 from logwriters import log_dir_of
-from spanline.pipeline import eventlog, logdir
+from spanline.pipeline import appender, eventlog, logdir
 from test_writer import APP, _assert_each_once, _assert_stored_with_the_crash, _env, _once, _reap, _run, _stored
 
 import spanline
@@ -28,7 +28,7 @@ def test_with_fsync_every_append_is_synced_before_its_tick_completes(traced, fak
     assert spanline.flush(60)  # the worker is on the new options, the log open
     synced: list[bytes] = []  # the segment's bytes as they were when each fdatasync returned
     appends = [0]
-    real_sync, real_append = os.fdatasync, eventlog.Appender.append
+    real_sync, real_append = os.fdatasync, appender.Appender.append
 
     def recording_sync(fd: int) -> None:
         real_sync(fd)
@@ -40,7 +40,7 @@ def test_with_fsync_every_append_is_synced_before_its_tick_completes(traced, fak
         return real_append(self, data, records)
 
     monkeypatch.setattr(os, "fdatasync", recording_sync)
-    monkeypatch.setattr(eventlog.Appender, "append", counting_append)
+    monkeypatch.setattr(appender.Appender, "append", counting_append)
     before = spanline.stats()
     client = fake.client()
     tag = uuid.uuid4().hex[:8]
