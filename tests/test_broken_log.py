@@ -22,7 +22,7 @@ from spanline.pipeline import eventlog, logdir
 
 APP = """
 import os, sys, mlflow, spanline
-from spanline.fake_anthropic import FakeAnthropicAPI
+from spanline.testing import FakeAnthropicAPI
 mlflow.set_experiment("broken")
 spanline.autolog()
 client = FakeAnthropicAPI().client(api_key="sk-test")

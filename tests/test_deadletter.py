@@ -16,7 +16,7 @@ from spanline.pipeline import deadletter
 
 APP = """
 import os, sys, mlflow, spanline
-from spanline.fake_anthropic import FakeAnthropicAPI
+from spanline.testing import FakeAnthropicAPI
 spanline.autolog()
 client = FakeAnthropicAPI().client(api_key="sk-test")
 

@@ -17,7 +17,7 @@ import pytest
 
 APP = """
 import spanline
-from spanline.fake_anthropic import FakeAnthropicAPI
+from spanline.testing import FakeAnthropicAPI
 spanline.autolog()
 FakeAnthropicAPI().client().messages.create(model="claude-fake-1", max_tokens=8,
                                             messages=[{"role": "user", "content": "where do I go?"}])

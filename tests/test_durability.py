@@ -13,10 +13,19 @@ import textwrap
 import time
 import uuid
 
-from helpers import traces_in
+from helpers import (
+    APP,
+    app_env,
+    assert_each_once,
+    assert_stored_with_the_crash,
+    reap,
+    run_script,
+    stored_traces,
+    traces_in,
+    writer_once,
+)
 from logwriters import log_dir_of
 from spanline.pipeline import appender, eventlog, logdir
-from test_writer import APP, _assert_each_once, _assert_stored_with_the_crash, _env, _once, _reap, _run, _stored
 
 import spanline
 
@@ -77,7 +86,8 @@ def test_with_fsync_a_process_killed_after_its_calls_loses_nothing(tmp_path, own
             print("syncs", st.log_syncs, st.mode, flush=True)
             time.sleep(600)
     """)
-    app = subprocess.Popen([sys.executable, "-c", code], env=_env(uri, "fsync-killed", n, SPANLINE_DURABILITY="fsync"),
+    app = subprocess.Popen([sys.executable, "-c", code],
+                           env=app_env(uri, "fsync-killed", n, SPANLINE_DURABILITY="fsync"),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = app.stdout.readline().split()
@@ -85,10 +95,10 @@ def test_with_fsync_a_process_killed_after_its_calls_loses_nothing(tmp_path, own
         app.send_signal(signal.SIGKILL)
         app.wait(10)
     finally:
-        _reap(app)
+        reap(app)
     assert int(line[1]) >= 1 and line[2] == "log", "the appends were fsynced"
-    _once(log_dir_of(uri))
-    _assert_stored_with_the_crash(uri, "fsync-killed", n)
+    writer_once(log_dir_of(uri))
+    assert_stored_with_the_crash(uri, "fsync-killed", n)
 
 
 def test_memory_durability_stores_in_process_with_no_log_and_no_writer(tmp_path, own_cache):
@@ -99,9 +109,9 @@ def test_memory_durability_stores_in_process_with_no_log_and_no_writer(tmp_path,
         st = spanline.stats()
         print(st.mode, st.log_dir, st.traces_stored, st.log_syncs, st.writer_pid, sum(st.dropped.values()))
     """)
-    done = _run(code, _env(uri, "memory", n, SPANLINE_DURABILITY="memory"))
+    done = run_script(code, env=app_env(uri, "memory", n, SPANLINE_DURABILITY="memory"), timeout=180, check=True)
     assert done.stdout.split() == ["in_process", "None", str(n), "0", "None", "0"]
-    _assert_each_once(_stored(uri, "memory"), n)
+    assert_each_once(stored_traces(uri, "memory"), n)
     directory = log_dir_of(uri)
     assert not any(name.endswith(eventlog.SUFFIX) for name in os.listdir(directory)), "nothing on disk"
     assert not os.path.exists(os.path.join(directory, logdir.LOCK)), "no writer was started"

@@ -74,7 +74,7 @@ def test_a_partial_append_counts_only_the_events_not_written_whole(tiny_disk):
 
 APP = """
 import os, sys, json, mlflow, spanline
-from spanline.fake_anthropic import FakeAnthropicAPI
+from spanline.testing import FakeAnthropicAPI
 from spanline.pipeline import logdir
 mlflow.set_experiment("full")
 spanline.autolog()

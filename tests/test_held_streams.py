@@ -20,7 +20,7 @@ import pytest
 from helpers import traces_in
 
 import spanline
-from spanline.fake_anthropic import FakeAnthropicAPI
+from spanline.testing import FakeAnthropicAPI
 
 MODEL = "claude-sonnet-4-5"
 WEATHER_TOOL = {

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the test 
 
 APP = """
 import os, sys, mlflow, spanline
-from spanline.fake_anthropic import FakeAnthropicAPI
+from spanline.testing import FakeAnthropicAPI
 mlflow.set_experiment(os.environ["TEST_EXPERIMENT"])
 spanline.autolog()
 client = FakeAnthropicAPI().client(api_key="sk-test")

@@ -14,7 +14,7 @@ from logwriters import stop_writers_under
 
 APP = """
 import time, spanline
-from spanline.fake_anthropic import FakeAnthropicAPI
+from spanline.testing import FakeAnthropicAPI
 spanline.autolog()
 FakeAnthropicAPI().client().messages.create(model="claude-fake-1", max_tokens=8,
                                             messages=[{"role": "user", "content": "hi"}])
