@@ -155,7 +155,7 @@ def _spans_of(directory: str) -> list:
     """The log's traces as MLflow spans, assembled and converted as the writer does, ready for log_spans."""
     from spanline.pipeline import eventlog, events
     from spanline.pipeline.assembler import Assembler
-    from spanline.pipeline.convert import ContentPolicy
+    from spanline.pipeline.policy import ContentPolicy
     from spanline.pipeline.sink import to_mlflow_span
     from spanline.pipeline.stats import Counters
 

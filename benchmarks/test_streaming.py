@@ -166,7 +166,7 @@ def test_worker_assembly(benchmark: Any) -> None:
 
 
 def _policy() -> Any:
-    from spanline.pipeline.convert import ContentPolicy
+    from spanline.pipeline.policy import ContentPolicy
 
     return ContentPolicy()
 
@@ -275,7 +275,7 @@ def test_start_end_vs_record(benchmark: Any, recorded_calls: dict[str, Any]) -> 
         t = time.perf_counter_ns()
         for _ in range(LOOP):
             for item in deferred:
-                events.encoded(item)
+                events.encode_deferred(item)
         worker = min(worker, (time.perf_counter_ns() - t) / LOOP)
     info = {
         "record_ns": best["record"],

@@ -5,7 +5,7 @@ the SDK sent it), then one ``StreamStart`` event, and the response's body stream
 the HTTP client reads the bytes from) is swapped for a recorder. The recorder appends each chunk of bytes
 and its arrival time to two lists and hands them over every ``BATCH`` chunks as one ``StreamChunk``; the
 first of "read to the end", "closed", "failed" and "garbage collected" emits ``StreamEnd`` with the rest.
-The start and the end are queued deferred (``events.encoded``: a function and its immutable fields, which the
+The start and the end are queued deferred (``events.encode_deferred``: a function and its immutable fields, which the
 worker encodes, reading the response's headers then): a streamed call's start and end then cost the caller
 less than a non-streaming call's one event, as the budget asks. The log receives the same events.
 The arrival time is read for a stream's first ``STAMPED`` chunks only, to time the first content delta.

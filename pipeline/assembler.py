@@ -1,7 +1,9 @@
 """Folds events into spans and spans into units that are ready to store.
 
-In: decoded events, in emission order per thread, on the worker thread.
-Out: ``Unit``s from ``take()``: the spans of one subtree whose outermost spanline span has ended.
+In: decoded events, in emission order per thread (``add``), on the application's worker thread or in the
+writer process (one assembler per producer). Out: ``Unit``s from ``take()``: the spans of one subtree whose
+outermost spanline span has ended. It owns the spans and their units: ``surfaces`` and ``streams`` say what an
+SDK call's span holds, ``convert`` turns payloads into attributes; neither calls back here.
 
 A unit is complete when its root ends; children always end before their parent in well-nested code, so
 that is when the subtree is whole. A unit usually is a whole trace. Two cases make it a part of one:
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 
 from . import context, convert, streams, surfaces
 from .events import ApiCall, Event, Failure, SpanEnd, SpanStart, StreamChunk, StreamEnd, StreamStart
+from .policy import ContentPolicy
 from .stats import Counters, DropReason
 
 MAX_OPEN_SPANS = 100_000
@@ -49,7 +52,7 @@ class Unit:
     experiment: str
     tracking_uri: str
     spans: list[SpanRecord]
-    # The producing process's environment metadata (``producer.describe()``), shared by all its units.
+    # The producing process's environment metadata (``environment.describe()``), shared by all its units.
     producer: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -61,7 +64,7 @@ class Assembler:
     def __init__(
         self,
         counters: Counters,
-        policy: Callable[[], convert.ContentPolicy],
+        policy: Callable[[], ContentPolicy],
         producer: dict[str, str] | None = None,
     ) -> None:
         self.counters = counters
@@ -73,11 +76,9 @@ class Assembler:
         self.ready: list[Unit] = []
 
     def add(self, event: Event) -> None:
+        """Fold one event: a span opens, grows or ends; a unit whose root ended becomes ready (``take``)."""
         if type(event) is ApiCall:
-            if event.surface == "messages":
-                self._finish(self._api_call(event), event.root)
-            else:  # providers, count_tokens, batches: pipeline/surfaces.py
-                surfaces.add(self, event)
+            self._api_call(event)
         elif type(event) is SpanStart:
             self._start(event)
         elif type(event) is SpanEnd:
@@ -86,6 +87,7 @@ class Assembler:
             self._stream_event(event)
 
     def take(self) -> list[Unit]:
+        """The units made ready since the last call."""
         ready, self.ready = self.ready, []
         return ready
 
@@ -163,14 +165,27 @@ class Assembler:
             text = convert.dumps(policy.redact(convert.load(raw)))
         rec.attributes[key] = convert.bounded(text, policy.max_content_bytes)
 
-    def _api_call(self, ev: ApiCall) -> SpanRecord:
-        rec = self._record(ev, "CHAT_MODEL")
+    def _api_call(self, ev: ApiCall) -> None:
+        """A complete SDK call: ``surfaces`` says what span it is (and what spans hang under it: a batch's
+        results); here they get their ids and join their unit."""
+        shape, children = surfaces.call_spans(ev, self.policy())
+        rec = self._record(ev, shape.span_type)
         rec.end_ns = ev.end_ns
-        rec.attributes.update(
-            convert.messages_attributes(ev.request, ev.response, ev.request_id, ev.error is not None, self.policy())
-        )
-        self._set_outcome(rec, ev.error)
-        return rec
+        rec.attributes.update(shape.attributes)
+        self._set_outcome(rec, shape.error)
+        if children and ev.span == ev.root and ev.root not in self.waiting:
+            self.waiting[ev.root] = []  # the call's span roots its trace: its children wait for it
+        for child in children:
+            sub = self._record(ev, child.span_type)
+            sub.span = context.new_span_id()
+            sub.parent = ev.span
+            sub.is_trace_root = False
+            sub.name = child.name
+            sub.end_ns = ev.end_ns
+            sub.attributes.update(child.attributes)
+            self._set_outcome(sub, child.error)
+            self._finish(sub, ev.root)
+        self._finish(rec, ev.root)
 
     def _stream_event(self, ev: StreamStart | StreamChunk | StreamEnd) -> None:
         """A streamed call: its span opens at ``StreamStart``, its body's bytes are folded into the message

@@ -1,25 +1,27 @@
 """From recorded payloads to the span attributes MLflow's UI and aggregates read.
 
-In: decoded events' payloads (JSON text of inputs, outputs, request and response bodies) on the worker.
-Out: ``dict[str, str]`` of span attributes, each value JSON text, exactly as MLflow stores them.
+In: decoded events' payloads (JSON text of inputs, outputs, request and response bodies), on the thread that
+assembles (the application's worker thread, or the writer process). Out: ``dict[str, str]`` of span attributes,
+each value JSON text, exactly as MLflow stores them. Called by ``surfaces``, ``streams`` and the assembler; it
+calls nothing of theirs (the way runs one direction: decode, fold into a span, convert).
 
 The keys and shapes follow ``mlflow.anthropic.autolog`` (mlflow/anthropic/autolog.py): message format
 ``anthropic``, ``mlflow.chat.tools`` in OpenAI shape, ``mlflow.llm.model`` and ``provider``, token usage
 with cache tokens folded into the input count, and MLflow's default span log level. JSON is written with
 ``json.dumps``' separators, so stored text (and previews built from it) match MLflow's byte for byte.
-The options that change content (``redact``, ``capture_content``, ``max_content_bytes``) apply here, on
-the worker, never on the caller's path.
+The options that change content (``redact``, ``capture_content``, ``max_content_bytes``: ``policy``) apply
+here, off the caller's path.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
 from . import attachments
+from .policy import ContentPolicy, apply_policy
 
 _INFO_SPAN_TYPES = frozenset({"LLM", "CHAT_MODEL", "TOOL", "RETRIEVER", "AGENT", "EMBEDDING"})
 LOG_DEBUG, LOG_INFO, LOG_ERROR = 10, 20, 40
@@ -39,16 +41,6 @@ REQUEST_METADATA_KEYS = (
 )
 # Response fields that are not prompt or completion text.
 RESPONSE_METADATA_KEYS = ("id", "type", "role", "model", "stop_reason", "stop_sequence", "usage")
-
-
-@dataclasses.dataclass(frozen=True)
-class ContentPolicy:
-    """What the worker may store of inputs and outputs (options ``capture_content``, ``redact``,
-    ``max_content_bytes``)."""
-
-    capture_content: str = "full"
-    redact: Callable[[Any], Any] | None = None
-    max_content_bytes: int | None = 4 * 1024 * 1024
 
 
 _decode_json = msgspec.json.Decoder().decode
@@ -173,18 +165,6 @@ def default_log_level(span_type: str, failed: bool) -> int:
     return LOG_INFO if span_type in _INFO_SPAN_TYPES else LOG_DEBUG
 
 
-def apply_policy(value: Any, policy: ContentPolicy, metadata_keys: tuple[str, ...]) -> Any:
-    """Apply ``capture_content`` then ``redact`` to one parsed input or output."""
-    if policy.capture_content == "metadata":
-        if isinstance(value, dict):
-            value = {k: v for k, v in value.items() if k == "model" or k in metadata_keys}
-        else:
-            value = None
-    if policy.redact is not None and value is not None:
-        value = policy.redact(value)
-    return value
-
-
 # --- Anthropic Messages ------------------------------------------------------------------------------
 
 
@@ -273,6 +253,16 @@ def messages_attributes(
     if request_id:
         attrs["anthropic.request_id"] = dumps(request_id)
     return attrs
+
+
+def name_provider(attrs: dict[str, str], provider: str, response: Any) -> None:
+    """A Messages span's provider, and its model from the response where the request does not carry it
+    (Bedrock and Vertex move the model from the body into the URL). Streamed calls use it too."""
+    attrs["mlflow.llm.provider"] = dumps(provider)
+    if "mlflow.llm.model" not in attrs:
+        model = response.get("model") if isinstance(response, dict) else None
+        if isinstance(model, str) and model:
+            attrs["mlflow.llm.model"] = dumps(model)
 
 
 def _attachments_out_of(req: Any, request: bytes, attrs: dict[str, Any]) -> tuple[Any, bytes]:

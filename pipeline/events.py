@@ -1,10 +1,11 @@
 """The event log's vocabulary: what the caller's path emits and the worker folds into spans.
 
-In: nothing (this module only defines types and the two codecs).
-Out: ``encode(event) -> bytes`` on the caller's thread, ``decode(bytes) -> Event`` on the worker.
+In: nothing (this module only defines types and the codecs).
+Out: ``encode(event) -> bytes`` on the caller's thread; ``encode_deferred(item) -> bytes`` on the application's
+worker thread; ``decode(bytes) -> Event`` on the thread that assembles (the worker, or the writer process).
 
 Every event is a small tagged, array-like msgspec Struct, encoded to MessagePack bytes. The bytes are
-the unit of the queue (and of the spool and its replay): spans are a projection of this log. Payloads
+the unit of the queue and of the event log on disk (``eventlog``): spans are a projection of this log. Payloads
 that are already JSON text (a request body as the SDK sent it, a response body as it arrived, inputs
 encoded once) travel as opaque ``bytes`` fields, so encoding an event is a memcpy for them, never a
 re-serialisation.
@@ -19,7 +20,7 @@ fixes them: a trace stays where it started even if the program switches experime
 Deferred events. The caller's path encodes an event to snapshot what the application may change right after
 (the arguments it mutates). An event whose every field is already immutable (ints, strings, the SDK's bytes, a
 list nobody appends to any more) may instead be queued as a tuple ``(make, *fields)``: the worker calls
-``make(*fields)`` (``encoded``) and gets the very bytes the caller would have made, off the caller's path.
+``make(*fields)`` (``encode_deferred``) and gets the very bytes the caller would have made, off the caller's path.
 A streamed call's start and end are queued so (``patches/streaming.py``): they must cost the caller no more
 than one non-streaming call's event. The log holds only encoded events, so its format does not change.
 """
@@ -147,6 +148,6 @@ decode = msgspec.msgpack.Decoder(Event).decode
 Deferred = tuple  # (make, *fields): ``make(*fields)`` returns the encoded event
 
 
-def encoded(item: bytes | Deferred) -> bytes:
+def encode_deferred(item: bytes | Deferred) -> bytes:
     """A queued event as bytes: an encoded one as it is, a deferred one encoded now (on the worker)."""
     return item if type(item) is bytes else item[0](*item[1:])

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from .assembler import Assembler, Unit
-from .convert import ContentPolicy
+from .policy import ContentPolicy
 from .stats import Counters, DropReason, report_internal_error
 
 __all__ = ["InProcessStore", "Sink"]

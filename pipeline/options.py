@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from .convert import ContentPolicy
+from .policy import ContentPolicy
 
 
 @dataclasses.dataclass(frozen=True)

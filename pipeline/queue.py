@@ -1,6 +1,6 @@
 """The bounded, lock-free hand-off between the caller's path and the worker.
 
-In: encoded events (``bytes``, or deferred ones: ``events.encoded``) from any thread, via ``emit``; flush
+In: encoded events (``bytes``, or deferred ones: ``events.encode_deferred``) from any thread, via ``emit``; flush
 markers from ``flush()``.
 Out: items popped by the single worker thread, in order.
 

@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace import Event as OTelEvent
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, Status, StatusCode
 
-from . import attachments, producer, trace_metadata
+from . import attachments, environment, trace_metadata
 from .assembler import SpanRecord, Unit
 
 _EMPTY_RESOURCE = Resource.get_empty()
@@ -87,7 +87,7 @@ class MlflowSink:
             if any(rec.is_trace_root for rec in unit.spans):
                 # The producing process's environment travels with the unit. An empty one means the unit
                 # never left the process that made it (the in-process worker), so resolving it here is right.
-                group.producers[unit.trace_id] = unit.producer or producer.describe()
+                group.producers[unit.trace_id] = unit.producer or environment.describe()
         for (tracking_uri, experiment), group in groups.items():
             store = _get_store(tracking_uri or None)
             try:

@@ -12,7 +12,7 @@ not as SSE; the body's first bytes tell which (``_is_eventstream``), and either 
 way from there.
 
 It also encodes a streamed call's start and end events, which the caller's path queues deferred
-(``events.encoded``): ``start_event`` reads the request id and content encoding from the response's headers
+(``events.encode_deferred``): ``start_event`` reads the request id and content encoding from the response's headers
 (a scan of ~25 headers costs ~1 µs, as much as all of a non-streaming call's recording), ``end_event`` builds
 the ``StreamEnd``. Both run on the worker thread, as it takes them from the queue.
 
@@ -33,6 +33,7 @@ from typing import Any
 
 from . import convert
 from .events import Failure, StreamEnd, StreamStart, encode
+from .policy import ContentPolicy
 
 # Delta types whose consecutive runs on one block merge by concatenating this field.
 _MERGEABLE = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
@@ -290,15 +291,13 @@ class StreamState:
             self._format = "sse"
             self._lines(self._head, 0)
 
-    def attributes(self, how: str, failed: bool, policy: convert.ContentPolicy) -> dict[str, str]:
+    def attributes(self, how: str, failed: bool, policy: ContentPolicy) -> dict[str, str]:
         """The span's attributes: a non-streaming call's for the message assembled so far, and the stream's."""
         message = self.message()
         response = convert.to_json_bytes(message) if message is not None else b""
         attrs = convert.messages_attributes(self.request, response, self.request_id, False, policy)
         if self.provider:
-            from .surfaces import name_provider
-
-            name_provider(attrs, self.provider, message)
+            convert.name_provider(attrs, self.provider, message)
         if self.error_body is not None:
             attrs["anthropic.error"] = convert.bounded(
                 convert.dumps(convert.load(self.error_body.encode())), policy.max_content_bytes

@@ -3,7 +3,7 @@
 In: on the thread that runs the sink (the worker, or the writer process), the MLflow spans of units the sink
 has just stored, and the producer's environment (``Unit.producer``). Out: rows in the store's trace metadata.
 
-``log_spans`` writes no trace metadata (DESIGN §7) and ``start_trace`` is the costliest store call, so:
+``log_spans`` writes no trace metadata and ``start_trace`` is the costliest store call, so:
 
 - A trace spanline roots gets, once its root is stored, what MLflow's processor and exporter write for the
   same trace (``BaseMlflowSpanProcessor._get_basic_trace_metadata`` / ``_update_trace_info`` and

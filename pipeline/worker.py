@@ -7,10 +7,10 @@ markers from ``flush()``). Out: records appended to this process's segment of th
 logged once), the events go to the in-process store instead (pipeline/inprocess.py). Runs on the one
 ``spanline-worker`` thread, started by ``Pipeline`` (pipeline/lifecycle.py).
 
-Events are appended as the same bytes the caller encoded; a deferred event (``events.encoded``: a streamed
+Events are appended as the same bytes the caller encoded; a deferred event (``events.encode_deferred``: a streamed
 call's start and end) is encoded here first, into the bytes the caller would have made. Only when ``redact`` or
 ``capture_content="metadata"`` is in force does the worker decode an event, apply the policy and re-encode it
-(pipeline/policy.py), so the prompt that must not be stored never reaches the disk. The policy applied is the
+(pipeline/rewrite.py), so the prompt that must not be stored never reaches the disk. The policy applied is the
 one in force when the call was made: ``configure()`` posts it into the queue, in order with the events.
 """
 
@@ -22,7 +22,8 @@ import socket
 import time
 from collections import deque
 
-from . import eventlog, events, logdir, policy
+from . import eventlog, events, logdir, policy, rewrite
+from .appender import Appender, PartialAppend
 from .flushing import FlushMarker, PolicyMarker
 from .inprocess import InProcessStore
 from .options import Options
@@ -38,7 +39,7 @@ _MAX_DRAIN = 5_000  # events per round, so a marker is never starved by a produc
 # An event under a span of MLflow's own tracer carries that trace's id ("tr-" and 32 hex digits) as a
 # msgpack str8 of 35 bytes. JSON payloads are UTF-8 and cannot contain byte 0xd9 followed by "#": no false hit.
 _JOINED_MLFLOW = b"\xd9#tr-"
-encoded = events.encoded
+encoded = events.encode_deferred
 
 
 class Worker:
@@ -59,7 +60,7 @@ class Worker:
         self.applied = self.options
         self._rewrite = policy.needed(self.options.policy)
         self.store.reset(counters)
-        self.log: eventlog.Appender | None = None
+        self.log: Appender | None = None
         self.log_dir: str | None = None
         self.mode = "in_process" if self.options.durability == "memory" else "log"
         self._writer_checked = 0.0
@@ -98,7 +99,7 @@ class Worker:
 
     def _open_log(self) -> bool:
         """Open this process's segment; on failure fall back to storing in-process (counted, logged once)."""
-        from . import producer
+        from . import environment
 
         directory = None
         try:
@@ -109,13 +110,13 @@ class Worker:
                 "pid": os.getpid(),
                 "start_ns": time.time_ns(),
                 "host": socket.gethostname(),
-                "producer": producer.describe(),
+                "producer": environment.describe(),
                 "tracking_uri": uri,
                 "cwd": os.getcwd(),
                 "experiment": _default_experiment(),
                 "max_log_bytes": self.options.max_log_bytes,
             }
-            appender = eventlog.Appender(directory, header, self.options.segment_bytes,
+            appender = Appender(directory, header, self.options.segment_bytes,
                                          self.options.durability == "fsync", self._policy_record())
         except OSError as exc:
             self._fall_back(directory, exc)
@@ -157,7 +158,7 @@ class Worker:
         log, directory = self.log, self.log_dir
         assert log is not None and directory is not None
         frame = eventlog.event_frame
-        apply = policy.apply
+        apply = rewrite.apply
         while True:
             frames = [eventlog.tick_frame()]
             n = size = 0
@@ -167,7 +168,7 @@ class Worker:
                     break
                 item = items.popleft()
                 kind = type(item)
-                if kind is tuple:  # a deferred event (events.encoded): encoded here, off the caller's path
+                if kind is tuple:  # a deferred event (events.encode_deferred): encoded here, off the caller's path
                     try:
                         item, kind = encoded(item), bytes
                     except Exception as exc:
@@ -177,7 +178,7 @@ class Worker:
                         continue
                 if kind is bytes:
                     counters.events_processed += 1
-                    if self._rewrite or policy.holding():  # a stream begun under a policy keeps it
+                    if self._rewrite or rewrite.holding():  # a stream begun under a policy keeps it
                         try:
                             item = apply(item, self.applied.policy)
                         except Exception as exc:  # a redact that raises, an undecodable event: counted
@@ -208,7 +209,7 @@ class Worker:
             except OSError as exc:
                 # A full disk: only the events not written whole are lost (a partial append keeps its whole
                 # records, and the writer stores them).
-                written = exc.events_written if isinstance(exc, eventlog.PartialAppend) else 0
+                written = exc.events_written if isinstance(exc, PartialAppend) else 0
                 counters.drop(DropReason.LOG_ERROR, n - written)
                 report_internal_error(counters, "log append", exc)
                 segment, offset = os.path.basename(log.path), log.offset

@@ -37,7 +37,7 @@ from typing import Any
 
 from . import deadletter, eventlog, events, logdir, safefs
 from .assembler import Assembler, Unit
-from .convert import ContentPolicy
+from .policy import ContentPolicy
 from .stats import Counters, DropReason
 
 logger = logging.getLogger("spanline.writer")

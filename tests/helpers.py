@@ -1,12 +1,18 @@
-"""Reading back what MLflow stored, for assertions."""
+"""What the tests share besides fixtures (those are in conftest.py): reading back what MLflow stored, running a
+script in a fresh interpreter (``run_script``), the agent app the writer's tests run (``APP``, ``app_env``), a
+writer process (``start_writer``, ``writer_once``) and the checks of what it stored (``stored_traces``,
+``assert_each_once``). Imported by test modules, in the pytest process."""
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -50,12 +56,17 @@ def token_usage(trace) -> dict | None:
     return None if raw is None else json.loads(raw)
 
 
-def run_script(code: str, tracking_uri: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh interpreter against ``tracking_uri`` (offline), with ``env`` added; it is
-    killed if it outlives the timeout, so no process outlives the test."""
-    full_env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_MODEL_CATALOG_URI": "", **(env or {})}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env, capture_output=True,
-                          text=True, timeout=120)
+def run_script(code: str, tracking_uri: str | None = None, env: dict[str, str] | None = None, *,
+               timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (offline), against ``tracking_uri`` when given, with ``env`` added; it
+    is killed if it outlives ``timeout``, so no process outlives the test. ``check``: assert it exited 0."""
+    uri = {"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri is not None else {}
+    full_env = {**os.environ, **uri, "MLFLOW_MODEL_CATALOG_URI": "", **(env or {})}
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+    if check:
+        assert done.returncode == 0, done.stderr[-4000:]
+    return done
 
 
 # --- what reaches the disk --------------------------------------------------------------------------
@@ -193,3 +204,109 @@ def sdk_changes(before: dict[tuple[str, str], object]) -> list[tuple[str, str]]:
     """The entries of ``before`` that are no longer the same object."""
     now = sdk_snapshot()
     return sorted(key for key, value in before.items() if key in now and now[key] is not value)
+
+
+# --- an app, a writer and what they stored (the writer process's tests) --------------------------------------
+
+
+# An app: N agent traces of two spans each (an AGENT span around one SDK call), then what ``END`` says.
+APP = """
+import os, sys, mlflow, spanline
+from spanline.testing import FakeAnthropicAPI
+mlflow.set_experiment(os.environ["TEST_EXPERIMENT"])
+spanline.autolog()
+client = FakeAnthropicAPI().client(api_key=os.environ.get("TEST_API_KEY", "sk-test"))
+tag = os.environ.get("TEST_TAG", "q")
+
+@spanline.trace(span_type="AGENT")
+def agent(i):
+    return client.messages.create(model="claude-fake-1", max_tokens=8,
+                                  messages=[{"role": "user", "content": f"{tag}-{i}"}])
+
+for i in range(int(os.environ["TEST_CALLS"])):
+    agent(i)
+"""
+
+
+def app_env(tracking_uri: str, experiment: str, calls: int, **extra: str) -> dict[str, str]:
+    return {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_MODEL_CATALOG_URI": "",
+            "TEST_EXPERIMENT": experiment, "TEST_CALLS": str(calls), **extra}
+
+
+def start_writer(directory: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "spanline.writer", "--log-dir", directory, *args],
+                            env={**os.environ, "MLFLOW_MODEL_CATALOG_URI": ""}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+
+
+def writer_once(directory: str, timeout: float = 300) -> None:
+    proc = start_writer(directory, "--once")
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:  # timed out (or interrupted): never left behind, asking (and starting) writers
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err.decode()[-4000:]
+
+
+def stored_traces(tracking_uri: str, experiment: str) -> list:
+    """Every trace of an experiment, by name, with its spans."""
+    mlflow.set_tracking_uri(tracking_uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return mlflow.search_traces(locations=[exp.experiment_id], return_type="list", max_results=50_000,
+                                include_spans=True)
+
+
+def trace_key(trace) -> str:
+    """Which call made a trace: its root's inputs (the agent's ``i``), and its tag."""
+    root = root_of(trace)
+    return f"{root.name}:{json.dumps(root.inputs, sort_keys=True)}"
+
+
+def assert_each_once(traces: list, n: int, spans_per_trace: int = 2) -> None:
+    keys = collections.Counter(trace_key(t) for t in traces)
+    dupes = {k: c for k, c in keys.items() if c > 1}
+    assert not dupes, f"stored more than once: {list(dupes.items())[:5]}"
+    expected = {f"agent:{json.dumps({'i': i})}" for i in range(n)}
+    assert set(keys) == expected, f"{len(keys)} stored of {n}; missing e.g. {sorted(expected - set(keys))[:5]}"
+    bad = [t.info.trace_id for t in traces if len(t.data.spans) != spans_per_trace]
+    assert not bad, f"traces without exactly {spans_per_trace} spans: {bad[:5]}"
+
+
+def assert_stored_with_the_crash(tracking_uri: str, experiment: str, n: int) -> None:
+    """What an app SIGKILLed inside its ``crashing-agent`` span (after ``n`` agent runs) must leave in the store:
+    every run once, and the open span stored as unfinished with the call it had made."""
+    traces = stored_traces(tracking_uri, experiment)
+    crashed = [t for t in traces if root_of(t).name == "crashing-agent"]
+    assert_each_once([t for t in traces if t not in crashed], n)
+    (last,) = crashed
+    root = root_of(last)
+    assert root.attributes.get("spanline.unfinished") is True
+    assert [c.name for c in children_of(last, root)] == ["Messages.create"]
+
+
+def reap(proc: subprocess.Popen) -> None:
+    """Never leave a test's app behind: kill it if it still runs, wait for it, close its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate(timeout=10)
+
+
+def wait_in_log(directory: str, needles: list[bytes], app: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until every needle is in the bytes of the log's segments (what a SIGKILL cannot take back)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        data = b""
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(directory):
+                if name.endswith(".seg"):
+                    with contextlib.suppress(FileNotFoundError), open(os.path.join(directory, name), "rb") as f:
+                        data += f.read()
+        if all(needle in data for needle in needles):
+            return
+        assert app.poll() is None, f"the app exited: {app.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline, f"never in the log: {[n for n in needles if n not in data]}"
+        time.sleep(0.02)

@@ -7,7 +7,7 @@ import random
 import pytest
 from spanline.pipeline import events
 from spanline.pipeline.assembler import Assembler
-from spanline.pipeline.convert import ContentPolicy
+from spanline.pipeline.policy import ContentPolicy
 from spanline.pipeline.stats import Counters
 
 

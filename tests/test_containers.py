@@ -15,8 +15,8 @@ import sys
 import textwrap
 
 import pytest
+from helpers import APP, app_env, stored_traces
 from logwriters import stop_writers_under
-from test_writer import APP, _env, _stored
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare for a PID namespace"
@@ -46,8 +46,8 @@ def test_container_exit_stores_every_trace(tmp_path, cache, end):
     """The seed's pattern: 300 calls, then the program ends (or flushes first) as a container's PID 1."""
     uri = f"sqlite:///{tmp_path}/store.db"
     code = APP + ("assert spanline.flush(120)\n" if end == "flush" else "")
-    done = in_container(code, _env(uri, "container", 300, XDG_CACHE_HOME=cache))
-    assert len(_stored(uri, "container")) == 300, done.stderr[-2000:]
+    done = in_container(code, app_env(uri, "container", 300, XDG_CACHE_HOME=cache))
+    assert len(stored_traces(uri, "container")) == 300, done.stderr[-2000:]
 
 
 def test_container_exit_with_a_stream_never_read(tmp_path, cache):
@@ -57,8 +57,8 @@ def test_container_exit_with_a_stream_never_read(tmp_path, cache):
 kept = client.messages.create(model="claude-fake-1", max_tokens=8, stream=True,
                               messages=[{"role": "user", "content": "never read"}])
 """
-    in_container(code, _env(uri, "unread", 3, XDG_CACHE_HOME=cache))
-    traces = _stored(uri, "unread")
+    in_container(code, app_env(uri, "unread", 3, XDG_CACHE_HOME=cache))
+    traces = stored_traces(uri, "unread")
     assert len(traces) == 4
     (stream,) = [t for t in traces if len(t.data.spans) == 1]
     ended = stream.data.spans[0].attributes.get("spanline.stream.end")
@@ -68,8 +68,8 @@ kept = client.messages.create(model="claude-fake-1", max_tokens=8, stream=True,
 def test_disk_only_exit_leaves_the_traces_in_the_log(tmp_path, cache):
     """``SPANLINE_EXIT_WAIT=disk`` (a writer that outlives the app stores them): the exit does not wait."""
     uri = f"sqlite:///{tmp_path}/store.db"
-    in_container(APP, _env(uri, "disk", 20, XDG_CACHE_HOME=cache, SPANLINE_EXIT_WAIT="disk",
+    in_container(APP, app_env(uri, "disk", 20, XDG_CACHE_HOME=cache, SPANLINE_EXIT_WAIT="disk",
                            SPANLINE_WRITER_AUTOSTART="0"))
-    assert _stored(uri, "disk") == []
+    assert stored_traces(uri, "disk") == []
     segments = [n for _, _, files in os.walk(cache) for n in files if n.endswith(".seg")]
     assert segments, "the events are on disk for the next writer"

@@ -13,20 +13,20 @@ import textwrap
 import time
 import uuid
 
-from helpers import traces_in
-from logwriters import log_dir_of
-from spanline.pipeline import eventlog, logdir
-from test_writer import (
+from helpers import (
     APP,
-    _assert_each_once,
-    _assert_stored_with_the_crash,
-    _env,
-    _once,
-    _reap,
-    _run,
-    _stored,
-    _wait_in_log,
+    app_env,
+    assert_each_once,
+    assert_stored_with_the_crash,
+    reap,
+    run_script,
+    stored_traces,
+    traces_in,
+    wait_in_log,
+    writer_once,
 )
+from logwriters import log_dir_of
+from spanline.pipeline import appender, eventlog, logdir
 
 import spanline
 
@@ -38,7 +38,7 @@ def test_with_fsync_every_append_is_synced_before_its_tick_completes(traced, fak
     assert spanline.flush(60)  # the worker is on the new options, the log open
     synced: list[bytes] = []  # the segment's bytes as they were when each fdatasync returned
     appends = [0]
-    real_sync, real_append = os.fdatasync, eventlog.Appender.append
+    real_sync, real_append = os.fdatasync, appender.Appender.append
 
     def recording_sync(fd: int) -> None:
         real_sync(fd)
@@ -50,7 +50,7 @@ def test_with_fsync_every_append_is_synced_before_its_tick_completes(traced, fak
         return real_append(self, data, records)
 
     monkeypatch.setattr(os, "fdatasync", recording_sync)
-    monkeypatch.setattr(eventlog.Appender, "append", counting_append)
+    monkeypatch.setattr(appender.Appender, "append", counting_append)
     before = spanline.stats()
     client = fake.client()
     tag = uuid.uuid4().hex[:8]
@@ -88,19 +88,20 @@ def test_with_fsync_a_process_killed_after_its_calls_loses_nothing(tmp_path, own
             print("syncs", st.log_syncs, st.mode, flush=True)
             time.sleep(600)
     """)
-    app = subprocess.Popen([sys.executable, "-c", code], env=_env(uri, "fsync-killed", n, SPANLINE_DURABILITY="fsync"),
+    app = subprocess.Popen([sys.executable, "-c", code],
+                           env=app_env(uri, "fsync-killed", n, SPANLINE_DURABILITY="fsync"),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = app.stdout.readline().split()
         assert line[:1] == ["syncs"], app.stderr.read()[-3000:]
-        _wait_in_log(log_dir_of(uri), [b"last words"], app)
+        wait_in_log(log_dir_of(uri), [b"last words"], app)
         app.send_signal(signal.SIGKILL)
         app.wait(10)
     finally:
-        _reap(app)
+        reap(app)
     assert int(line[1]) >= 1 and line[2] == "log", "the appends were fsynced"
-    _once(log_dir_of(uri))
-    _assert_stored_with_the_crash(uri, "fsync-killed", n)
+    writer_once(log_dir_of(uri))
+    assert_stored_with_the_crash(uri, "fsync-killed", n)
 
 
 def test_memory_durability_stores_in_process_with_no_log_and_no_writer(tmp_path, own_cache):
@@ -111,9 +112,9 @@ def test_memory_durability_stores_in_process_with_no_log_and_no_writer(tmp_path,
         st = spanline.stats()
         print(st.mode, st.log_dir, st.traces_stored, st.log_syncs, st.writer_pid, sum(st.dropped.values()))
     """)
-    done = _run(code, _env(uri, "memory", n, SPANLINE_DURABILITY="memory"))
+    done = run_script(code, env=app_env(uri, "memory", n, SPANLINE_DURABILITY="memory"), timeout=180, check=True)
     assert done.stdout.split() == ["in_process", "None", str(n), "0", "None", "0"]
-    _assert_each_once(_stored(uri, "memory"), n)
+    assert_each_once(stored_traces(uri, "memory"), n)
     directory = log_dir_of(uri)
     assert not any(name.endswith(eventlog.SUFFIX) for name in os.listdir(directory)), "nothing on disk"
     assert not os.path.exists(os.path.join(directory, logdir.LOCK)), "no writer was started"

@@ -8,11 +8,11 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from spanline.pipeline import eventlog
+from spanline.pipeline import appender, eventlog
 
 
 def _appender(directory, segment_bytes=1 << 20, policy=None):
-    return eventlog.Appender(str(directory), {"pid": os.getpid(), "tracking_uri": "sqlite:///x.db"},
+    return appender.Appender(str(directory), {"pid": os.getpid(), "tracking_uri": "sqlite:///x.db"},
                              segment_bytes, fsync=False, policy=policy or {"capture_content": "full"})
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 from logwriters import stop_writers_under
-from spanline.pipeline import eventlog, logdir
+from spanline.pipeline import appender, eventlog, logdir
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the test mounts a small tmpfs")
 
@@ -47,7 +47,7 @@ def _fill(path: str) -> None:
 def test_a_partial_append_counts_only_the_events_not_written_whole(tiny_disk):
     directory = os.path.join(tiny_disk, "log")
     eventlog.ensure_dir(directory)
-    log = eventlog.Appender(directory, {"pid": 1}, 64 << 20, fsync=False, policy={})
+    log = appender.Appender(directory, {"pid": 1}, 64 << 20, fsync=False, policy={})
     _fill(os.path.join(tiny_disk, "filler"))
     os.truncate(os.path.join(tiny_disk, "filler"), os.path.getsize(os.path.join(tiny_disk, "filler")) - 30_000)
     attempted = written = 0
@@ -57,7 +57,7 @@ def test_a_partial_append_counts_only_the_events_not_written_whole(tiny_disk):
         try:
             log.append(b"".join(frames), 10)
             written += 10
-        except eventlog.PartialAppend as exc:
+        except appender.PartialAppend as exc:
             written += exc.events_written
         except OSError as exc:
             assert exc.errno == errno.ENOSPC

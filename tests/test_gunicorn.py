@@ -19,9 +19,9 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from helpers import assert_each_once, stored_traces, writer_once
 from logwriters import log_dir_of
 from spanline.pipeline import eventlog, logdir
-from test_writer import _assert_each_once, _once, _stored
 
 WSGI_APP = """
 import os, time, mlflow, spanline
@@ -105,8 +105,8 @@ def test_gunicorn_preload_each_worker_its_own_segment_one_writer(tmp_path, own_c
                 os.killpg(master.pid, signal.SIGKILL)
             master.wait(10)
         log.close()
-    _once(directory)  # waits for the writer to store what is left
-    _assert_each_once(_stored(uri, "gunicorn"), n)
+    writer_once(directory)  # waits for the writer to store what is left
+    assert_each_once(stored_traces(uri, "gunicorn"), n)
     # Whoever stored (a writer process, or a worker's exit storing in-process when no writer ran: exitwait.py)
     # logged its store writers once; never the master, which made no call.
     path = Path(directory, logdir.WRITER_LOG)
@@ -124,7 +124,7 @@ def test_gunicorn_sigterm_mid_load_every_completed_call_stored_by_its_exit(tmp_p
     import json
     import threading
 
-    from test_writer import _key
+    from helpers import trace_key
 
     uri = f"sqlite:///{tmp_path}/store.db"
     (tmp_path / "traced_app.py").write_text(textwrap.dedent(WSGI_APP))
@@ -170,7 +170,7 @@ def test_gunicorn_sigterm_mid_load_every_completed_call_stored_by_its_exit(tmp_p
         log.close()
         for thread in threads:
             thread.join(70)
-    stored = collections.Counter(_key(t) for t in _stored(uri, "rolling"))
+    stored = collections.Counter(trace_key(t) for t in stored_traces(uri, "rolling"))
     assert all(c == 1 for c in stored.values()), "each once"
     missing = [i for i in completed if f"agent:{json.dumps({'i': i})}" not in stored]
     assert not missing, f"{len(missing)} of {len(completed)} completed calls not stored at gunicorn's exit"

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import yaml
-from test_writer import APP, _env, _stored
+from helpers import APP, app_env, stored_traces
 
 MANIFEST = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes.yaml"
 LOG_MOUNT = "/var/spanline/log"
@@ -60,15 +60,15 @@ def test_pod_termination_with_a_sidecar_writer(tmp_path):
     uri = f"sqlite:///{tmp_path}/store.db"
     log_dir = str(tmp_path / "emptydir")
     os.makedirs(log_dir, mode=0o700)
-    command, app_env = _pod()
+    command, pod_env = _pod()
     assert command[:2] == ["spanline", "writer"]
     binary = os.path.join(os.path.dirname(sys.executable), "spanline")
     writer_cmd = [binary, *(log_dir if arg == LOG_MOUNT else arg for arg in command[1:])]
     # The manifest's grace (25 s) is for a pod's own CPU; on this shared 2-core machine sqlite takes 2,000 traces
     # in ~30-60 s, so the test gives the same drain more time (it waits on the writer's exit, not on a clock).
     writer_cmd[writer_cmd.index("--grace") + 1] = "240"
-    app_env = {k: (log_dir if v == LOG_MOUNT else v) for k, v in app_env.items() if k != "MLFLOW_TRACKING_URI"}
-    env = _env(uri, "pod", 2000, **app_env)
+    pod_env = {k: (log_dir if v == LOG_MOUNT else v) for k, v in pod_env.items() if k != "MLFLOW_TRACKING_URI"}
+    env = app_env(uri, "pod", 2000, **pod_env)
     with open(tmp_path / "w.log", "w") as log:
         writer = subprocess.Popen(writer_cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
     app = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SERVICE)], env=env, stdout=subprocess.PIPE,
@@ -84,5 +84,5 @@ def test_pod_termination_with_a_sidecar_writer(tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    stored = len(_stored(uri, "pod"))
+    stored = len(stored_traces(uri, "pod"))
     assert stored == 2000, (stored, (tmp_path / "w.log").read_text()[-3000:])

@@ -155,3 +155,18 @@ def test_pipeline_imports_nothing_above_it() -> None:
     found = {name: _outside(name, path, ("spanline.pipeline",))
              for name, path in _modules().items() if name.startswith("spanline.pipeline")}
     assert {name: names for name, names in found.items() if names} == {}
+
+
+def test_assembly_runs_one_way() -> None:
+    """Decode, fold into a span, convert to MLflow's shape: the assembler calls ``surfaces`` and ``streams``, they
+    call ``convert``; none of them imports a module above it on that way (function-level imports included)."""
+    below = {
+        "spanline.pipeline.convert": {"spanline.pipeline.assembler", "spanline.pipeline.surfaces",
+                                      "spanline.pipeline.streams"},
+        "spanline.pipeline.surfaces": {"spanline.pipeline.assembler", "spanline.pipeline.streams"},
+        "spanline.pipeline.streams": {"spanline.pipeline.assembler", "spanline.pipeline.surfaces"},
+        "spanline.pipeline.policy": {"spanline.pipeline.convert", "spanline.pipeline.assembler"},
+    }
+    modules = _modules()
+    found = {name: set(_imported_names(name, modules[name])) & above for name, above in below.items()}
+    assert {name: names for name, names in found.items() if names} == {}

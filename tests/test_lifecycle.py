@@ -15,9 +15,8 @@ import os
 import threading
 import time
 
-from helpers import traces_in
+from helpers import APP, app_env, run_script, stored_traces, traces_in, writer_once
 from logwriters import log_dir_of
-from test_writer import APP, _env, _once, _run, _stored
 
 import spanline
 from spanline import _runtime
@@ -133,14 +132,14 @@ for i in range(4, 6):
     agent(i)  # tracing resumes after shutdown
 report(spanline.shutdown(0.5, wait_for_store=False))
 """
-    done = _run(code, _env(uri, "nowriter", 4, SPANLINE_WRITER_AUTOSTART="0"))
+    done = run_script(code, env=app_env(uri, "nowriter", 4, SPANLINE_WRITER_AUTOSTART="0"), timeout=180, check=True)
     flushed, waited, appended = done.stdout.strip().splitlines()[-3:]
     assert flushed == "False", "flush cannot complete without a writer: it returns False at its timeout"
     assert waited.split() == ["False", "0", "log", "True", "0"], "not stored in time, but on disk: no drop"
     assert appended.split() == ["True", "0", "log", "True", "0"], "on disk is all wait_for_store=False waits for"
-    assert _stored(uri, "nowriter") == [], "no writer ran: nothing stored yet"
-    _once(log_dir_of(uri))
-    assert len(_stored(uri, "nowriter")) == 6, "the writer stores afterwards what shutdown left on disk"
+    assert stored_traces(uri, "nowriter") == [], "no writer ran: nothing stored yet"
+    writer_once(log_dir_of(uri))
+    assert len(stored_traces(uri, "nowriter")) == 6, "the writer stores afterwards what shutdown left on disk"
 
 
 def test_shutdown_with_the_log_waits_for_the_store_by_default(traced, fake):

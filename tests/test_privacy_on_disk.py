@@ -15,9 +15,8 @@ import uuid
 
 import mlflow
 import pytest
-from helpers import scan_for, store_files
+from helpers import app_env, scan_for, store_files, stored_traces
 from logwriters import log_dir_of, stop_writers_under
-from test_writer import _env, _stored
 
 # The app: an agent whose first call gets a tool_use back (its input is the question's last capitalized word),
 # runs the tool, answers, then streams a long reply. The fake's text reply quotes the question's first 40
@@ -92,7 +91,7 @@ def test_no_secret_in_any_byte_of_the_log_or_the_store(tmp_path, own_cache, mode
     secrets = _secrets()
     app = subprocess.Popen([sys.executable, "-c", APP], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True,
-                           env=_env(uri, f"privacy-{mode}", 0, TEST_MODE=mode, TEST_SECRETS=json.dumps(secrets)))
+                           env=app_env(uri, f"privacy-{mode}", 0, TEST_MODE=mode, TEST_SECRETS=json.dumps(secrets)))
     try:
         line = app.stdout.readline()
         assert line.strip().isdigit(), app.stderr.read()[-3000:] if app.poll() is not None else line
@@ -112,7 +111,7 @@ def test_no_secret_in_any_byte_of_the_log_or_the_store(tmp_path, own_cache, mode
     stop_writers_under(own_cache)
     after = sorted(os.listdir(directory))
     in_log_after = _scan([directory], secrets)
-    traces = _stored(uri, f"privacy-{mode}")
+    traces = stored_traces(uri, f"privacy-{mode}")
     (trace,) = traces
     spans = sorted(trace.data.spans, key=lambda s: s.start_time_ns)
     assert [s.name for s in spans] == ["agent", "Messages.create", "lookup", "Messages.create", "Messages.create"]

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spanline.pipeline import events
 from spanline.pipeline.assembler import Assembler
-from spanline.pipeline.convert import ContentPolicy
+from spanline.pipeline.policy import ContentPolicy
 from spanline.pipeline.stats import Counters
 from spanline.pipeline.streams import StreamState
 
@@ -504,7 +504,7 @@ def test_time_to_first_chunk_only_when_its_chunk_was_timed():
 
 def _through_policy(policy: ContentPolicy, text: str) -> tuple[list[bytes | None], dict]:
     """A streamed call's events as the application's worker hands them to the log under ``policy``."""
-    from spanline.pipeline import policy as content_policy
+    from spanline.pipeline import rewrite
 
     body, message = _sse_body(text)
     cut = len(body) // 2
@@ -513,7 +513,7 @@ def _through_policy(policy: ContentPolicy, text: str) -> tuple[list[bytes | None
     sent = [events.StreamStart(9, 9, 0, 9, "Messages.create", "messages", 100, request, "req_9"),
             events.StreamChunk(9, 9, [body[:cut]], [150]),
             events.StreamEnd(9, 9, 300, "completed", [body[cut:]], [250])]
-    return [content_policy.apply(events.encode(e), policy) for e in sent], message
+    return [rewrite.apply(events.encode(e), policy) for e in sent], message
 
 
 def test_metadata_mode_keeps_a_streams_text_out_of_the_log_and_its_usage_in():
@@ -556,7 +556,7 @@ def test_redact_in_force_when_a_stream_began_applies_to_all_of_it(traced, fake, 
 
 
 def test_deferred_start_and_end_are_the_bytes_the_caller_would_have_encoded():
-    """``events.encoded`` of what the caller queues equals encoding the events there: the log's format is the
+    """``events.encode_deferred`` of what the caller queues equals encoding the events there: the log's format is the
     same, with the request id and content encoding read from the response's headers on the worker."""
     from spanline.patches import streaming
     from spanline.pipeline import streams
@@ -565,7 +565,7 @@ def test_deferred_start_and_end_are_the_bytes_the_caller_would_have_encoded():
                               "Content-Encoding": "gzip", "anthropic-ratelimit-requests-limit": "50"})
     start = (streams.start_event, 1, 2, 0, 1, "Messages.create", "messages", 100, b'{"model":"m"}', headers,
              "", "3", "sqlite:///x.db")
-    assert events.encoded(start) == events.encode(events.StreamStart(
+    assert events.encode_deferred(start) == events.encode(events.StreamStart(
         1, 2, 0, 1, "Messages.create", "messages", 100, b'{"model":"m"}', "req_42", "gzip", "", "3", "sqlite:///x.db"))
     recorder = streaming.SyncRecorder(iter(()), 2, 1)
     recorder.chunks += [b"event: ping\n", b"data: {}\n\n"]
@@ -575,10 +575,10 @@ def test_deferred_start_and_end_are_the_bytes_the_caller_would_have_encoded():
     # closed from elsewhere mid-read) is in it, and no StreamChunk follows the end.
     recorder.chunks.append(b"read after its end")
     recorder._batch()
-    encoded_end = events.decode(events.encoded((streaming._end_event, recorder, 300, "completed", None)))
+    encoded_end = events.decode(events.encode_deferred((streaming._end_event, recorder, 300, "completed", None)))
     assert encoded_end == events.StreamEnd(2, 1, 300, "completed", [b"event: ping\n", b"data: {}\n\n",
                                                                      b"read after its end"], [150, 160], None)
-    assert events.encoded(b"already bytes") == b"already bytes"
+    assert events.encode_deferred(b"already bytes") == b"already bytes"
 
 
 @pytest.mark.provokes_internal_errors

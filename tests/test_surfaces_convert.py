@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from spanline.pipeline import events
 from spanline.pipeline.assembler import Assembler
-from spanline.pipeline.convert import ContentPolicy
+from spanline.pipeline.policy import ContentPolicy
 from spanline.pipeline.stats import Counters
 
 _RESULT = st.one_of(

@@ -3,7 +3,6 @@ producers, PostgreSQL; and what the application sees of it (flush, policy at cal
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import os
@@ -18,59 +17,30 @@ import types
 import uuid
 
 import mlflow
-from helpers import CITIES, children_of, make_agent, root_of, scan_for, traces_in
+from helpers import (
+    APP,
+    CITIES,
+    app_env,
+    assert_each_once,
+    assert_stored_with_the_crash,
+    children_of,
+    make_agent,
+    reap,
+    root_of,
+    run_script,
+    scan_for,
+    start_writer,
+    stored_traces,
+    trace_key,
+    traces_in,
+    wait_in_log,
+    writer_once,
+)
 from logwriters import log_dir_of, stop_writers_under
 from spanline.pipeline import eventlog, logdir
 
 import spanline
 from spanline.mlflow_server import run_mlflow_server
-
-# An app: N agent traces of two spans each (an AGENT span around one SDK call), then what ``END`` says.
-APP = """
-import os, sys, mlflow, spanline
-from spanline.testing import FakeAnthropicAPI
-mlflow.set_experiment(os.environ["TEST_EXPERIMENT"])
-spanline.autolog()
-client = FakeAnthropicAPI().client(api_key=os.environ.get("TEST_API_KEY", "sk-test"))
-tag = os.environ.get("TEST_TAG", "q")
-
-@spanline.trace(span_type="AGENT")
-def agent(i):
-    return client.messages.create(model="claude-fake-1", max_tokens=8,
-                                  messages=[{"role": "user", "content": f"{tag}-{i}"}])
-
-for i in range(int(os.environ["TEST_CALLS"])):
-    agent(i)
-"""
-
-
-def _env(tracking_uri: str, experiment: str, calls: int, **extra: str) -> dict[str, str]:
-    return {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_MODEL_CATALOG_URI": "",
-            "TEST_EXPERIMENT": experiment, "TEST_CALLS": str(calls), **extra}
-
-
-def _run(code: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done
-
-
-def _writer(directory: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "spanline.writer", "--log-dir", directory, *args],
-                            env={**os.environ, "MLFLOW_MODEL_CATALOG_URI": ""}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
-
-
-def _once(directory: str, timeout: float = 300) -> None:
-    proc = _writer(directory, "--once")
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:  # timed out (or interrupted): never left behind, asking (and starting) writers
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err.decode()[-4000:]
 
 
 def _count_rows(db: str) -> int:
@@ -84,79 +54,14 @@ def _count_rows(db: str) -> int:
             return 0
 
 
-def _stored(tracking_uri: str, experiment: str) -> list:
-    """Every trace of an experiment, by name, with its spans."""
-    mlflow.set_tracking_uri(tracking_uri)
-    exp = mlflow.get_experiment_by_name(experiment)
-    if exp is None:
-        return []
-    return mlflow.search_traces(locations=[exp.experiment_id], return_type="list", max_results=50_000,
-                                include_spans=True)
-
-
-def _key(trace) -> str:
-    """Which call made a trace: its root's inputs (the agent's ``i``), and its tag."""
-    root = root_of(trace)
-    return f"{root.name}:{json.dumps(root.inputs, sort_keys=True)}"
-
-
-def _assert_each_once(traces: list, n: int, spans_per_trace: int = 2) -> None:
-    keys = collections.Counter(_key(t) for t in traces)
-    dupes = {k: c for k, c in keys.items() if c > 1}
-    assert not dupes, f"stored more than once: {list(dupes.items())[:5]}"
-    expected = {f"agent:{json.dumps({'i': i})}" for i in range(n)}
-    assert set(keys) == expected, f"{len(keys)} stored of {n}; missing e.g. {sorted(expected - set(keys))[:5]}"
-    bad = [t.info.trace_id for t in traces if len(t.data.spans) != spans_per_trace]
-    assert not bad, f"traces without exactly {spans_per_trace} spans: {bad[:5]}"
-
-
-# --- crashes ----------------------------------------------------------------------------------------------
-
-
-def _assert_stored_with_the_crash(tracking_uri: str, experiment: str, n: int) -> None:
-    """What an app SIGKILLed inside its ``crashing-agent`` span (after ``n`` agent runs) must leave in the store:
-    every run once, and the open span stored as unfinished with the call it had made."""
-    traces = _stored(tracking_uri, experiment)
-    crashed = [t for t in traces if root_of(t).name == "crashing-agent"]
-    _assert_each_once([t for t in traces if t not in crashed], n)
-    (last,) = crashed
-    root = root_of(last)
-    assert root.attributes.get("spanline.unfinished") is True
-    assert [c.name for c in children_of(last, root)] == ["Messages.create"]
-
-
-def _wait_in_log(directory: str, needles: list[bytes], app: subprocess.Popen, timeout: float = 120) -> None:
-    """Wait until every needle is in the bytes of the log's segments (what a SIGKILL cannot take back)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        data = b""
-        with contextlib.suppress(FileNotFoundError):
-            for name in os.listdir(directory):
-                if name.endswith(".seg"):
-                    with contextlib.suppress(FileNotFoundError), open(os.path.join(directory, name), "rb") as f:
-                        data += f.read()
-        if all(needle in data for needle in needles):
-            return
-        assert app.poll() is None, f"the app exited: {app.stderr.read()[-3000:]}"
-        assert time.monotonic() < deadline, f"never in the log: {[n for n in needles if n not in data]}"
-        time.sleep(0.02)
-
-
-def _reap(proc: subprocess.Popen) -> None:
-    """Never leave a test's app behind: kill it if it still runs, wait for it, close its pipes."""
-    if proc.poll() is None:
-        proc.kill()
-    proc.communicate(timeout=10)
-
-
 def test_writer_killed_mid_batch_then_restarted_stores_every_trace_once(tmp_path, own_cache):
     uri = f"sqlite:///{tmp_path}/store.db"
     directory = log_dir_of(uri)
     n = 800
     # The app only appends (no writer yet): a backlog of 800 traces in the log, four batches of 200.
-    _run(APP + "spanline.shutdown(wait_for_store=False)\n",
-         _env(uri, "killed-writer", n, SPANLINE_WRITER_AUTOSTART="0"))
-    writer = _writer(directory)
+    run_script(APP + "spanline.shutdown(wait_for_store=False)\n",
+         env=app_env(uri, "killed-writer", n, SPANLINE_WRITER_AUTOSTART="0"), timeout=180, check=True)
+    writer = start_writer(directory)
     try:
         deadline = time.monotonic() + 120
         while _count_rows(f"{tmp_path}/store.db") < 1:  # a first batch is stored, the rest is on its way
@@ -169,10 +74,10 @@ def test_writer_killed_mid_batch_then_restarted_stores_every_trace_once(tmp_path
             writer.kill()
         writer.wait(10)
         writer.stderr.close()
-    stored_before_restart = len(_stored(uri, "killed-writer"))
+    stored_before_restart = len(stored_traces(uri, "killed-writer"))
     assert 0 < stored_before_restart < n, "the kill came mid-run"
-    _once(directory)
-    _assert_each_once(_stored(uri, "killed-writer"), n)
+    writer_once(directory)
+    assert_each_once(stored_traces(uri, "killed-writer"), n)
     assert not [f for f in os.listdir(directory) if f.endswith(".seg")], "stored segments are deleted"
 
 
@@ -187,19 +92,19 @@ def test_app_killed_three_seconds_after_its_calls_loses_nothing(tmp_path, own_ca
             print("ready", flush=True)
             time.sleep(600)
     """)
-    app = subprocess.Popen([sys.executable, "-c", code], env=_env(uri, "killed-app", n), stdout=subprocess.PIPE,
+    app = subprocess.Popen([sys.executable, "-c", code], env=app_env(uri, "killed-app", n), stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     try:
         assert app.stdout.readline().strip() == "ready", app.stderr.read()[-3000:]
         # Killed once the worker has appended the open span's call (the promise: appended is not lost).
-        _wait_in_log(log_dir_of(uri), [b"last words"], app)
+        wait_in_log(log_dir_of(uri), [b"last words"], app)
         app.send_signal(signal.SIGKILL)
         app.wait(10)
     finally:
-        _reap(app)
+        reap(app)
     # The writer the app started stores it all, closing the dead app's open span as unfinished.
-    _once(log_dir_of(uri))
-    _assert_stored_with_the_crash(uri, "killed-app", n)
+    writer_once(log_dir_of(uri))
+    assert_stored_with_the_crash(uri, "killed-app", n)
 
 
 def test_an_app_killed_mid_stream_leaves_the_streamed_call_stored_unfinished(tmp_path, own_cache):
@@ -210,15 +115,15 @@ def test_an_app_killed_mid_stream_leaves_the_streamed_call_stored_unfinished(tmp
     uri = f"sqlite:///{tmp_path}/store.db"
     code = textwrap.dedent("""
         import os, time, httpx2, mlflow, spanline
-        from spanline import fake_anthropic
+        from spanline.testing import FakeAnthropicAPI, wire
         mlflow.set_experiment(os.environ["TEST_EXPERIMENT"])
         spanline.autolog(flush_interval=0.05)
-        api = fake_anthropic.FakeAnthropicAPI()
+        api = FakeAnthropicAPI()
         kwargs = {"model": "claude-fake-1", "max_tokens": 4096,
                   "messages": [{"role": "user", "content": "Tell me a long story."}]}
-        message = api._build_message(kwargs)
+        message = api.build_message(kwargs)
         message["content"] = [{"citations": None, "text": "lorem ipsum dolor " * 200, "type": "text"}]
-        body = list(fake_anthropic._stream_events(message))  # ~200 events, one network chunk each
+        body = list(wire.stream_events(message))  # ~200 events, one network chunk each
         print(message["content"][0]["text"].strip(), flush=True)
 
         def stalled():
@@ -227,26 +132,26 @@ def test_an_app_killed_mid_stream_leaves_the_streamed_call_stored_unfinished(tmp
 
         def handle(request):
             return httpx2.Response(200, headers={"request-id": "req_killed", "content-type": "text/event-stream"},
-                                   stream=fake_anthropic._SSEStream(stalled))
+                                   stream=wire.SSEStream(stalled))
 
         client = api.client(http_client=httpx2.Client(transport=httpx2.MockTransport(handle)))
         for event in client.messages.create(stream=True, **kwargs):
             if event.type == "content_block_delta":
                 print("ready", flush=True)
     """)
-    app = subprocess.Popen([sys.executable, "-c", code], env=_env(uri, "killed-mid-stream", 0),
+    app = subprocess.Popen([sys.executable, "-c", code], env=app_env(uri, "killed-mid-stream", 0),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         full_text = app.stdout.readline().strip()
         assert app.stdout.readline().strip() == "ready", app.stderr.read()[-3000:]
         # The start and a first batch of chunks are in the log (the text's words are in the SSE chunks).
-        _wait_in_log(log_dir_of(uri), [b"Tell me a long story.", b"lorem ipsum dolor"], app)
+        wait_in_log(log_dir_of(uri), [b"Tell me a long story.", b"lorem ipsum dolor"], app)
         app.send_signal(signal.SIGKILL)
         app.wait(10)
     finally:
-        _reap(app)
-    _once(log_dir_of(uri))
-    (trace,) = _stored(uri, "killed-mid-stream")
+        reap(app)
+    writer_once(log_dir_of(uri))
+    (trace,) = stored_traces(uri, "killed-mid-stream")
     (span,) = trace.data.spans
     assert span.name == "Messages.create" and span.span_type == "CHAT_MODEL"
     assert span.attributes["spanline.unfinished"] is True
@@ -260,15 +165,16 @@ def test_an_app_killed_mid_stream_leaves_the_streamed_call_stored_unfinished(tmp
 def test_a_torn_tail_in_a_dead_producers_segment_is_skipped_and_counted(tmp_path, own_cache):
     uri = f"sqlite:///{tmp_path}/store.db"
     directory = log_dir_of(uri)
-    _run(APP + "spanline.shutdown(wait_for_store=False)\n", _env(uri, "torn", 20, SPANLINE_WRITER_AUTOSTART="0"))
+    run_script(APP + "spanline.shutdown(wait_for_store=False)\n",
+               env=app_env(uri, "torn", 20, SPANLINE_WRITER_AUTOSTART="0"), timeout=180, check=True)
     (segment,) = [f for f in os.listdir(directory) if f.endswith(".seg")]
     os.truncate(os.path.join(directory, segment), os.path.getsize(os.path.join(directory, segment)) - 5)
-    _once(directory)
-    traces = _stored(uri, "torn")
+    writer_once(directory)
+    traces = stored_traces(uri, "torn")
     assert len(traces) == 20
     # The last record (the last agent's end) was torn: that agent is stored with what it had, unfinished.
     unfinished = [t for t in traces if root_of(t).attributes.get("spanline.unfinished")]
-    assert [_key(t) for t in unfinished] == [f"agent:{json.dumps({'i': 19})}"]
+    assert [trace_key(t) for t in unfinished] == [f"agent:{json.dumps({'i': 19})}"]
     status = logdir.read_status(directory)
     assert status["dropped"].get("torn_tail") == 1
 
@@ -276,18 +182,19 @@ def test_a_torn_tail_in_a_dead_producers_segment_is_skipped_and_counted(tmp_path
 def test_a_segment_of_a_newer_format_is_left_in_place_with_a_clear_error(tmp_path, own_cache):
     uri = f"sqlite:///{tmp_path}/store.db"
     directory = log_dir_of(uri)
-    _run(APP + "spanline.shutdown(wait_for_store=False)\n", _env(uri, "newer", 3, SPANLINE_WRITER_AUTOSTART="0"))
+    run_script(APP + "spanline.shutdown(wait_for_store=False)\n",
+               env=app_env(uri, "newer", 3, SPANLINE_WRITER_AUTOSTART="0"), timeout=180, check=True)
     (segment,) = [f for f in os.listdir(directory) if f.endswith(".seg")]
     path = os.path.join(directory, segment)
     with open(path, "r+b") as f:
         f.seek(8)
         f.write((eventlog.FORMAT_VERSION + 1).to_bytes(2, "little"))
-    _once(directory)
+    writer_once(directory)
     assert os.path.exists(path), "left in place for a newer writer"
     status = logdir.read_status(directory)
     assert "newer than this spanline" in status["bad_segments"][segment]
     assert "newer than this spanline" in status["last_error"]
-    assert _stored(uri, "newer") == []
+    assert stored_traces(uri, "newer") == []
     out = subprocess.run([sys.executable, "-m", "spanline.cli", "status", "--log-dir", directory],
                          capture_output=True, text=True, timeout=60).stdout
     assert "left in place" in out and segment in out
@@ -299,7 +206,7 @@ def test_a_segment_of_a_newer_format_is_left_in_place_with_a_clear_error(tmp_pat
 def _four_processes(uri: str, experiment: str, calls: int = 500) -> None:
     code = APP + "assert spanline.flush(300)\n"
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env=_env(uri, experiment, calls, TEST_TAG=f"p{k}"))
+                              env=app_env(uri, experiment, calls, TEST_TAG=f"p{k}"))
              for k in range(4)]
     try:
         for proc in procs:
@@ -317,7 +224,7 @@ def test_four_processes_into_one_sqlite_store(tmp_path, own_cache):
     mlflow.set_tracking_uri(uri)
     mlflow.create_experiment("four")  # created once, not raced by four processes
     _four_processes(uri, "four")
-    traces = _stored(uri, "four")
+    traces = stored_traces(uri, "four")
     assert len(traces) == 2000
     assert all(len(t.data.spans) == 2 for t in traces)
     status = logdir.read_status(log_dir_of(uri))
@@ -328,7 +235,7 @@ def test_four_processes_into_postgresql(postgres_uri, own_cache):
     mlflow.set_tracking_uri(postgres_uri)
     mlflow.create_experiment("four-pg")
     _four_processes(postgres_uri, "four-pg")
-    traces = _stored(postgres_uri, "four-pg")
+    traces = stored_traces(postgres_uri, "four-pg")
     assert len(traces) == 2000
     assert all(len(t.data.spans) == 2 for t in traces)
 
@@ -379,7 +286,7 @@ def test_a_store_outage_is_waited_out_and_every_trace_stored_once(tmp_path, own_
         with run_mlflow_server(server_dir) as server:
             url, port = server.url, int(server.url.rsplit(":", 1)[1])
             # stderr to a file: a pipe nobody reads during the outage could fill and block the app.
-            app = subprocess.Popen([sys.executable, "-c", code], env=_env(url, "outage", n),
+            app = subprocess.Popen([sys.executable, "-c", code], env=app_env(url, "outage", n),
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=app_err, text=True)
             assert app.stdout.readline().strip() == "first half stored", _tail(app_err)
         directory = log_dir_of(url)
@@ -413,7 +320,7 @@ def test_a_store_outage_is_waited_out_and_every_trace_stored_once(tmp_path, own_
             assert lines[-1] == "flushed"
             status = logdir.read_status(directory)
             assert status["retries"] >= 1
-            _assert_each_once(_stored(url, "outage"), int(total))
+            assert_each_once(stored_traces(url, "outage"), int(total))
     finally:
         if app is not None:
             if app.poll() is None:
@@ -452,18 +359,18 @@ def test_a_writer_whose_first_write_meets_an_outage_stores_once_the_server_is_ba
     with run_mlflow_server(server_dir) as server:
         url, port = server.url, int(server.url.rsplit(":", 1)[1])
         # The app only appends (no writer): its traces wait in the log.
-        _run(APP + "spanline.shutdown(wait_for_store=False)\n",
-             _env(url, "late-writer", n, SPANLINE_WRITER_AUTOSTART="0"))
+        run_script(APP + "spanline.shutdown(wait_for_store=False)\n",
+             env=app_env(url, "late-writer", n, SPANLINE_WRITER_AUTOSTART="0"), timeout=180, check=True)
     directory = log_dir_of(url)
-    writer = _writer(directory)
+    writer = start_writer(directory)
     try:
         guard = time.monotonic() + 120
         while logdir.read_status(directory).get("retries", 0) < 2:
             assert writer.poll() is None and time.monotonic() < guard, writer.stderr.read().decode()[-3000:]
             time.sleep(0.1)
         with run_mlflow_server(server_dir, port=port):
-            _once(directory, timeout=120)  # asks the running writer to drain, and waits for it
-            _assert_each_once(_stored(url, "late-writer"), n)
+            writer_once(directory, timeout=120)  # asks the running writer to drain, and waits for it
+            assert_each_once(stored_traces(url, "late-writer"), n)
     finally:
         if writer.poll() is None:
             writer.terminate()
@@ -497,9 +404,9 @@ def test_redact_in_force_when_the_call_was_made_is_the_one_applied(traced, fake)
 def test_metadata_mode_keeps_the_prompt_off_the_disk(tmp_path, own_cache):
     uri = f"sqlite:///{tmp_path}/store.db"
     directory = log_dir_of(uri)
-    _run(APP + "spanline.shutdown(wait_for_store=False)\n",
-         _env(uri, "metadata", 3, TEST_TAG="prompt-not-for-disk", SPANLINE_CAPTURE_CONTENT="metadata",
-              SPANLINE_WRITER_AUTOSTART="0"))
+    run_script(APP + "spanline.shutdown(wait_for_store=False)\n",
+         env=app_env(uri, "metadata", 3, TEST_TAG="prompt-not-for-disk", SPANLINE_CAPTURE_CONTENT="metadata",
+              SPANLINE_WRITER_AUTOSTART="0"), timeout=180, check=True)
     segments = [f for f in os.listdir(directory) if f.endswith(".seg")]
     data = b""
     for name in segments:
@@ -507,8 +414,8 @@ def test_metadata_mode_keeps_the_prompt_off_the_disk(tmp_path, own_cache):
             data += f.read()
     assert b"claude-fake-1" in data, "the calls are in the log"
     assert b"prompt-not-for-disk" not in data
-    _once(directory)
-    (span,) = [s for t in _stored(uri, "metadata") for s in t.data.spans if s.name == "Messages.create"][:1]
+    writer_once(directory)
+    (span,) = [s for t in stored_traces(uri, "metadata") for s in t.data.spans if s.name == "Messages.create"][:1]
     assert span.inputs == {"max_tokens": 8, "model": "claude-fake-1"}
 
 
@@ -548,10 +455,11 @@ def test_an_unwritable_log_directory_falls_back_to_storing_in_process(tmp_path, 
             agent(i)
         assert spanline.flush(120)
     """)
-    done = _run(code, _env(uri, "fallback", 5, SPANLINE_LOG_DIR=str(blocker / "log")))
+    done = run_script(code,
+                      env=app_env(uri, "fallback", 5, SPANLINE_LOG_DIR=str(blocker / "log")), timeout=180, check=True)
     assert done.stdout.split() == ["in_process", "1", "5"]
     assert done.stderr.count("cannot be written") == 1, "logged once"
-    assert len(_stored(uri, "fallback")) == 10
+    assert len(stored_traces(uri, "fallback")) == 10
 
 
 def test_a_planted_api_key_is_nowhere_on_disk(tmp_path, own_cache):
@@ -566,15 +474,17 @@ def test_a_planted_api_key_is_nowhere_on_disk(tmp_path, own_cache):
                                               "Authorization": "Bearer " + os.environ["TEST_API_KEY"]})
         spanline.shutdown(wait_for_store=False)
     """)
-    done = _run(code, _env(uri, "secret", 5, TEST_API_KEY=secret, SPANLINE_WRITER_AUTOSTART="0"))
+    done = run_script(code,
+                      env=app_env(uri, "secret", 5, TEST_API_KEY=secret, SPANLINE_WRITER_AUTOSTART="0"),
+                      timeout=180, check=True)
     seen = [f for f in os.listdir(directory) if f.endswith(".seg")]
     assert seen, "the log holds the events"
 
     found = scan_for([directory], [secret.encode(), control])
     assert any(f.endswith(".seg") for f in found[control]), "positive control: the scan reads the segments"
     assert found[secret.encode()] == [], "the log"
-    _once(directory)
-    assert len(_stored(uri, "secret")) == 6
+    writer_once(directory)
+    assert len(stored_traces(uri, "secret")) == 6
     found = scan_for([tmp_path, directory], [secret.encode(), control])
     assert any(f.endswith("store.db") or "store.db-" in f for f in found[control]), "positive control: the store"
     assert found[secret.encode()] == [], "the store, the log, the writer's log"
@@ -588,12 +498,12 @@ def test_past_max_log_bytes_the_oldest_segments_are_dropped_and_counted(tmp_path
     n = 300
     # Small segments and a small bound; no writer while the app runs, so the log outgrows its bound. A segment
     # rotates between appends, one per tick: short ticks, so that a fast machine's calls span many segments.
-    _run(APP + "spanline.shutdown(wait_for_store=False)\n",
-         _env(uri, "bounded", n, SPANLINE_WRITER_AUTOSTART="0", SPANLINE_SEGMENT_BYTES="16384",
-              SPANLINE_MAX_LOG_BYTES="65536", SPANLINE_FLUSH_INTERVAL="0.01"))
+    run_script(APP + "spanline.shutdown(wait_for_store=False)\n",
+         env=app_env(uri, "bounded", n, SPANLINE_WRITER_AUTOSTART="0", SPANLINE_SEGMENT_BYTES="16384",
+              SPANLINE_MAX_LOG_BYTES="65536", SPANLINE_FLUSH_INTERVAL="0.01"), timeout=180, check=True)
     assert eventlog.total_bytes(directory)[1] > 65536
-    _once(directory)
-    traces = _stored(uri, "bounded")
+    writer_once(directory)
+    traces = stored_traces(uri, "bounded")
     # A trace cut by the drop (its root's start in a dropped segment) keeps what survived: its LLM call.
     whole = [t for t in traces if any(s.parent_id is None for s in t.data.spans)]
     assert len(traces) - len(whole) <= 1  # 0 or 1: see the accounting below
@@ -626,12 +536,12 @@ def test_a_multiprocessing_pool_shares_one_writer(tmp_path, own_cache):
             pool.join()
         assert spanline.flush(120)
     """)
-    _run(code, _env(uri, "pool", 5))
+    run_script(code, env=app_env(uri, "pool", 5), timeout=180, check=True)
     directory = log_dir_of(uri)
-    _once(directory)
-    stored = sorted(root_of(t).inputs["i"] for t in _stored(uri, "pool"))
+    writer_once(directory)
+    stored = sorted(root_of(t).inputs["i"] for t in stored_traces(uri, "pool"))
     assert stored == [*range(5), *range(1000, 1030)]
-    assert len({t.info.trace_id for t in _stored(uri, "pool")}) == 35
+    assert len({t.info.trace_id for t in stored_traces(uri, "pool")}) == 35
 
 
 def test_a_waiter_whose_asker_hung_up_no_longer_keeps_the_writer_alive(tmp_path):

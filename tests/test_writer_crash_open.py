@@ -14,8 +14,8 @@ import sys
 import time
 from collections import Counter
 
+from helpers import app_env, start_writer, writer_once
 from logwriters import log_dir_of
-from test_writer import _env, _once, _writer
 
 K, EARLY, LATE, N1, N2 = 4, 3, 3, 300, 50
 
@@ -94,14 +94,14 @@ def test_writer_killed_with_traces_open_across_checkpoints_and_segments_replays_
     uri = f"sqlite:///{tmp_path}/store.db"
     db = f"{tmp_path}/store.db"
     directory = log_dir_of(uri)
-    env = _env(uri, "open-traces", 0, SPANLINE_WRITER_AUTOSTART="0", SPANLINE_SEGMENT_BYTES="4096",
+    env = app_env(uri, "open-traces", 0, SPANLINE_WRITER_AUTOSTART="0", SPANLINE_SEGMENT_BYTES="4096",
                SPANLINE_FLUSH_INTERVAL="0.05")
     app = subprocess.Popen([sys.executable, "-c", APP], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     writer = None
     try:
         _wait_for(lambda: os.path.isdir(directory), "the app's log directory", alive=[app])
-        writer = _writer(directory)
+        writer = start_writer(directory)
         assert app.stdout.readline().strip() == "phase1", app.stderr.read()[-3000:]
         # The kill must land after the writer stored (and checkpointed) what followed the long traces' starts,
         # while those traces are still open: every short trace of phase 1 stored, a checkpoint on disk.
@@ -122,7 +122,7 @@ def test_writer_killed_with_traces_open_across_checkpoints_and_segments_replays_
         _stop(app)
         if writer is not None:
             _stop(writer)
-    _once(directory)
+    writer_once(directory)
 
     assert _rows(db, "SELECT count(*) FROM trace_info") == [(K + N1 + N2,)]
     roots = Counter(name.split("-")[0] for (name,) in _rows(db, "SELECT name FROM spans WHERE parent_span_id IS NULL"))

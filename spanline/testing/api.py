@@ -202,9 +202,6 @@ class FakeAnthropicAPI:
         streamed reply is the same message as events (:func:`spanline.testing.wire.stream_events`)."""
         return build_message(body, self._next_id)
 
-    # The name tests/test_writer.py calls; the redesign, which may edit that file, moves it to build_message.
-    _build_message = build_message
-
     # -- transports and clients ---------------------------------------------------------------------
 
     def _latency_for(self, request: httpx2.Request) -> float:
