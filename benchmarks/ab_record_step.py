@@ -1,4 +1,5 @@
-"""A/B of the caller's recording step (``patches/messages.py`` ``_record``): a git revision's version against
+"""A/B of the caller's recording step (``patches/record.py`` ``record``; ``patches/messages.py``
+``_record`` at revisions before the call skeleton moved): a git revision's version against
 the working tree's, in one process, interleaved; the minimum thread CPU time per call over 40 blocks of 2,000
 calls (the minimum is what contention on a shared machine cannot inflate). The queue append is stubbed out:
 this measures building the event. Usage: ``python benchmarks/ab_record_step.py [REV]`` (default ``HEAD~1``).
@@ -17,7 +18,7 @@ os.environ.setdefault("MLFLOW_MODEL_CATALOG_URI", "")
 
 
 def main(rev: str) -> None:
-    import spanline.patches.messages as new
+    import spanline.patches.record as new
     from anthropic.resources.messages import Messages
     from spanline.patches import original
     from spanline.patches.http_capture import inflight
@@ -26,7 +27,10 @@ def main(rev: str) -> None:
     from spanline import _runtime
     from spanline.testing import FakeAnthropicAPI
 
-    src = subprocess.check_output(["git", "show", f"{rev}:patches/messages.py"]).decode()
+    try:
+        src, name = subprocess.check_output(["git", "show", f"{rev}:patches/record.py"]).decode(), "record"
+    except subprocess.CalledProcessError:
+        src, name = subprocess.check_output(["git", "show", f"{rev}:patches/messages.py"]).decode(), "_record"
     old = types.ModuleType("spanline.patches._messages_base")
     old.__package__ = "spanline.patches"
     exec(compile(src, "messages_base.py", "exec"), old.__dict__)
@@ -40,7 +44,7 @@ def main(rev: str) -> None:
     inflight.reset(token)
     _runtime.pipeline.emit = lambda event: None  # measure building the event, not the queue
     best = {"base": float("inf"), "branch": float("inf")}
-    pairs = [("base", old._record), ("branch", new._record)]
+    pairs = [("base", getattr(old, name)), ("branch", new.record)]
     for block in range(40):
         for label, record in pairs if block % 2 == 0 else pairs[::-1]:
             started = time.thread_time_ns()

@@ -207,8 +207,8 @@ def recorded_calls(spanline_idle: None) -> Iterator[dict[str, Any]]:
 def test_start_end_vs_record(benchmark: Any, recorded_calls: dict[str, Any]) -> None:
     """The budget "a streamed call's start and end cost no more than a non-streaming call's", in one run.
 
-    Non-streaming: what spanline does after the call returns (``messages._record``: one ``ApiCall``, encoded).
-    Streamed: what it does after the call returns (``streaming._opened``: the deferred ``StreamStart``, the
+    Non-streaming: what spanline does after the call returns (``record.record``: one ``ApiCall``, encoded).
+    Streamed: what it does after the call returns (``stream_recorder.opened``: the deferred ``StreamStart``, the
     recorder on the response's body) and after the last chunk: ``completed`` (the end of the body, then the SDK's
     ``close()``), or ``closed`` (the application closes the stream: ``close()`` alone), and the recorder's
     release with the response. ``close()`` is measured without closing the wrapped body, which the untraced call
@@ -216,7 +216,8 @@ def test_start_end_vs_record(benchmark: Any, recorded_calls: dict[str, Any]) -> 
     Rounds of LOOP calls of each, interleaved; the minimum per call.
     Also reported: what the worker then spends encoding the deferred start and end (off the caller's path).
     """
-    from spanline.patches import messages, streaming
+    from spanline.patches import record as recording
+    from spanline.patches import stream_recorder
     from spanline.pipeline import events
 
     from spanline import _runtime
@@ -226,8 +227,8 @@ def test_start_end_vs_record(benchmark: Any, recorded_calls: dict[str, Any]) -> 
     response, times = stream.response, list(range(len(chunks)))
     body = response.stream
     chat_kwargs, stream_kwargs = dict(CHAT_KWARGS), dict(STREAM_KWARGS)
-    record, opened, recorder_class = messages._record, streaming._opened, streaming.SyncRecorder
-    names, surfaces = messages._span_names, messages._surfaces
+    record, opened = recording.record, stream_recorder.opened
+    names, surfaces = recording.span_names, recording.surfaces_by_client
     chat_resource, stream_resource = chat.messages, recorded_calls["stream_resource"]
     stream_slot = [response]
     items = _runtime.pipeline.queue.items
@@ -238,7 +239,7 @@ def test_start_end_vs_record(benchmark: Any, recorded_calls: dict[str, Any]) -> 
 
     def streamed(completed: bool) -> None:
         for _ in range(LOOP):
-            opened(stream_resource, stream, stream_kwargs, None, 0, stream_slot, names, surfaces, recorder_class)
+            opened(stream_resource, stream_kwargs, None, 0, stream_slot, stream, names, surfaces)
             recorder = response.stream
             if completed:
                 recorder._end("completed")  # what the end of the body does
@@ -262,7 +263,7 @@ def test_start_end_vs_record(benchmark: Any, recorded_calls: dict[str, Any]) -> 
     benchmark.group = f"streaming: start+end vs record, x{LOOP} each"
     benchmark.pedantic(one_round, rounds=ROUNDS)
     # The worker's side of the deferred events: encoding one stream's start and end.
-    opened(stream_resource, stream, stream_kwargs, None, 0, stream_slot, names, surfaces, recorder_class)
+    opened(stream_resource, stream_kwargs, None, 0, stream_slot, stream, names, surfaces)
     recorder = response.stream
     recorder.chunks.extend(chunks)
     recorder.times.extend(times)
@@ -292,7 +293,7 @@ def test_start_end_vs_record(benchmark: Any, recorded_calls: dict[str, Any]) -> 
 def test_recorder_per_chunk(benchmark: Any) -> None:
     """The recorder alone, per network chunk: iterating a body through it against iterating the body itself,
     interleaved, in the calling thread's CPU time (the StreamChunk batches encoded, the queue stubbed)."""
-    from spanline.patches.streaming import SyncRecorder
+    from spanline.patches.stream_recorder import SyncRecorder
 
     from spanline import _runtime
 

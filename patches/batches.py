@@ -1,8 +1,9 @@
 """Message Batches: ``create``, ``cancel``, ``delete`` as one span each, and ``results`` as one trace.
 
-``create`` / ``cancel`` / ``delete`` are one request and one response, recorded like ``messages.create`` (same
-seam, same recorder) with the surface ``batch``. ``create`` also keeps its request body (bytes the SDK already
-made, by reference) under the new batch's id, so that its results can be linked to their requests.
+``create`` / ``cancel`` / ``delete`` are one request and one response, recorded like ``messages.create`` (the
+same call skeleton and recorder, ``patches/call.py``) with the surface ``batch``. ``create`` also keeps its
+request body (bytes the SDK already made, by reference) under the new batch's id, so that its results can be
+linked to their requests.
 
 ``results`` streams a JSONL file the caller reads lazily. The call parks its event, keyed by the ``httpx``
 response (``patches/raw_response.py``: emitted as it is if the response is dropped unread), and the
@@ -20,7 +21,6 @@ from collections.abc import AsyncIterator, Iterator
 from time import time_ns
 from typing import Any
 
-from spanline.pipeline.context import current, mlflow_parent
 from spanline.pipeline.convert import to_json_bytes
 from spanline.pipeline.events import ApiCall
 from spanline.pipeline.stats import report_internal_error
@@ -28,8 +28,8 @@ from spanline.pipeline.stats import report_internal_error
 from spanline import _runtime
 from spanline.tracing import emit, placement
 
-from . import messages, patch, raw_response, resources
-from .http_capture import inflight
+from . import call, patch, raw_response, resources
+from .record import record, record_failure
 
 # Batch id -> the create request's body, for the results of a batch created in this process. Bounded, oldest
 # evicted first: a batch's requests can be large, and results may never be read.
@@ -49,8 +49,8 @@ def install() -> None:
         patch(sync_cls, "create", _wrap_sync)
         patch(async_cls, "create", _wrap_async)
         for method in ("cancel", "delete"):
-            patch(sync_cls, method, functools.partial(messages._wrap_sync, surface="batch"))
-            patch(async_cls, method, functools.partial(messages._wrap_async, surface="batch"))
+            patch(sync_cls, method, functools.partial(call.one_request_sync, surface="batch"))
+            patch(async_cls, method, functools.partial(call.one_request_async, surface="batch"))
         patch(sync_cls, "results", _wrap_results_sync)
         patch(async_cls, "results", _wrap_results_async)
     patch(JSONLDecoder, "__decode__", _wrap_decode)
@@ -75,54 +75,20 @@ def _remember(result: Any, slot: list) -> None:
         report_internal_error(_runtime.pipeline.counters, "batches.create", internal)
 
 
+def _record_created(self: Any, kwargs: dict, parent: Any, start: int, slot: list, result: Any,
+                   names: dict[type, str], surfaces: dict[type, str]) -> None:
+    record(self, kwargs, parent, start, slot, result, names, surfaces)
+    _remember(result, slot)
+
+
 def _wrap_sync(original: Any) -> Any:
-    names, surfaces = resources.SpanNames("create"), resources.Surfaces("batch")
-
-    @functools.wraps(original)
-    def create(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not _runtime.recording or inflight.get() is not None:
-            return original(self, *args, **kwargs)
-        parent = current.get() or mlflow_parent()
-        slot: list[Any] = []
-        token = inflight.set(slot)
-        start = time_ns()
-        try:
-            result = original(self, *args, **kwargs)
-        except BaseException as exc:
-            inflight.reset(token)
-            messages._record_failure(self, kwargs, parent, start, slot, exc, names, surfaces)
-            raise
-        inflight.reset(token)
-        messages._record(self, kwargs, parent, start, slot, result, names, surfaces)
-        _remember(result, slot)
-        return result
-
-    return create
+    return call.sync_skeleton(original, _record_created, record_failure, resources.SpanNames("create"),
+                              resources.Surfaces("batch"))
 
 
 def _wrap_async(original: Any) -> Any:
-    names, surfaces = resources.SpanNames("create"), resources.Surfaces("batch")
-
-    @functools.wraps(original)
-    async def create(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not _runtime.recording or inflight.get() is not None:
-            return await original(self, *args, **kwargs)
-        parent = current.get() or mlflow_parent()
-        slot: list[Any] = []
-        token = inflight.set(slot)
-        start = time_ns()
-        try:
-            result = await original(self, *args, **kwargs)
-        except BaseException as exc:
-            inflight.reset(token)
-            messages._record_failure(self, kwargs, parent, start, slot, exc, names, surfaces)
-            raise
-        inflight.reset(token)
-        messages._record(self, kwargs, parent, start, slot, result, names, surfaces)
-        _remember(result, slot)
-        return result
-
-    return create
+    return call.async_skeleton(original, _record_created, record_failure, resources.SpanNames("create"),
+                               resources.Surfaces("batch"))
 
 
 # --- results: parked until the caller has read them --------------------------------------------------------
@@ -154,58 +120,23 @@ def _is_decoder(value: Any) -> bool:
     return hasattr(value, "_raw_iterator") and hasattr(value, "http_response")
 
 
+def _record_results(self: Any, kwargs: dict, parent: Any, start: int, slot: list, result: Any,
+                    names: dict[type, str], surfaces: dict[type, str], args: tuple) -> None:
+    if _is_decoder(result):
+        _park(self, args, kwargs, parent, start, result, names, surfaces)
+    else:  # with_raw_response / with_streaming_response: the body is the caller's to read
+        record(self, kwargs, parent, start, slot, result, names, surfaces)
+
+
 def _wrap_results_sync(original: Any) -> Any:
-    names, surfaces = resources.SpanNames("results"), resources.Surfaces("batch_results")
-
-    @functools.wraps(original)
-    def results(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not _runtime.recording or inflight.get() is not None:
-            return original(self, *args, **kwargs)
-        parent = current.get() or mlflow_parent()
-        slot: list[Any] = []
-        token = inflight.set(slot)  # the SDK's own retrieve inside results() is part of this call
-        start = time_ns()
-        try:
-            result = original(self, *args, **kwargs)
-        except BaseException as exc:
-            inflight.reset(token)
-            messages._record_failure(self, kwargs, parent, start, slot, exc, names, surfaces)
-            raise
-        inflight.reset(token)
-        if _is_decoder(result):
-            _park(self, args, kwargs, parent, start, result, names, surfaces)
-        else:  # with_raw_response / with_streaming_response: the body is the caller's to read
-            messages._record(self, kwargs, parent, start, slot, result, names, surfaces)
-        return result
-
-    return results
+    # The SDK's own retrieve inside results() is part of this call (the skeleton's slot is open around it).
+    return call.sync_skeleton(original, _record_results, record_failure, resources.SpanNames("results"),
+                              resources.Surfaces("batch_results"), with_args=True)
 
 
 def _wrap_results_async(original: Any) -> Any:
-    names, surfaces = resources.SpanNames("results"), resources.Surfaces("batch_results")
-
-    @functools.wraps(original)
-    async def results(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not _runtime.recording or inflight.get() is not None:
-            return await original(self, *args, **kwargs)
-        parent = current.get() or mlflow_parent()
-        slot: list[Any] = []
-        token = inflight.set(slot)
-        start = time_ns()
-        try:
-            result = await original(self, *args, **kwargs)
-        except BaseException as exc:
-            inflight.reset(token)
-            messages._record_failure(self, kwargs, parent, start, slot, exc, names, surfaces)
-            raise
-        inflight.reset(token)
-        if _is_decoder(result):
-            _park(self, args, kwargs, parent, start, result, names, surfaces)
-        else:
-            messages._record(self, kwargs, parent, start, slot, result, names, surfaces)
-        return result
-
-    return results
+    return call.async_skeleton(original, _record_results, record_failure, resources.SpanNames("results"),
+                               resources.Surfaces("batch_results"), with_args=True)
 
 
 def _finish(event: ApiCall, chunks: list[bytes]) -> None:

@@ -24,7 +24,7 @@ from spanline.pipeline.context import current
 from spanline.pipeline.stats import report_internal_error
 
 from spanline import _runtime
-from spanline.tracing import Span, _resume, _suspend
+from spanline.tracing import Span, close_span, context_of, open_span, resume, suspend
 
 from . import patch
 
@@ -47,8 +47,8 @@ def _open_run(runner: Any, asynchronous: bool) -> Span | None:
         inputs = {k: v for k, v in params.items() if k not in ("extra_headers", "extra_query", "extra_body")}
         name = "beta.AsyncMessages.tool_runner" if asynchronous else "beta.Messages.tool_runner"
         span = Span(name, "AGENT", inputs, {"anthropic.tool_runner": type(runner).__name__})
-        span._open()
-        _suspend(span)
+        open_span(span)
+        suspend(span)
         runner._spanline_run = span  # the parent of its tools, wherever they run (see _open_tool)
         return span
     except Exception as internal:
@@ -64,10 +64,10 @@ def _close_run(span: Span | None, runner: Any, exc: BaseException | None) -> Non
         if exc is None and last is not None:
             # A streaming runner keeps a function that would finish reading the reply: calling it could read
             # the network on the caller's behalf, so a streamed run's last reply is left to its turn's span.
-            span._outputs = None if callable(last) else last
+            span.set_outputs(None if callable(last) else last)
     except Exception as internal:  # the run's own state: never worth failing the run for
         report_internal_error(_runtime.pipeline.counters, "tool_runner", internal)
-    span._close(exc)
+    close_span(span, exc)
 
 
 def _wrap_run(original: Any) -> Any:
@@ -80,14 +80,14 @@ def _wrap_run(original: Any) -> Any:
         try:
             while True:
                 if span is not None:
-                    _resume(span)
+                    resume(span)
                 try:
                     item = next(steps)
                 except StopIteration:
                     break
                 finally:
                     if span is not None:
-                        _suspend(span)
+                        suspend(span)
                 yield item
         except GeneratorExit:  # closed early by the application: the run ends here, as it was
             steps.close()
@@ -109,14 +109,14 @@ def _wrap_arun(original: Any) -> Any:
         try:
             while True:
                 if span is not None:
-                    _resume(span)
+                    resume(span)
                 try:
                     item = await steps.__anext__()
                 except StopAsyncIteration:
                     break
                 finally:
                     if span is not None:
-                        _suspend(span)
+                        suspend(span)
                 yield item
         except GeneratorExit:
             await steps.aclose()
@@ -194,8 +194,9 @@ def _open_tool(runner: Any, tool_use: Any) -> tuple[Span, Any] | None:
     except Exception as internal:
         report_internal_error(_runtime.pipeline.counters, "tool call", internal)
         return None
-    token = current.set(run._ctx) if run is not None and run._ctx is not None else None
-    span._open()  # never raises: a failure is counted, and the tool runs without its span
+    parent = context_of(run) if run is not None else None
+    token = current.set(parent) if parent is not None else None
+    open_span(span)  # never raises: a failure is counted, and the tool runs without its span
     return span, token
 
 
@@ -208,10 +209,10 @@ def _close_tool(opened: tuple[Span, Any] | None, result: Any, raised: BaseExcept
     try:
         error = raised
         if isinstance(result, dict):
-            span._outputs = result.get("content")
+            span.set_outputs(result.get("content"))
             if error is None and result.get("is_error"):
                 error = ToolResultError(_text_of(result.get("content")))
-        span._close(error, record_outputs=isinstance(result, dict), outputs_on_error=True)
+        close_span(span, error, record_outputs=isinstance(result, dict), outputs_on_error=True)
     except Exception as internal:
         report_internal_error(_runtime.pipeline.counters, "tool call", internal)
     finally:

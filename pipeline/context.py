@@ -11,7 +11,6 @@ allocating one is a C call and never a syscall. A trace is numbered by its root 
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import os
 import random
@@ -81,16 +80,24 @@ def mlflow_trace_id(trace_number: int) -> str:
 
 # --- joining MLflow's own spans, and MLflow's destination ----------------------------------------------
 # Filled by ``enable_mlflow_join()`` once MLflow's tracing is importable; until then no lookup is made.
+# The hooks on MLflow's runtime context that use these live in ``patches/mlflow_context.py``.
 _otel_current_span = None
 _mlflow_traces = None
 _fluent = None  # mlflow.tracking.fluent: its _active_experiment_id is set by mlflow.set_experiment
 _tracking = None  # mlflow.tracking._tracking_service.utils: its _tracking_uri by mlflow.set_tracking_uri
-_otel = None  # OpenTelemetry and MLflow names the hooks need, in a namespace (see ``_install_hooks``)
+_otel = None  # OpenTelemetry and MLflow names joining needs, in a namespace (see ``_load_otel``)
+# Where MLflow's runtime context keeps its own get_current while spanline's hook is in place.
+ORIGINAL_GET_CURRENT = "_spanline_original_get_current"
+
 # Spanline-owned traces made visible to MLflow's trace manager (OTel trace id -> root span id), and when
 # to forget them: MLflow's batch exporter reads the manager some seconds after a span ends.
-_joined: dict[int, int] = {}
+joined: dict[int, int] = {}
 _forget: collections.deque[tuple[float, int]] = collections.deque()
 _FORGET_AFTER_S = 60.0
+
+
+def _report(where: str, exc: Exception) -> None:
+    """Replaced by ``enable_mlflow_join``'s ``report``; until then nothing is joined, so nothing to report."""
 
 
 def destination() -> tuple[str, str]:
@@ -101,10 +108,13 @@ def destination() -> tuple[str, str]:
     return _fluent._active_experiment_id or "", _tracking._tracking_uri or ""
 
 
-def enable_mlflow_join() -> None:
-    """Resolve MLflow's tracer state once, so the per-call check is two attribute reads, and hook MLflow's
-    runtime context so that the innermost open span wins, whichever tracer opened it (``_install_hooks``)."""
-    global _otel_current_span, _mlflow_traces, _fluent, _tracking
+def enable_mlflow_join(report: Callable[[str, Exception], None]) -> object | None:
+    """Resolve MLflow's tracer state once, so the per-call check is two attribute reads. Returns MLflow's runtime
+    context (for ``patches/mlflow_context.py`` to hook), or None when MLflow's tracing is not importable.
+
+    ``report(where, exc)`` counts a failure of spanline's own in the pipeline's stats; the caller
+    (``patches/mlflow_context.py``) passes it in, as this module never imports above ``pipeline/``."""
+    global _otel_current_span, _mlflow_traces, _fluent, _tracking, _report
     try:
         import mlflow.tracking._tracking_service.utils as tracking
         import mlflow.tracking.fluent as fluent
@@ -114,7 +124,8 @@ def enable_mlflow_join() -> None:
         from mlflow.tracing.trace_manager import InMemoryTraceManager
         from opentelemetry.trace import get_current_span
     except ImportError:  # mlflow-tracing absent: spanline still records its own spans
-        return
+        return None
+    _report = report
     # MLflow keeps its spans in a runtime context of its own (mlflow/tracing/provider.py), or, with
     # MLFLOW_USE_DEFAULT_TRACER_PROVIDER=false, in OpenTelemetry's global one; the mode is an environment
     # setting, so it is read once here.
@@ -122,50 +133,21 @@ def enable_mlflow_join() -> None:
         runtime = mlflow_runtime_context
     else:
         runtime = otel_context._RUNTIME_CONTEXT
-    # MLflow's own current span, read past the hooks (set in this order: each global is in place before
-    # anything that reads it).
-    original_get_current = getattr(runtime, "_spanline_original_get_current", runtime.get_current)
+    # MLflow's own current span, read past spanline's hooks (set in this order: each global is in place
+    # before anything that reads it).
+    original_get_current = getattr(runtime, ORIGINAL_GET_CURRENT, runtime.get_current)
     _otel_current_span = lambda: get_current_span(original_get_current())  # noqa: E731
     _fluent, _tracking = fluent, tracking
     _mlflow_traces = InMemoryTraceManager.get_instance()
-    _install_hooks(runtime)
+    _load_otel()
+    return runtime
 
 
-class _JoinToken:
-    """What the hooked ``attach`` returns when an MLflow span becomes current inside a spanline span:
-    MLflow's own token, and ours to restore spanline's current span when MLflow's is detached."""
-
-    __slots__ = ("inner", "ours")
-
-    def __init__(self, inner: object, ours: object) -> None:
-        self.inner = inner
-        self.ours = ours
-
-
-def _install_hooks(runtime: object) -> Callable[[], object]:
-    """Make spanline's and MLflow's current spans one stack, on MLflow's runtime context; idempotent.
-
-    MLflow picks a new span's parent from the OpenTelemetry context it reads (``get_current``), and
-    spanline's SDK patches from ``current`` first. Three hooks keep the two in step, with nothing added to
-    spanline's own paths:
-
-    - ``attach`` (MLflow makes its span current): if a spanline span is current, ``current`` is set to
-      None until MLflow's span is detached, so spanline's next span or SDK call falls through to
-      ``mlflow_parent()`` and hangs under MLflow's span.
-    - ``detach``: restores spanline's current span.
-    - ``get_current`` (MLflow looks for a parent): if a spanline span is current, it is innermost (any
-      later MLflow span would have cleared ``current``), so MLflow sees it as a non-recording span with
-      spanline's trace and span ids, and MLflow's span joins spanline's trace. A spanline-owned trace is
-      registered in MLflow's trace manager first, as MLflow's own distributed tracing registers a remote
-      trace (``set_tracing_context_from_http_request_headers``), so MLflow's processor accepts the child
-      and its exporter writes it with ``log_spans`` into the trace id spanline writes too.
-
-    Returns the original ``get_current``, for ``mlflow_parent`` to read MLflow's own span.
-    """
-    hooked = getattr(runtime, "_spanline_original_get_current", None)
-    if hooked is not None:
-        return hooked
+def _load_otel() -> None:
+    """The OpenTelemetry and MLflow names that joining needs, in one namespace; once."""
     global _otel
+    if _otel is not None:
+        return
     import types
 
     from mlflow.entities.trace_info import TraceInfo
@@ -186,50 +168,25 @@ def _install_hooks(runtime: object) -> Callable[[], object]:
         spans_location_key=TraceTagKey.SPANS_LOCATION,
         spans_in_store=SpansLocation.TRACKING_STORE,
     )
-    original_get_current = runtime.get_current
-    original_attach = runtime.attach
-    original_detach = runtime.detach
 
-    def get_current() -> object:
-        ctx = original_get_current()
-        parent = current.get()
-        if parent is None or not parent.sampled:
-            return ctx  # MLflow's own span is innermost (or spanline records nothing here)
-        try:
-            return _with_spanline_span(ctx, parent)
-        except Exception as exc:  # never break MLflow's tracing: its span just starts its own trace
-            _report("joining MLflow's span", exc)
-            return ctx
 
-    def attach(ctx: object) -> object:
-        token = original_attach(ctx)
-        if current.get() is None:
-            return token
-        span = _otel.get_current_span(ctx)
-        manager = _mlflow_traces
-        if not span.is_recording() or manager is None:
-            return token
-        if span.get_span_context().trace_id not in manager._otel_id_to_mlflow_trace_id:
-            return token  # another instrumentation's span (global mode): not one MLflow stores
-        return _JoinToken(token, current.set(None))
+def mlflow_stores(otel_span: object) -> bool:
+    """Whether ``otel_span`` (an OpenTelemetry span being made current) is a live span of a trace MLflow's trace
+    manager holds: not another instrumentation's span (global mode), nor a non-recording one."""
+    manager = _mlflow_traces
+    if manager is None or not otel_span.is_recording():
+        return False
+    return otel_span.get_span_context().trace_id in manager._otel_id_to_mlflow_trace_id
 
-    def detach(token: object) -> None:
-        if type(token) is not _JoinToken:
-            return original_detach(token)
-        try:
-            original_detach(token.inner)
-        finally:
-            with contextlib.suppress(ValueError):  # detached in another context (a generator finished elsewhere)
-                current.reset(token.ours)
 
-    # Through the patch registry, so that autolog(disable=True) gives MLflow back its own functions.
-    from spanline.patches import patch_instance
-
-    patch_instance(runtime, "get_current", get_current)
-    patch_instance(runtime, "attach", attach)
-    patch_instance(runtime, "detach", detach)
-    patch_instance(runtime, "_spanline_original_get_current", original_get_current)
-    return original_get_current
+def with_spanline_span(ctx: object, parent: Parent) -> object:
+    """``ctx`` (an OpenTelemetry context) with spanline's current span ``parent`` as the active span, registered
+    in MLflow's trace manager first when spanline owns the trace, so MLflow's spans can join it."""
+    try:
+        return _with_spanline_span(ctx, parent)
+    except Exception as exc:  # never break MLflow's tracing: its span just starts its own trace
+        _report("joining MLflow's span", exc)
+        return ctx
 
 
 def _with_spanline_span(ctx: object, parent: Parent) -> object:
@@ -261,7 +218,7 @@ def _register(otel_id: int, parent: Parent) -> None:
         if otel_id in manager._otel_id_to_mlflow_trace_id:
             return
         manager.register_trace(otel_id, info, is_remote_trace=True)
-        _joined[otel_id] = parent.root
+        joined[otel_id] = parent.root
     _forget_expired()
 
 
@@ -273,7 +230,7 @@ def release(ctx: Parent) -> None:
     if ctx.ext_trace:
         return
     otel_id = otel_trace_id(ctx.trace)
-    if _joined.get(otel_id) == ctx.span:
+    if joined.get(otel_id) == ctx.span:
         _forget.append((time.monotonic() + _FORGET_AFTER_S, otel_id))
     _forget_expired()
 
@@ -292,16 +249,8 @@ def _forget_expired(now: float | None = None) -> None:
             _, otel_id = _forget.popleft()
         except IndexError:  # another thread took the last one
             return
-        if _joined.pop(otel_id, None) is not None and _mlflow_traces is not None:
+        if joined.pop(otel_id, None) is not None and _mlflow_traces is not None:
             _mlflow_traces.pop_trace(otel_id)
-
-
-def _report(where: str, exc: Exception) -> None:
-    from spanline import _runtime
-
-    from .stats import report_internal_error
-
-    report_internal_error(_runtime.pipeline.counters, where, exc)
 
 
 def mlflow_parent() -> Parent | None:

@@ -7,7 +7,6 @@ import threading
 from typing import Any
 
 from spanline import _runtime
-from spanline.pipeline import context
 from spanline.pipeline import options as _options
 from spanline.pipeline.stats import Stats
 
@@ -53,11 +52,9 @@ def autolog(disable: bool = False, log_traces: bool = True, silent: bool = False
                     ", ".join(left),
                 )
             return
-        from spanline.patches import http_capture, messages
+        from spanline.patches.install import install_all
 
-        http_capture.install()
-        messages.install()
-        context.enable_mlflow_join()
+        install_all()
         _runtime.recording = _runtime.log_traces = bool(log_traces)
         if log_traces:
             _runtime.pipeline.start()

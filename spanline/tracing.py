@@ -13,42 +13,26 @@ import functools
 import inspect
 import random
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 from spanline import _runtime
+from spanline._failure import failure
 from spanline.pipeline import context
 from spanline.pipeline.context import Parent, current
 from spanline.pipeline.convert import to_json_bytes
-from spanline.pipeline.events import Event, Failure, SpanEnd, SpanStart, encode
+from spanline.pipeline.events import Event, SpanEnd, SpanStart, encode
 from spanline.pipeline.stats import report_internal_error
 
 F = TypeVar("F", bound=Callable[..., Any])
-_MAX_STACKTRACE = 16_384
 _MAX_GENERATOR_ITEMS = 1_000
-
-
-def failure(exc: BaseException) -> Failure:
-    """What MLflow's ``exception`` span event holds, captured now (the traceback dies with the frame)."""
-    try:
-        stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    except Exception:
-        stack = ""
-    if len(stack) > _MAX_STACKTRACE:
-        stack = "...(truncated)\n" + stack[-_MAX_STACKTRACE:]
-    try:
-        message = str(exc)
-    except Exception:
-        message = f"<{type(exc).__name__} with unprintable message>"
-    return Failure(type(exc).__name__, message, stack, time.time_ns())
 
 
 def resolve_parent() -> Parent | None:
     """The span a new span nests under: the innermost open span, whichever tracer opened it.
 
     ``current`` is spanline's span unless an MLflow span was made current inside it, which clears
-    ``current`` until it ends (``context._install_hooks``); then MLflow's active span is the parent."""
+    ``current`` until it ends (``patches/mlflow_context.py``); then MLflow's active span is the parent."""
     parent = current.get()
     if parent is None:
         parent = context.mlflow_parent()
@@ -181,7 +165,7 @@ class Span:
             return
         self._ended = True
         ctx = self._ctx
-        if context._joined and ctx.span == ctx.root:
+        if context.joined and ctx.span == ctx.root:
             context.release(ctx)  # MLflow's spans joined this trace: let MLflow forget it in time
         if not ctx.sampled:
             return
@@ -292,17 +276,17 @@ def trace(
             span = open_span(args, kwargs)
             items: list[Any] = []
             agen = func(*args, **kwargs)
-            _suspend(span)
+            suspend(span)
             try:
                 sent: Any = None
                 while True:
-                    _resume(span)
+                    resume(span)
                     try:
                         item = await agen.asend(sent)
                     except StopAsyncIteration:
                         break
                     finally:
-                        _suspend(span)
+                        suspend(span)
                     if len(items) < _MAX_GENERATOR_ITEMS:
                         items.append(item)
                     sent = yield item
@@ -324,11 +308,11 @@ def trace(
             span = open_span(args, kwargs)
             items: list[Any] = []
             gen = func(*args, **kwargs)
-            _suspend(span)
+            suspend(span)
             try:
                 sent: Any = None
                 while True:
-                    _resume(span)
+                    resume(span)
                     try:
                         item = gen.send(sent)
                     except StopIteration as stop:
@@ -336,7 +320,7 @@ def trace(
                             items.append(stop.value)
                         break
                     finally:
-                        _suspend(span)
+                        suspend(span)
                     if len(items) < _MAX_GENERATOR_ITEMS:
                         items.append(item)
                     sent = yield item
@@ -383,16 +367,31 @@ def trace(
 
 
 # A generator's span is current only while the generator's own code runs, never while its consumer does.
-def _suspend(span: Span) -> None:
+def suspend(span: Span) -> None:
     if span._token is not None:
         with contextlib.suppress(ValueError):
             current.reset(span._token)
         span._token = None
 
 
-def _resume(span: Span) -> None:
+def resume(span: Span) -> None:
     if span._ctx is not None:
         span._token = current.set(span._ctx)
+
+
+# The SDK patches' own spans (``patches/tool_runner.py``): opened, closed, and nested under, as user spans are.
+def open_span(span: Span) -> None:
+    span._open()
+
+
+def close_span(span: Span, exc: BaseException | None, record_outputs: bool = True,
+               outputs_on_error: bool = False) -> None:
+    span._close(exc, record_outputs, outputs_on_error)
+
+
+def context_of(span: Span) -> Parent | None:
+    """What to make current for a span to nest under ``span``; None until it is opened."""
+    return span._ctx
 
 
 def _finish(span: Span, exc: BaseException | None, items: list[Any]) -> None:

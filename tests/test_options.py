@@ -159,9 +159,9 @@ def test_forked_child_traces_with_its_own_worker(tmp_path, own_cache):
 
 
 def test_silent_autolog_logs_nothing(experiment, fake, caplog, monkeypatch):
-    from spanline.patches import messages
+    from spanline.patches import call
 
-    monkeypatch.setattr(messages, "_warned_mlflow", False)  # the warning is once per process
+    monkeypatch.setattr(call, "_warned_mlflow", False)  # the warning is once per process
     mlflow.anthropic.autolog()
     spanline.autolog(silent=True)
     try:

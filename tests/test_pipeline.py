@@ -126,9 +126,9 @@ def test_log_traces_false_records_nothing(experiment, fake):
 
 
 def test_mlflow_autolog_alongside_traces_each_call_once(experiment, fake, caplog, monkeypatch):
-    from spanline.patches import messages
+    from spanline.patches import call
 
-    monkeypatch.setattr(messages, "_warned_mlflow", False)  # the warning is once per process
+    monkeypatch.setattr(call, "_warned_mlflow", False)  # the warning is once per process
     spanline.autolog()
     mlflow.anthropic.autolog()
 

@@ -222,14 +222,14 @@ def _broken_encode(event):
 
 @pytest.mark.provokes_internal_errors
 def test_recording_failure_leaves_the_call_unchanged(traced, fake, monkeypatch, caplog):
-    from spanline.patches import messages
+    from spanline.patches import record
 
     from spanline import tracing
 
     client = fake.client()
     expected = _ask(client, "same")  # recorded normally: what the call returns when nothing fails
     monkeypatch.setattr(stats_module, "_reported", set())  # "logged once" counts from here
-    monkeypatch.setattr(messages, "encode", _broken_encode)  # the SDK call's recording step
+    monkeypatch.setattr(record, "encode", _broken_encode)  # the SDK call's recording step
     monkeypatch.setattr(tracing, "encode", _broken_encode)  # a failed call's and user spans' recording step
     errors = spanline.stats().internal_errors
 

@@ -558,7 +558,7 @@ def test_redact_in_force_when_a_stream_began_applies_to_all_of_it(traced, fake, 
 def test_deferred_start_and_end_are_the_bytes_the_caller_would_have_encoded():
     """``events.encode_deferred`` of what the caller queues equals encoding the events there: the log's format is the
     same, with the request id and content encoding read from the response's headers on the worker."""
-    from spanline.patches import streaming
+    from spanline.patches import stream_recorder
     from spanline.pipeline import streams
 
     headers = httpx2.Headers({"content-type": "text/event-stream", "request-id": "req_42",
@@ -567,7 +567,7 @@ def test_deferred_start_and_end_are_the_bytes_the_caller_would_have_encoded():
              "", "3", "sqlite:///x.db")
     assert events.encode_deferred(start) == events.encode(events.StreamStart(
         1, 2, 0, 1, "Messages.create", "messages", 100, b'{"model":"m"}', "req_42", "gzip", "", "3", "sqlite:///x.db"))
-    recorder = streaming.SyncRecorder(iter(()), 2, 1)
+    recorder = stream_recorder.SyncRecorder(iter(()), 2, 1)
     recorder.chunks += [b"event: ping\n", b"data: {}\n\n"]
     recorder.times += [150, 160]
     recorder._end("completed")
@@ -575,7 +575,7 @@ def test_deferred_start_and_end_are_the_bytes_the_caller_would_have_encoded():
     # closed from elsewhere mid-read) is in it, and no StreamChunk follows the end.
     recorder.chunks.append(b"read after its end")
     recorder._batch()
-    encoded_end = events.decode(events.encode_deferred((streaming._end_event, recorder, 300, "completed", None)))
+    encoded_end = events.decode(events.encode_deferred((stream_recorder._end_event, recorder, 300, "completed", None)))
     assert encoded_end == events.StreamEnd(2, 1, 300, "completed", [b"event: ping\n", b"data: {}\n\n",
                                                                      b"read after its end"], [150, 160], None)
     assert events.encode_deferred(b"already bytes") == b"already bytes"
