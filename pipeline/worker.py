@@ -2,7 +2,7 @@
 
 In: the ``EventQueue`` (encoded events, policy markers from ``configure()``, flush markers from ``flush()``).
 Out: records appended to this process's segment of the event log (pipeline/eventlog.py), every
-``flush_interval``; the writer process (pipeline/writer.py) stores them. With ``durability="memory"``, or
+``flush_interval``; the writer process (pipeline/writer/) stores them. With ``durability="memory"``, or
 when the log directory cannot be written (counted in ``stats().log_fallbacks``, logged once), it stores them
 itself as before: assembler, ``MlflowSink.write`` in batches, retries with backoff, drops counted.
 
