@@ -201,7 +201,7 @@ def test_writer_throughput(benchmark, tmp_path):
             writer.run()
             writer_s.append(time.perf_counter() - t0)
             writer_cpu.append(time.process_time() - c0)
-            assert writer.totals["traces_stored"] == TRACES
+            assert writer.tally.totals["traces_stored"] == TRACES
 
         def run_raw():
             t0, c0 = time.perf_counter(), time.process_time()

@@ -215,7 +215,7 @@ def ensure_writer(directory: str) -> bool:
             # session, so it outlives the application and no signal of the application's terminal reaches it.
             pid = os.posix_spawn(
                 sys.executable,
-                [sys.executable, "-m", "spanline.writer", "--log-dir", directory, "--exit-when-idle"],
+                [sys.executable, "-m", "spanline", "writer", "--log-dir", directory, "--exit-when-idle"],
                 os.environ,
                 file_actions=[
                     (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),

@@ -27,7 +27,7 @@ class Options:
     flush_interval: float = 0.5
     experiment_id: str | None = None
     shutdown_timeout: float = 15.0
-    # The event log (pipeline/eventlog.py) and its writer process (pipeline/writer.py).
+    # The event log (pipeline/eventlog.py) and its writer process (pipeline/writer/).
     log_dir: str | None = None  # None: per user and tracking store, see pipeline/logdir.py
     durability: Literal["page_cache", "fsync", "memory"] = "page_cache"
     max_log_bytes: int = 1024**3

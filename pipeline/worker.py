@@ -2,7 +2,7 @@
 
 In: the ``EventQueue`` (encoded events from the caller's path, policy markers from ``configure()``, flush
 markers from ``flush()``). Out: records appended to this process's segment of the event log
-(pipeline/eventlog.py), every ``flush_interval``; the writer process (pipeline/writer.py) stores them. With
+(pipeline/eventlog.py), every ``flush_interval``; the writer process (pipeline/writer/) stores them. With
 ``durability="memory"``, or when the log directory cannot be written (counted in ``stats().log_fallbacks``,
 logged once), the events go to the in-process store instead (pipeline/inprocess.py). Runs on the one
 ``spanline-worker`` thread, started by ``Pipeline`` (pipeline/lifecycle.py).

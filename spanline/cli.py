@@ -173,8 +173,7 @@ def _tracking_uri(args: argparse.Namespace) -> tuple[str, str]:
 def _writer(args: argparse.Namespace) -> int:
     import logging
 
-    from spanline.pipeline import drain
-    from spanline.pipeline.writer import OneLineFormatter, Writer
+    from spanline.pipeline.writer import OneLineFormatter, Writer, drain
 
     handler = logging.StreamHandler()
     handler.setFormatter(OneLineFormatter("%(asctime)s spanline-writer[%(process)d] %(message)s"))
@@ -197,7 +196,7 @@ def _writer(args: argparse.Namespace) -> int:
         poll=args.poll,
         writers=args.writers,
     )
-    writer.drain = grace  # type: ignore[attr-defined]
+    writer.drain = grace
     try:
         code = writer.run()
     except SystemExit as stop:  # a second signal
@@ -337,7 +336,7 @@ def _producers(directory: str) -> list[dict]:
 
 
 def _print_dead_letters(directory: str) -> None:
-    from spanline.pipeline import deadletter
+    from spanline.pipeline.writer import deadletter
 
     count, error = deadletter.count(directory)
     if count:
@@ -348,8 +347,8 @@ def _print_dead_letters(directory: str) -> None:
 
 def _replay_dead_letters(args: argparse.Namespace) -> int:
     os.environ.setdefault("MLFLOW_MODEL_CATALOG_URI", "")
-    from spanline.pipeline import deadletter
     from spanline.pipeline.sink import MlflowSink
+    from spanline.pipeline.writer import deadletter
 
     directory = _log_dir(args)
     result = deadletter.replay(directory, MlflowSink(lambda: None).write)

@@ -234,7 +234,7 @@ def app_env(tracking_uri: str, experiment: str, calls: int, **extra: str) -> dic
 
 
 def start_writer(directory: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "spanline.writer", "--log-dir", directory, *args],
+    return subprocess.Popen([sys.executable, "-m", "spanline", "writer", "--log-dir", directory, *args],
                             env={**os.environ, "MLFLOW_MODEL_CATALOG_URI": ""}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
 

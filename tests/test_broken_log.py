@@ -50,7 +50,7 @@ def _app(uri: str, log_dir: str, calls: int, tail: str = "spanline.shutdown(wait
 
 
 def _once(log_dir: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen([sys.executable, "-m", "spanline.writer", "--log-dir", log_dir, "--once"],
+    proc = subprocess.Popen([sys.executable, "-m", "spanline", "writer", "--log-dir", log_dir, "--once"],
                             env={**os.environ, "MLFLOW_MODEL_CATALOG_URI": ""}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -118,7 +118,7 @@ def test_a_segment_with_a_garbage_header_is_quarantined_and_the_writer_exits_whe
     garbage = eventlog.segment_name("18e0000000000002-99", 0)
     with open(os.path.join(log_dir, garbage), "wb") as f:
         f.write(b"NOTASEGMENT" * 10)
-    proc = subprocess.Popen([sys.executable, "-m", "spanline.writer", "--log-dir", log_dir, "--exit-when-idle",
+    proc = subprocess.Popen([sys.executable, "-m", "spanline", "writer", "--log-dir", log_dir, "--exit-when-idle",
                              "--idle-exit", "0.5"], env={**os.environ, "MLFLOW_MODEL_CATALOG_URI": ""},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -162,7 +162,7 @@ def test_bytes_appended_to_a_live_apps_segment_are_not_charged_to_it(tmp_path, l
 def test_a_writer_whose_directory_is_deleted_exits(tmp_path):
     directory = str(tmp_path / "log")
     eventlog.ensure_dir(directory)
-    proc = subprocess.Popen([sys.executable, "-m", "spanline.writer", "--log-dir", directory],
+    proc = subprocess.Popen([sys.executable, "-m", "spanline", "writer", "--log-dir", directory],
                             env={**os.environ, "MLFLOW_MODEL_CATALOG_URI": ""}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

@@ -12,7 +12,7 @@ import textwrap
 import mlflow
 import pytest
 from logwriters import stop_writers_under
-from spanline.pipeline import deadletter
+from spanline.pipeline.writer import deadletter
 
 APP = """
 import os, sys, mlflow, spanline

@@ -102,7 +102,7 @@ def test_environment_variables_set_options():
 
 def _writer_once(tracking_uri: str) -> None:
     """``spanline writer --once`` for a store: drains its log (asking the running writer, if any)."""
-    done = subprocess.run([sys.executable, "-m", "spanline.writer", "--once", "--tracking-uri", tracking_uri],
+    done = subprocess.run([sys.executable, "-m", "spanline", "writer", "--once", "--tracking-uri", tracking_uri],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
 

@@ -1,4 +1,4 @@
-"""Scale-out: the writer's fan-out over N store writers (pipeline/fanout.py), on real PostgreSQL and a real
+"""Scale-out: the writer's fan-out over N store writers (pipeline/writer/fanout.py), on real PostgreSQL and a real
 ``mlflow server`` on it: every trace stored once, each whole, across failed and killed store writers."""
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import mlflow
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from spanline.pipeline import fanout, logdir
+from spanline.pipeline import logdir
 from spanline.pipeline.assembler import SpanRecord, Unit
 from spanline.pipeline.convert import dumps
-from spanline.pipeline.fanout import FanOut, PartialWrite
+from spanline.pipeline.writer import fanout
+from spanline.pipeline.writer.fanout import FanOut, PartialWrite
 
 from spanline.mlflow_server import run_mlflow_server
 
@@ -259,7 +260,7 @@ def test_four_producers_through_one_writer_into_a_server_on_postgresql(postgres_
                "TEST_HELPERS": os.path.dirname(__file__), "TEST_EXPERIMENT": experiment, "TEST_CALLS": str(CALLS)}
         with open(tmp_path / "writer.log", "wb") as writer_log:
             writer = subprocess.Popen(
-                [sys.executable, "-m", "spanline.writer", "--log-dir", str(log), "--writers", "2"],
+                [sys.executable, "-m", "spanline", "writer", "--log-dir", str(log), "--writers", "2"],
                 env=env, stdout=subprocess.DEVNULL, stderr=writer_log, start_new_session=True,
             )
         producers = []

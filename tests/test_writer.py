@@ -554,14 +554,14 @@ def test_a_waiter_whose_asker_hung_up_no_longer_keeps_the_writer_alive(tmp_path)
     segment = eventlog.segment_name("18e0000000000000-4242", 0)
     open(os.path.join(directory, segment), "wb").close()  # scanned, never readable: never answered
     writer = Writer(directory, exit_when_idle=True, idle_exit=0.0, sink=lambda units: None)
-    writer._scan()
+    writer.scan()
     asker, kept = socket.socketpair()
-    writer.waiters.append((kept, {"segment": segment, "offset": 10**9}))
-    writer._answer_waiters(drained=True)
-    assert writer.waiters, "an asker still waiting is kept"
+    writer.server.waiters.append((kept, {"segment": segment, "offset": 10**9}))
+    writer.answer_waiters(drained=True)
+    assert writer.server.waiters, "an asker still waiting is kept"
     asker.close()
-    writer._answer_waiters(drained=True)
-    assert writer.waiters == [] and kept.fileno() == -1
+    writer.answer_waiters(drained=True)
+    assert writer.server.waiters == [] and kept.fileno() == -1
 
 
 def test_a_failing_store_is_logged_once_per_outage_in_a_bounded_line(tmp_path, caplog):
@@ -579,11 +579,12 @@ def test_a_failing_store_is_logged_once_per_outage_in_a_bounded_line(tmp_path, c
     writer.unwritten = [types.SimpleNamespace(spans=[])]  # what the sink is given does not matter here
     with caplog.at_level("WARNING", logger="spanline"):
         for _ in range(3):
-            assert writer._write_unwritten() is False
-        assert writer.state == "retrying" and writer.totals["retries"] == 3
-        assert writer.last_error.startswith("store: RuntimeError: INSERT INTO spans") and len(writer.last_error) < 1100
+            assert writer.write_unwritten() is False
+        assert writer.report.state == "retrying" and writer.tally.totals["retries"] == 3
+        error = writer.report.last_error
+        assert error.startswith("store: RuntimeError: INSERT INTO spans") and len(error) < 1100
         failed = [r for r in caplog.records if "store write failed" in r.getMessage()]
         assert len(failed) == 1 and len(failed[0].getMessage()) < 1200
         failing[0] = False
-        assert writer._write_unwritten() is True and writer.state == "running"
+        assert writer.write_unwritten() is True and writer.report.state == "running"
     assert any("takes batches again" in r.getMessage() for r in caplog.records)

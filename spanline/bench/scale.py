@@ -100,7 +100,7 @@ def run_one(target: str, writers: int, producers: int, calls: int) -> dict[str, 
         try:
             with open(os.path.join(tmp, "writer.log"), "wb") as writer_log:
                 writer = subprocess.Popen(
-                    [sys.executable, "-m", "spanline.writer", "--log-dir", log, "--writers", str(writers)],
+                    [sys.executable, "-m", "spanline", "writer", "--log-dir", log, "--writers", str(writers)],
                     env=env, stdout=subprocess.DEVNULL, stderr=writer_log, start_new_session=True)
             procs.append(writer)
             # Warm-up, not counted in the rate: the writer's imports, its store writers, the store's first write.
@@ -197,7 +197,7 @@ def _read(path: str) -> str:
 
 
 def _safe(uri: str) -> str:
-    from spanline.pipeline.fanout import _safe as safe
+    from spanline.pipeline.writer.fanout import safe_uri as safe
 
     return safe(uri)
 

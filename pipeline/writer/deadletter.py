@@ -4,6 +4,7 @@ In: a store failure (an exception, or the text a store writer in another thread 
 the units of a batch that failed. Out: whether to retry (``transient``) or to set the unit aside; the
 dead-letter file ``dead-letters.jsonl`` in the log directory (one JSON line per unit: when, why, the unit),
 private like the log; ``replay`` to store them again once the cause is fixed (``spanline replay-dead-letters``).
+Runs in the writer process's loop thread (store.py), and in the ``spanline`` command (``count``, ``replay``).
 
 A trace the store refuses forever (an experiment that does not exist in that store, a schema it does not
 take) must not hold every other trace of the directory behind it (issue 25). Anything not known to be
@@ -21,8 +22,8 @@ from typing import Any
 
 import msgspec
 
-from . import safefs
-from .assembler import Unit
+from .. import safefs
+from ..assembler import Unit
 
 FILE = "dead-letters.jsonl"
 _REPLAYING = "dead-letters.replaying"

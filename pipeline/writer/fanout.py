@@ -1,6 +1,7 @@
 """Fan-out: the writer's units stored by N store writers in parallel, every trace always by the same one.
 
-In: the units of one store write (``Writer._write_unwritten``'s batch), on the writer's loop thread.
+In: the units of one store write (``Writer.write_unwritten``'s batch, store.py), on the writer process's
+loop thread; the store writers are threads or child processes of the writer process.
 Out: the same units in the tracking store, written by N store writers at once, each calling
 ``MlflowSink.write`` on its part (so whatever the sink does, attachments included, happens per part).
 The call returns once every part is stored, and raises ``PartialWrite`` otherwise.
@@ -20,10 +21,9 @@ store writer, and how many by default, depends on the store (``plan``):
   connection goes to whichever worker accepts first, usually an idle one.
 - PostgreSQL, MySQL, SQL Server (SQLAlchemy): processes when asked (``--writers N``), 1 by default.
   ``log_spans`` there is mostly Python CPU (~3 ms per trace), so threads would share one GIL; processes can
-  use the machine's cores. DESIGN §7 measured 1.5–2.2× for a second PostgreSQL writer, but this module's
-  benchmark (``spanline bench --store postgresql://...``, 4 producers, one writer, on a loaded 2-core host)
-  gave 1.28×, then 0.55× and 0.29× against one writer in the same runs, so the default stays at one until
-  a quiet host says otherwise. Units are pickled to the child (~tens of µs per trace).
+  use the machine's cores. On a loaded 2-core host a second PostgreSQL writer was as often slower as faster
+  (``spanline bench --store postgresql://...``; the figures are in the docs' scaling page), so the default
+  stays at one until a quiet host says otherwise. Units are pickled to the child (~tens of µs per trace).
 - sqlite and file stores: 1, in the writer's own thread, whatever is asked (a second sqlite writer adds
   nothing but lock waits).
 
@@ -46,8 +46,8 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .assembler import Unit
-from .sink import MlflowSink  # imports mlflow: the writer imports this module once its socket is up
+from ..assembler import Unit
+from ..sink import MlflowSink  # imports mlflow: the writer imports this module once its socket is up
 
 logger = logging.getLogger("spanline.writer")
 
@@ -171,7 +171,7 @@ class FanOut:
                     _fresh_connection_per_batch()
             else:
                 pool = _Inline(self.make_sink)
-            logger.info("spanline writer: %d store writer(s) (%s) for %s", pool.n, pool.kind, _safe(uri))
+            logger.info("spanline writer: %d store writer(s) (%s) for %s", pool.n, pool.kind, safe_uri(uri))
             self._pools[uri] = pool
         return pool
 
@@ -201,7 +201,7 @@ def _fresh_connection_per_batch() -> None:
     _fresh_connections = True
 
 
-def _safe(uri: str) -> str:
+def safe_uri(uri: str) -> str:
     """A URI without its password, for the log."""
     if "@" in uri and "://" in uri:
         scheme, rest = uri.split("://", 1)

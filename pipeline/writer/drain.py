@@ -3,7 +3,8 @@
 In: the signals, and ``Writer``'s loop asking ``should_exit`` after each round. Out: the writer's exit once
 every producer is gone and everything complete is stored (their open spans closed as unfinished, by the
 writer's own "producer gone" path), exit code 0; at the deadline, or on a second signal, an exit with the
-rest left in the log and said in the last status (exit code 3).
+rest left in the log and said in the last status (exit code 3). Runs in the writer process: the signal
+handler and ``should_exit`` on its one thread (``Writer.run``).
 
 Kubernetes stops a pod's containers with SIGTERM and kills them ``terminationGracePeriodSeconds`` (30 s by
 default) later; a native sidecar (an init container with ``restartPolicy: Always``) is stopped after the app.
@@ -67,9 +68,9 @@ class Drain:
         if time.monotonic() >= self.deadline:
             self.left = True
             pending = sum(len(p.segments) for p in writer.producers.values())
-            writer.last_error = (f"drain: grace period ({self.grace:.0f} s) over with {pending} segment(s) of "
+            writer.report.last_error = (f"drain: grace period ({self.grace:.0f} s) over with {pending} segment(s) of "
                                  f"{len(writer.producers)} producer(s) left in the log")
-            logger.warning("spanline writer: %s", writer.last_error)
+            logger.warning("spanline writer: %s", writer.report.last_error)
             return True
         return False
 

@@ -5,7 +5,7 @@ In: the tracking URI a batch went to and what the write raised. Out: one line na
 innermost exception of the chain. MLflow hides some causes: its REST store answers an unreachable server with
 ``NotImplementedError: log_spans is not supported: could not identify MLflow server version`` (the version
 probe's own error is only logged at debug level), so for a server the writer asks it directly, once per
-failure, with a short timeout.
+failure, with a short timeout. Runs in the writer process's loop thread (store.py).
 """
 
 from __future__ import annotations
