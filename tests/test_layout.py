@@ -135,10 +135,6 @@ def test_testing_package_is_layered() -> None:
         assert docstring and len(docstring.splitlines()) >= 2, f"{path}: no opening docstring"
 
 
-# The one loop left is inside assembly (H-assembly's part): pipeline/surfaces.py imports assembler under
-# TYPE_CHECKING, and assembler imports surfaces and streams (streams imports surfaces). patches/ and the
-# pipeline/context.py -> spanline._runtime loop are gone.
-@pytest.mark.xfail(strict=True, reason="surfaces -> assembler (TYPE_CHECKING) closes a loop inside assembly")
 def test_no_import_cycles() -> None:
     """No module of the distribution reaches itself through imports, function-level ones included."""
     assert cycles(import_graph()) == []
