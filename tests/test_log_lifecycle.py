@@ -10,8 +10,8 @@ import signal
 import subprocess
 import sys
 
+from helpers import app_env, assert_each_once, stored_traces
 from logwriters import stop_writers_under
-from test_writer import _assert_each_once, _env, _stored
 
 APP = """
 import os, sys, mlflow, spanline
@@ -51,7 +51,7 @@ def _line(app: subprocess.Popen, word: str) -> list[str]:
 
 def test_a_slow_writer_then_a_gone_one(tmp_path, own_cache):
     uri = f"sqlite:///{tmp_path}/store.db"
-    app = subprocess.Popen([sys.executable, "-c", APP], env=_env(uri, "slow-writer", 0), stdin=subprocess.PIPE,
+    app = subprocess.Popen([sys.executable, "-c", APP], env=app_env(uri, "slow-writer", 0), stdin=subprocess.PIPE,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     writer_pid = None
     try:
@@ -85,4 +85,4 @@ def test_a_slow_writer_then_a_gone_one(tmp_path, own_cache):
         for pipe in (app.stdin, app.stdout, app.stderr):
             pipe.close()
         stop_writers_under(own_cache)
-    _assert_each_once(_stored(uri, "slow-writer"), 15)
+    assert_each_once(stored_traces(uri, "slow-writer"), 15)
