@@ -5,7 +5,9 @@ Looked up once here, so the code that uses them reads one name and the version d
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
+from types import NotImplementedType, SimpleNamespace
 
 from mlflow.tracing.constant import TraceMetadataKey
 
@@ -21,3 +23,30 @@ def mlflow_wrote_trace_info(metadata: Mapping[str, str]) -> bool:
         return metadata.get(INFO_FINALIZED) == "true"
     return TraceMetadataKey.SIZE_STATS in metadata
 
+
+
+def mlflow_token_usage(usage: Mapping[str, object]) -> dict[str, int] | NotImplementedType | None:
+    """``mlflow.chat.tokenUsage`` as the installed MLflow's Anthropic autolog computes it from ``usage``.
+
+    The fields differ by release: 3.9 writes input/output/total only, 3.11 adds the cache reads and writes,
+    3.17 also the 1-hour cache writes and folds the cache into the input count. Asking MLflow's own parser keeps
+    spanline's record equal to autolog's on each. ``NotImplemented`` where that parser is not there (the caller
+    then uses its own copy of the newest rules).
+    """
+    parse = _mlflow_parse_usage()
+    if parse is None:
+        return NotImplemented
+    fields = dict(usage)
+    details = fields.get("cache_creation")
+    if isinstance(details, Mapping):
+        fields["cache_creation"] = SimpleNamespace(**details)
+    return parse(SimpleNamespace(usage=SimpleNamespace(**fields)))
+
+
+@functools.cache
+def _mlflow_parse_usage() -> Callable[[object], dict[str, int] | None] | None:
+    try:
+        from mlflow.anthropic.autolog import _parse_usage
+    except ImportError:
+        return None
+    return _parse_usage
