@@ -197,6 +197,10 @@ def token_usage(response: Any) -> dict[str, int] | None:
     inp, out = usage.get("input_tokens"), usage.get("output_tokens")
     if not isinstance(inp, int) or not isinstance(out, int):
         return None
+    from .compat import mlflow_token_usage  # imports MLflow: only when a message is converted
+
+    if (theirs := mlflow_token_usage(usage)) is not NotImplemented:
+        return theirs
     result = {"input_tokens": inp, "output_tokens": out, "total_tokens": inp + out}
     cached = usage.get("cache_read_input_tokens")
     created = usage.get("cache_creation_input_tokens")

@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace import Event as OTelEvent
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, Status, StatusCode
 
-from . import attachments, environment, trace_metadata
+from . import attachments, compat, environment, trace_metadata
 from .assembler import SpanRecord, Unit
 
 _EMPTY_RESOURCE = Resource.get_empty()
@@ -91,7 +91,8 @@ class MlflowSink:
         for (tracking_uri, experiment), group in groups.items():
             store = _get_store(tracking_uri or None)
             try:
-                store.log_spans(experiment, group.spans)
+                for spans in compat.log_spans_calls(store, group.by_trace, group.spans):
+                    store.log_spans(experiment, spans)
             except NotImplementedError:
                 _forget_server_version(store)
                 raise

@@ -37,6 +37,31 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(_CACHE, ignore_errors=True)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In a matrix session (noxfile.py), each parametrised compat test runs once per seam, to fit CI's budget.
+
+    The asyncio run of an async test covers the SDK's async seams (trio's runs are the main suite's), and a test
+    marked ``compat(only=<id part>)`` runs only that parameter there (the rest are the same seam again).
+    """
+    if not os.environ.get("SPANLINE_COMPAT_SESSION"):
+        return
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        marker = item.get_closest_marker("compat")
+        only = marker.kwargs.get("only") if marker else None
+        if callspec is not None and marker is not None and (
+            "trio" in (callspec.params.get("anyio_backend"), callspec.params.get("loop"))
+            or (only is not None and only not in callspec.id.split("-"))
+        ):
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.fixture(scope="session")
 def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     # One store per session: creating a sqlite store runs MLflow's migrations (~1 s); each test gets

@@ -10,8 +10,6 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 # Source folder -> the package it installs as (pyproject's package-dir).
 PACKAGES = {"spanline": "spanline", "pipeline": "spanline.pipeline", "patches": "spanline.patches"}
