@@ -231,7 +231,9 @@ def _status(args: argparse.Namespace) -> int:
     print(f"segments:      {segments} ({size:,} bytes)")
     producers = _producers(directory)
     uris = sorted({p["tracking_uri"] for p in producers if p["tracking_uri"]})
-    print(f"recorded for:  {', '.join(logdir.shown_uri(u) for u in uris) if uris else '(no producer left in the log)'}")
+    # With the directory named by hand, the producers' headers are the only word on its store.
+    label = "tracking URI: " if (args.log_dir or os.environ.get("SPANLINE_LOG_DIR")) else "recorded for: "
+    print(f"{label} {', '.join(logdir.shown_uri(u) for u in uris) if uris else '(no producer left in the log)'}")
     if running:
         pid = logdir.writer_pid(directory)
         print(f"writer:        pid {pid}, {status.get('state', 'starting')}")

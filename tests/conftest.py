@@ -117,3 +117,13 @@ def _no_internal_errors(request: pytest.FixtureRequest):
         return
     after = spanline.stats()
     assert after.internal_errors == before, f"spanline internal error: {after.last_error}"
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_experiment():
+    """``mlflow.set_experiment`` in a test also sets ``MLFLOW_EXPERIMENT_ID`` in this process's environment, which
+    every app a later test starts would inherit: its traces would name an experiment of another test's store
+    (refused there for good, so dead-lettered). Each test ends without one."""
+    yield
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        os.environ.pop(name, None)

@@ -186,6 +186,9 @@ def _agent_shape(client):
 def test_stats_in_process_against_a_known_scenario(experiment, fake):
     """3 plain calls and one agent (AGENT > TOOL + 2 LLM): 4 traces, 3 + 4 spans; then one call into a full
     queue, dropped whole. Every README field checked, as differences across the test."""
+    # A log an earlier test of this process opened is stored first: its writer's batches count in stats() too,
+    # and must not move between ``before`` and ``after``.
+    assert spanline.flush(60)
     with in_process(batch_size=100):
         client = fake.client()
         k = _events_of_one_call(client)
