@@ -46,7 +46,10 @@ def _open_run(runner: Any, asynchronous: bool) -> Span | None:
         params = runner._params
         inputs = {k: v for k, v in params.items() if k not in ("extra_headers", "extra_query", "extra_body")}
         name = "beta.AsyncMessages.tool_runner" if asynchronous else "beta.Messages.tool_runner"
-        span = Span(name, "AGENT", inputs, {"anthropic.tool_runner": type(runner).__name__})
+        # The message format tells MLflow's UI to draw the run as chat: its params' messages as the User's
+        # turn, its last reply as the Assistant's (as it draws the turns' CHAT_MODEL spans).
+        span = Span(name, "AGENT", inputs, {"anthropic.tool_runner": type(runner).__name__,
+                                            "mlflow.message.format": "anthropic"})
         open_span(span)
         suspend(span)
         runner._spanline_run = span  # the parent of its tools, wherever they run (see _open_tool)
@@ -61,13 +64,37 @@ def _close_run(span: Span | None, runner: Any, exc: BaseException | None) -> Non
         return
     try:
         last = runner._last_message
+        if callable(last):
+            last = _read_reply(last)
         if exc is None and last is not None:
-            # A streaming runner keeps a function that would finish reading the reply: calling it could read
-            # the network on the caller's behalf, so a streamed run's last reply is left to its turn's span.
-            span.set_outputs(None if callable(last) else last)
+            span.set_outputs(_as_reply(last))
     except Exception as internal:  # the run's own state: never worth failing the run for
         report_internal_error(_runtime.pipeline.counters, "tool_runner", internal)
     close_span(span, exc)
+
+
+def _read_reply(get_final_message: Any) -> Any:
+    """A streaming runner's last reply, if its stream was read to its end; else None.
+
+    The runner keeps ``stream.get_final_message``, which would finish reading the reply: calling it could
+    read the network on the caller's behalf. The stream's own snapshot is read instead (private to the SDK,
+    so anything unexpected gives None: the reply is on its turn's span anyway)."""
+    stream = getattr(get_final_message, "__self__", None)
+    for cls in type(stream).__mro__:
+        snapshot = getattr(stream, f"_{cls.__name__}__final_message_snapshot", None)
+        if snapshot is not None:
+            # A stop reason arrives with the reply's last event (message_delta): the reply is whole.
+            return snapshot if getattr(snapshot, "stop_reason", None) is not None else None
+    return None
+
+
+def _as_reply(message: Any) -> Any:
+    """The reply as the API sent it, without the fields the SDK's model fills with None (``container: null``,
+    ``context_management: null``, ...), which MLflow's UI would show as raw fields of the run's output."""
+    model_dump = getattr(message, "model_dump", None)
+    if not callable(model_dump):
+        return message
+    return model_dump(mode="json", exclude_none=True)
 
 
 def _wrap_run(original: Any) -> Any:

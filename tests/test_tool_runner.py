@@ -117,7 +117,23 @@ def _check_run(trace, kind: str, runner_class: str) -> None:
         assert attr_json(tool, "anthropic.toolset_name") == "browser"
     sent_back = turn2.inputs["messages"][-1]["content"][0]
     assert sent_back["type"] == "tool_result" and output_text in str(sent_back["content"])
+    _check_run_reads_as_chat(root, turn2)
     assert trace.info.state == "OK"
+
+
+def _check_run_reads_as_chat(run, last_turn) -> None:
+    """MLflow's UI draws the run as chat (the message format its chat spans carry) and its output is the
+    last reply, as the API sent it, with none of the SDK model's empty (None) fields."""
+    assert attr_json(run, "mlflow.message.format") == "anthropic" == attr_json(last_turn, "mlflow.message.format")
+    assert run.outputs["role"] == "assistant" and run.outputs["stop_reason"] == "end_turn"
+    assert run.outputs == _without_nulls(last_turn.outputs)
+    assert "citations" in str(last_turn.outputs), "the turn's reply as the API sent it, nulls included"
+
+
+def _without_nulls(value):
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return [_without_nulls(v) for v in value] if isinstance(value, list) else value
 
 
 # --- every kind of tool, sync and async -----------------------------------------------------------------
@@ -279,6 +295,9 @@ def _check_streamed_run(trace, runner_class: str, app: str | None = None) -> Non
     assert turn2.outputs["stop_reason"] == "end_turn"
     assert turn2.outputs["content"][0]["text"] == "The result is: sunny."
     assert turn2.inputs["messages"][-1]["content"][0]["content"] == "sunny"
+    # The last reply was read to its end (by the application, or the runner to look for tool calls): the
+    # run's output is that reply, taken from the stream's snapshot without reading the network.
+    _check_run_reads_as_chat(root, turn2)
     assert trace.info.state == "OK"
 
 
