@@ -25,6 +25,13 @@ from .stats import Counters, DropReason
 
 MAX_OPEN_SPANS = 100_000
 
+# A trace tag, set (through its root span's ``mlflow.traceTag.`` attribute, which ``log_spans`` turns into a
+# tag) on a trace in which a reply was cut short: a stream the application stopped reading (``abandoned``),
+# one whose body failed (``failed``), or a run the process ended before it finished (``unfinished``). MLflow's
+# trace list shows tags, and they can be searched (``tags.`spanline.cut_short` = 'abandoned'``); without it
+# such a trace reads as a successful call with a short or empty reply (docs/what-is-stored.md).
+CUT_SHORT_TAG = "spanline.cut_short"
+
 
 @dataclass(slots=True)
 class SpanRecord:
@@ -73,6 +80,7 @@ class Assembler:
         self.open: dict[int, SpanRecord] = {}
         self.waiting: dict[int, list[SpanRecord]] = {}  # root span -> its ended descendants
         self.streams: dict[int, streams.StreamState] = {}  # span -> the open stream's body so far
+        self.cut_short: dict[int, str] = {}  # root span -> how a reply under it was cut short (CUT_SHORT_TAG)
         self.ready: list[Unit] = []
 
     def add(self, event: Event) -> None:
@@ -213,6 +221,8 @@ class Assembler:
             # the event's parsed body as its message).
             error = Failure("APIStatusError", str(convert.load(state.error_body.encode())), "", ev.end_ns)
         rec.attributes.update(state.attributes(ev.how, error is not None, self.policy()))
+        if ev.how != "completed" or error is not None:
+            self.cut_short.setdefault(ev.root, ev.how if ev.how != "completed" else "failed")
         self._set_outcome(rec, error)
         self._finish(rec, ev.root)
 
@@ -237,6 +247,9 @@ class Assembler:
 
     def _finish(self, rec: SpanRecord, root: int) -> None:
         if rec.span == root:
+            how = self.cut_short.pop(root, None) if self.cut_short else None
+            if how is not None and rec.is_trace_root:
+                rec.attributes["mlflow.traceTag." + CUT_SHORT_TAG] = convert.dumps(how)
             spans = self.waiting.pop(root, [])
             spans.append(rec)
             self.ready.append(Unit(rec.trace_id, rec.experiment, rec.tracking_uri, spans, self.producer))
@@ -257,6 +270,7 @@ class Assembler:
             rec.end_ns = now
             rec.event_count = 1
             rec.attributes["spanline.unfinished"] = "true"
+            self.cut_short[rec.root] = "unfinished"  # whatever else was cut short, the run itself was
             state = self.streams.pop(rec.span, None)
             if state is not None:  # a stream whose end never came: store the message as far as it arrived
                 state.finish()

@@ -286,6 +286,9 @@ def assert_stored_with_the_crash(tracking_uri: str, experiment: str, n: int) -> 
     root = root_of(last)
     assert root.attributes.get("spanline.unfinished") is True
     assert [c.name for c in children_of(last, root)] == ["Messages.create"]
+    # The trace list says so without opening it; the runs that ended say nothing.
+    assert last.info.tags.get("spanline.cut_short") == "unfinished"
+    assert not [t for t in traces if t is not last and "spanline.cut_short" in t.info.tags]
 
 
 def reap(proc: subprocess.Popen) -> None:

@@ -13,6 +13,7 @@ import json
 import zlib
 
 import anthropic
+import mlflow
 import pytest
 from anthropic.lib.streaming import AsyncMessageStream, MessageStream
 from helpers import attr_json, traces_in
@@ -216,6 +217,12 @@ def test_sync_ways_of_consuming_create_stream(traced, fake):
         assert span.outputs["stop_reason"] is None
     _assert_stream_span(unread, end="abandoned", completed=False)
     assert "gen_ai.response.time_to_first_chunk" not in _attrs(unread)
+    # The trace list tells a cut-short reply from a whole one without opening the span: a tag.
+    assert [t.info.tags.get("spanline.cut_short") for t in traces_in(traced)] == [
+        None, "closed", "closed", "abandoned", "abandoned"]
+    found = mlflow.search_traces(locations=[traced], return_type="list",
+                                 filter_string="tags.`spanline.cut_short` = 'abandoned'")
+    assert sorted(t.info.trace_id for t in found) == sorted(t.info.trace_id for t in traces_in(traced)[3:])
 
 
 @pytest.mark.compat
@@ -300,6 +307,7 @@ def test_error_event_mid_stream(traced, fake):
         assert "Traceback" in event.attributes["exception.stacktrace"]
         assert json.loads(attrs["anthropic.error"])["error"]["type"] == "overloaded_error"
         assert span.outputs["content"][0]["text"] == "Hello! You said: ", "the part before the error is stored"
+    assert [t.info.tags.get("spanline.cut_short") for t in traces_in(traced)] == ["failed", "failed"]
 
 
 def test_a_failed_request_is_one_error_span(traced, fake):
@@ -319,6 +327,20 @@ def test_stream_nests_under_the_current_span(traced, fake):
     (trace,) = traces_in(traced)
     by_name = {s.name: s for s in trace.data.spans}
     assert by_name["Messages.create"].parent_id == by_name["agent"].span_id
+    assert "spanline.cut_short" not in trace.info.tags
+
+
+def test_a_reply_cut_short_under_an_agent_tags_the_agents_trace(traced, fake):
+    with spanline.start_span("agent", span_type="AGENT"):
+        for event in fake.client().messages.create(**_kwargs(LONG), stream=True):
+            if event.type == "content_block_delta":
+                break  # the agent stops reading: the stream is dropped half read
+        gc.collect()
+        fake.client().messages.create(**_kwargs(BLOCKS["text"]))  # a whole reply after it changes nothing
+    assert spanline.flush(60)
+    (trace,) = traces_in(traced)
+    assert trace.info.tags["spanline.cut_short"] == "abandoned"
+    assert trace.info.state == "OK", "the application's choice to stop reading is not an error"
 
 
 @pytest.mark.compat
@@ -482,6 +504,7 @@ def test_a_stream_whose_end_never_comes_is_stored_unfinished():
     (span,) = unit.spans
     assert span.attributes["spanline.unfinished"] == "true"
     assert json.loads(span.attributes["spanline.stream.end"]) == "unfinished"
+    assert json.loads(span.attributes["mlflow.traceTag.spanline.cut_short"]) == "unfinished"
     stored = json.loads(span.attributes["mlflow.spanOutputs"])
     assert stored["content"][0]["text"] == message["content"][0]["text"]
     assert stored["stop_reason"] is None
