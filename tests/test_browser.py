@@ -1,17 +1,18 @@
-"""What spanline stores, as MLflow's own UI shows it, in a real (headless) Chromium (issue #10, section 4).
+"""What spanline stores, as MLflow's own UI shows it, in a real (headless) Chromium (issues #10 and #19).
 
-spanline writes the seed's agent, a call with thinking and a tool call, an API error and a call with an image
-to a real ``mlflow server``; each trace is opened at ``/#/experiments/{id}/traces?traceId={id}`` and the test
-waits (never sleeps) for what a person would look for: User and Assistant bubbles, the tool call, the
-thinking, the picture drawn from its attachment, the failed span in red. Screenshots are kept in
-``browser-screenshots/`` (ignored by git) for a person to look at.
+spanline writes one trace of every surface the README lists (``browser_surfaces.py``) to a real ``mlflow
+server``. The trace list is opened first: a reply cut short shows its tag there, a whole one none. Then each
+trace is opened at ``/#/experiments/{id}/traces?traceId={id}`` and the test waits (never sleeps) for what a
+person would look for: User and Assistant bubbles where MLflow draws them for its own chat spans, the token
+count in the header, the tool call, the thinking, the picture drawn from its attachment, the failed span in
+red, a run's reply with no raw ``null`` field. One screenshot per surface goes to ``browser-screenshots/``
+(ignored by git; CI keeps the folder): the docs' screenshots (docs/ui.md) are copies of them.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them) and selenium.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import re
@@ -20,19 +21,16 @@ import signal
 import tempfile
 from pathlib import Path
 
-import anthropic
 import mlflow
 import pytest
-from helpers import TOOLS, make_agent, traces_in
-from test_attachments import image_block, png
+from browser_surfaces import IMAGE_SIZE, LONG, write_surfaces
+from helpers import traces_in
 
 import spanline
-from spanline.testing import FakeAnthropicAPI
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "browser-screenshots"
 WAIT_S = 90  # the UI's first load on a busy 2-core machine takes a while
-IMAGE_SIZE = (48, 32)
 
 pytestmark = pytest.mark.skipif(
     not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
@@ -52,7 +50,7 @@ def browser():
     options.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1600,1000"):
+                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1900,1000"):
         options.add_argument(flag)
     service = Service(CHROMEDRIVER, popen_kw={"start_new_session": True})
     driver = None
@@ -73,117 +71,137 @@ def browser():
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def _write_traces(experiment: str) -> dict[str, str]:
-    """Write the four traces with spanline; return their ids by what they show."""
-    mlflow.anthropic.autolog(disable=True)
-    spanline.autolog()
-    try:
-        fake = FakeAnthropicAPI()
-        agent = make_agent(fake.async_client(), spanline.trace(span_type="TOOL"), spanline.trace(span_type="AGENT"))
-        asyncio.run(agent("What's the weather like in Paris today?"))
-        client = fake.client()
-        # Streamed: the UI must draw the message spanline assembled from the SSE events like a returned one.
-        stream = client.messages.create(
-            model="claude-sonnet-4-5", max_tokens=4096, thinking={"type": "enabled", "budget_tokens": 1024},
-            tools=TOOLS, messages=[{"role": "user", "content": "Think, then check the weather in Paris."}],
-            stream=True,
-        )
-        for _ in stream:
-            pass
-        with contextlib.suppress(anthropic.NotFoundError):
-            client.messages.create(model="fake-error-404", max_tokens=10, messages=[{"role": "user", "content": "x"}])
-        client.messages.create(
-            model="claude-sonnet-4-5", max_tokens=64,
-            messages=[{"role": "user", "content": [image_block(png(*IMAGE_SIZE)),
-                                                   {"type": "text", "text": "What is in this picture?"}]}],
-        )
-        assert spanline.flush(60)
-    finally:
-        spanline.autolog(disable=True)
-    agent_trace, thinking_trace, error_trace, image_trace = traces_in(experiment)
-    assert agent_trace.info.tags["mlflow.traceName"] == "run_tool_agent"
-    (streamed,) = thinking_trace.data.spans
-    assert streamed.get_attribute("spanline.stream.completed") is True, "the thinking call is the streamed one"
-    return {
-        "agent": agent_trace.info.trace_id,
-        "thinking": thinking_trace.info.trace_id,
-        "error": error_trace.info.trace_id,
-        "image": image_trace.info.trace_id,
-    }
+
+# What a person must see in each trace: the span to select in the tree (None: the root, selected on opening),
+# then texts that must be visible. "chat" marks the spans MLflow draws as chat for its own traces.
+CHECKS: dict[str, tuple[str | None, tuple[str, ...], bool]] = {
+    "agent": ("AsyncMessages.create", ("run_tool_agent", "get_weather", "What's the weather like in Paris today?"),
+              True),
+    "create": (None, ("Hello there, Claude", "Hello! You said: Hello there, Claude"), True),
+    "stream completed": (None, (LONG,), True),
+    "stream abandoned": (None, (LONG,), False),
+    # A failed span opens on its Events tab: the exception the caller saw.
+    "stream failed": (None, ("Exception", "APIStatusError"), False),
+    "thinking stream": (None, ("Reasoning", "get_weather", "Paris"), True),
+    ".stream()": (None, ("Messages.stream", "Hello! You said: Stream me a greeting"), True),
+    "parse": (None, ("Messages.parse", "Which city? Paris"), True),
+    "tool runner": (None, ("get_weather", "What is the weather in Tokyo?", "The result is: sunny."), True),
+    "tool runner streamed": (None, ("get_weather", "What is the weather in Paris?", "The result is: rainy."), True),
+    "count_tokens": (None, ("Messages.count_tokens", "How many tokens is this?", "input_tokens"), False),
+    "batch results": ("batch.paris", ("Hello from Paris", "Hello! You said: Hello from Paris"), True),
+    "image": (None, ("What is in this picture?",), True),
+    "api error": (None, ("Messages.create", "Exception"), False),
+    "bedrock": (None, ("Hello from Bedrock", "anthropic.claude-sonnet-4-5-v1:0"), True),
+}
+CUT_SHORT = {"stream abandoned": "abandoned", "stream failed": "failed"}
+LIST_PREVIEW = {"stream abandoned": "Tell me a long story", "stream failed": "Tell me more fake:error"}
 
 
-def test_mlflow_ui_shows_spanline_traces(mlflow_server_uri, browser):
+def screenshot_name(surface: str) -> str:
+    """The file a surface's screenshot is saved as (docs/img/ui/ holds copies under the same names)."""
+    return f"{surface.strip('.()').replace(' ', '_')}.png"
+
+
+def _stored(experiment: str) -> dict[str, object]:
+    return {t.info.trace_id: t for t in traces_in(experiment)}
+
+
+def test_mlflow_ui_shows_every_surface(mlflow_server_uri, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, experiment = mlflow_server_uri
-    ids = _write_traces(experiment)
+    mlflow.anthropic.autolog(disable=True)
+    spanline.autolog()
+    try:
+        ids = write_surfaces(experiment)
+    finally:
+        spanline.autolog(disable=True)
+    assert set(CHECKS) <= set(ids), set(CHECKS) - set(ids)
+    stored = _stored(experiment)
     SCREENSHOTS.mkdir(exist_ok=True)
     wait = WebDriverWait(browser, WAIT_S)
+
+    def visible(xpath: str, what: str):
+        return wait.until(ec.visibility_of_element_located((By.XPATH, xpath)), f"the UI never showed {what}")
+
+    def shows_text(text: str, within: str = "//*"):
+        return visible(f"{within}[normalize-space(text())={_xpath_literal(text)}]", repr(text))
+
+    def screenshot(name: str) -> None:
+        browser.save_screenshot(str(SCREENSHOTS / screenshot_name(name)))
 
     def open_trace(name: str) -> None:
         browser.get(f"{url}/#/experiments/{experiment}/traces?traceId={ids[name]}")
         # The trace drawer is open when its span tree names the root span.
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "[data-testid^='span-title-row-']")))
 
-    def shows_text(text: str):
-        return wait.until(
-            ec.visibility_of_element_located((By.XPATH, f"//*[normalize-space(text())={_xpath_literal(text)}]")),
-            f"the UI never showed {text!r}",
-        )
-
-    def screenshot(name: str) -> None:
-        browser.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+    def select_span(span_name: str) -> None:
+        rows = f"//*[starts-with(@data-testid, 'span-title-row-')][.//*[normalize-space(text())='{span_name}']]"
+        visible(rows, f"the span {span_name}")
+        browser.find_elements(By.XPATH, rows)[0].click()
 
     try:
-        # The seed's agent: the tree, and the chat view of its first LLM call.
-        open_trace("agent")
-        for span in ("run_tool_agent", "get_weather"):
-            shows_text(span)
-        calls = browser.find_elements(By.XPATH, "//*[starts-with(@data-testid, 'span-title-row-')]"
-                                                "[.//*[normalize-space(text())='AsyncMessages.create']]")
-        assert len(calls) == 2
-        calls[0].click()
-        shows_text("User")
-        shows_text("Assistant")
-        shows_text("What's the weather like in Paris today?")
-        screenshot("agent")
+        # The list: a reply cut short is tagged in the row a person scans; whole replies carry no such tag.
+        browser.get(f"{url}/#/experiments/{experiment}/traces")
+        visible("//*[normalize-space(text())='Tags']", "the list's Tags column")
+        # MLflow's assistant panel and its "Detect issues" guide cover the list's right columns: closed.
+        for control in ("mlflow.detect_issues.guidance.got_it", "mlflow.assistant.chat_panel.close"):
+            for button in browser.find_elements(By.CSS_SELECTOR, f"button[data-component-id='{control}']"):
+                with contextlib.suppress(Exception):
+                    button.click()
+        # Each tag pill in the list is a button that filters the list by that tag.
+        chip = "//*[@role='button'][starts-with(@aria-label, 'Filter by tag spanline.cut_short:')]"
+        for name, how in CUT_SHORT.items():
+            tag = visible(f"{chip}[@aria-label='Filter by tag spanline.cut_short: {how}']", f"the tag of {name}")
+            # Its row: the innermost element around the tag that holds the trace's request preview, and no
+            # other trace's (the trace list's first row, the seed agent, is never cut short).
+            row = tag.find_element(By.XPATH, f"ancestor::*[contains(., {_xpath_literal(LIST_PREVIEW[name])})][1]")
+            assert "weather like in Paris" not in row.text, "the tag is not inside its trace's row"
+        tags = [t for t in browser.find_elements(By.XPATH, chip) if t.is_displayed()]
+        assert len(tags) == len(CUT_SHORT), [t.text for t in tags]
+        screenshot("trace_list")
 
-        # Thinking and a tool call.
-        open_trace("thinking")
-        shows_text("User")
-        shows_text("Assistant")
-        shows_text("Reasoning")  # the thinking block, folded
-        shows_text("get_weather")  # the tool call, with its arguments
-        shows_text("Paris")
-        screenshot("thinking_and_tool_call")
-
-        # The API error: the span is drawn red, with its exception event.
-        open_trace("error")
-        title = wait.until(ec.visibility_of_element_located((
-            By.XPATH,
-            "//*[starts-with(@data-testid, 'span-title-row-')]//*[normalize-space(text())='Messages.create']",
-        )))
-        red, green, blue = _rgb(title.value_of_css_property("color"))
-        assert red > 150 and red > green + 80 and red > blue + 50, title.value_of_css_property("color")
-        shows_text("Exception")
-        screenshot("api_error")
-
-        # The picture: an <img> drawn from the attachment, at the PNG's own size.
-        open_trace("image")
-        shows_text("What is in this picture?")
-        image = wait.until(lambda d: next(
-            (img for img in d.find_elements(By.CSS_SELECTOR, "img")
-             if d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img)
-             and (d.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", img)
-                  == list(IMAGE_SIZE))),
-            None,
-        ), "the picture never loaded")
-        assert image.get_attribute("src").startswith(("blob:", url)), image.get_attribute("src")
-        screenshot("image")
+        for name, (span_name, texts, chat) in CHECKS.items():
+            open_trace(name)
+            if span_name is not None:
+                select_span(span_name)
+            for text in texts:
+                shows_text(text)
+            if chat:
+                shows_text("User")
+                shows_text("Assistant")
+            trace = stored[ids[name]]
+            usage = trace.info.token_usage
+            if usage:  # the header counts the trace's tokens, as MLflow's own chat traces do
+                shows_text(f"{usage['total_tokens']} tokens")
+            if name.startswith("tool runner"):
+                # The run's reply is drawn as the Assistant's, and none of its fields is a raw null.
+                outputs = visible("//*[normalize-space(text())='Outputs']/ancestor::*[.//*[text()='Assistant']][1]",
+                                  "the run's outputs")
+                assert "null" not in outputs.text, outputs.text
+            if name in ("stream failed", "api error"):
+                # The failed span is drawn red, with its exception event.
+                root = trace.data.spans[0].name
+                title = visible("//*[starts-with(@data-testid, 'span-title-row-')]"
+                                f"//*[normalize-space(text())='{root}']", "the failed span")
+                red, green, blue = _rgb(title.value_of_css_property("color"))
+                assert red > 150 and red > green + 80 and red > blue + 50, title.value_of_css_property("color")
+            if name == "image":
+                # The picture: an <img> drawn from the attachment, at the PNG's own size.
+                image = wait.until(lambda d: next(
+                    (img for img in d.find_elements(By.CSS_SELECTOR, "img")
+                     if d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img)
+                     and (d.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", img)
+                          == list(IMAGE_SIZE))),
+                    None,
+                ), "the picture never loaded")
+                assert image.get_attribute("src").startswith(("blob:", url)), image.get_attribute("src")
+            screenshot(name)
     except Exception:
         screenshot("failure")
+        (SCREENSHOTS / "failure.html").write_text(browser.page_source)
         raise
 
 

@@ -38,3 +38,17 @@ def test_testing_page_example_runs_as_printed() -> None:
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("http://127.0.0.1:")
+
+
+def test_the_ui_page_shows_one_screenshot_of_each_surface_the_browser_test_opens() -> None:
+    """docs/ui.md shows the browser test's screenshots (copied into docs/img/ui/): one per surface it checks,
+    and the trace list; none that the test does not take."""
+    import re
+
+    from test_browser import CHECKS, screenshot_name
+
+    expected = {screenshot_name(name) for name in [*CHECKS, "trace list"]}
+    page = (ROOT / "docs" / "ui.md").read_text(encoding="utf-8")
+    shown = re.findall(r"!\[[^\]]*\]\(img/ui/([^)]+)\)", page)
+    assert sorted(shown) == sorted(expected), set(shown) ^ expected
+    assert {p.name for p in (ROOT / "docs" / "img" / "ui").glob("*.png")} == expected
