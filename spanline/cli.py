@@ -188,6 +188,9 @@ def _writer(args: argparse.Namespace) -> int:
     # retries inside a call (7 by default, waits doubling up to 2 minutes) would hold the call for minutes
     # and leave the writer asleep in urllib3 long after the server is back. Unless the user chose otherwise.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    from spanline.pipeline.compat import remember_missing_modules
+
+    remember_missing_modules()  # MLflow's cost lookup would retry a failed `import litellm` per chat span
     writer = Writer(
         _log_dir(args),
         once=args.once,
