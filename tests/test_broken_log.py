@@ -17,29 +17,13 @@ import zlib
 
 import mlflow
 import pytest
+from helpers import APP, app_env
 from logwriters import stop_writers_under
 from spanline.pipeline import eventlog, logdir
 
-APP = """
-import os, sys, mlflow, spanline
-from spanline.testing import FakeAnthropicAPI
-mlflow.set_experiment("broken")
-spanline.autolog()
-client = FakeAnthropicAPI().client(api_key="sk-test")
-
-@spanline.trace(span_type="AGENT")
-def agent(i):
-    return client.messages.create(model="claude-fake-1", max_tokens=8,
-                                  messages=[{"role": "user", "content": f"q-{i}"}])
-
-for i in range(int(os.environ["TEST_CALLS"])):
-    agent(i)
-"""
-
 
 def _env(uri: str, log_dir: str, calls: int, **extra: str) -> dict[str, str]:
-    return {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_MODEL_CATALOG_URI": "", "SPANLINE_LOG_DIR": log_dir,
-            "TEST_CALLS": str(calls), **extra}
+    return app_env(uri, "broken", calls, SPANLINE_LOG_DIR=log_dir, **extra)
 
 
 def _app(uri: str, log_dir: str, calls: int, tail: str = "spanline.shutdown(wait_for_store=False)\n") -> str:

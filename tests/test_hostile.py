@@ -19,26 +19,15 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import helpers
 import pytest
 from logwriters import stop_writers_under
 from spanline.pipeline import eventlog, logdir
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the test adds a second local user (useradd)")
 
-APP = """
-import os, sys, mlflow, spanline
-from spanline.testing import FakeAnthropicAPI
-mlflow.set_experiment(os.environ["TEST_EXPERIMENT"])
-spanline.autolog()
-client = FakeAnthropicAPI().client(api_key="sk-test")
-
-@spanline.trace(span_type="AGENT")
-def agent(i):
-    return client.messages.create(model="claude-fake-1", max_tokens=8,
-                                  messages=[{"role": "user", "content": f"q-{i}"}])
-
-for i in range(int(os.environ["TEST_CALLS"])):
-    agent(i)
+# The shared app (tests/helpers.py), reporting its flush and mode at the end.
+APP = helpers.APP + """
 ok = spanline.flush(120)
 print("FLUSH", ok, spanline.stats().mode, flush=True)
 """
@@ -95,11 +84,9 @@ def _outside_segment(root: str, uri: str) -> str:
     """A valid segment of another 'app' (tag ``stolen``) outside any log directory."""
     outside = os.path.join(root, "outside")
     os.makedirs(outside, mode=0o755)
-    code = APP.replace("q-{i}", "stolen-{i}")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_MODEL_CATALOG_URI": "", "TEST_EXPERIMENT": "stolen",
-           "TEST_CALLS": "3", "SPANLINE_LOG_DIR": outside, "SPANLINE_WRITER_AUTOSTART": "0"}
-    subprocess.run([sys.executable, "-c", code.replace("ok = spanline.flush(120)", "ok = None")], env=env,
-                   capture_output=True, timeout=120, check=True)
+    env = helpers.app_env(uri, "stolen", 3, TEST_TAG="stolen", SPANLINE_LOG_DIR=outside,
+                          SPANLINE_WRITER_AUTOSTART="0", SPANLINE_EXIT_WAIT="disk")
+    subprocess.run([sys.executable, "-c", helpers.APP], env=env, capture_output=True, timeout=120, check=True)
     (seg,) = [f for f in os.listdir(outside) if f.endswith(".seg")]
     os.chmod(os.path.join(outside, seg), 0o644)
     return os.path.join(outside, seg)
@@ -125,8 +112,7 @@ def _plant(user: pwd.struct_passwd, directory: str, victim: dict[str, bytes], se
 
 
 def _run_app(uri: str, experiment: str, calls: int, **env: str) -> subprocess.CompletedProcess:
-    full = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_MODEL_CATALOG_URI": "", "TEST_EXPERIMENT": experiment,
-            "TEST_CALLS": str(calls), **env}
+    full = helpers.app_env(uri, experiment, calls, **env)
     full.pop("XDG_CACHE_HOME", None)
     done = subprocess.run([sys.executable, "-c", APP], env=full, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
