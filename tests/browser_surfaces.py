@@ -11,8 +11,7 @@ import gc
 import anthropic
 import pydantic
 from anthropic import beta_tool
-from helpers import TOOLS, make_agent, traces_in
-from test_attachments import image_block, png
+from helpers import TOOLS, image_block, make_agent, png, traces_in
 
 import spanline
 from spanline.testing import FakeAnthropicAPI
@@ -127,3 +126,33 @@ def write_surfaces(experiment: str) -> dict[str, str]:
     traces = traces_in(experiment)
     assert len(traces) == len(made), ([t.info.tags.get("mlflow.traceName") for t in traces], made)
     return {name: t.info.trace_id for name, t in zip(made, traces, strict=True)}
+
+
+# What a person must see in each trace: the span to select in the tree (None: the root, selected on opening),
+# then texts that must be visible. "chat" marks the spans MLflow draws as chat for its own traces.
+CHECKS: dict[str, tuple[str | None, tuple[str, ...], bool]] = {
+    "agent": ("AsyncMessages.create", ("run_tool_agent", "get_weather", "What's the weather like in Paris today?"),
+              True),
+    "create": (None, ("Hello there, Claude", "Hello! You said: Hello there, Claude"), True),
+    "stream completed": (None, (LONG,), True),
+    "stream abandoned": (None, (LONG,), False),
+    # A failed span opens on its Events tab: the exception the caller saw.
+    "stream failed": (None, ("Exception", "APIStatusError"), False),
+    "thinking stream": (None, ("Reasoning", "get_weather", "Paris"), True),
+    ".stream()": (None, ("Messages.stream", "Hello! You said: Stream me a greeting"), True),
+    "parse": (None, ("Messages.parse", "Which city? Paris"), True),
+    "tool runner": (None, ("get_weather", "What is the weather in Tokyo?", "The result is: sunny."), True),
+    "tool runner streamed": (None, ("get_weather", "What is the weather in Paris?", "The result is: rainy."), True),
+    "count_tokens": (None, ("Messages.count_tokens", "How many tokens is this?", "input_tokens"), False),
+    "batch results": ("batch.paris", ("Hello from Paris", "Hello! You said: Hello from Paris"), True),
+    "image": (None, ("What is in this picture?",), True),
+    "api error": (None, ("Messages.create", "Exception"), False),
+    "bedrock": (None, ("Hello from Bedrock", "anthropic.claude-sonnet-4-5-v1:0"), True),
+}
+CUT_SHORT = {"stream abandoned": "abandoned", "stream failed": "failed"}
+LIST_PREVIEW = {"stream abandoned": "Tell me a long story", "stream failed": "Tell me more fake:error"}
+
+
+def screenshot_name(surface: str) -> str:
+    """The file a surface's screenshot is saved as (docs/img/ui/ holds copies under the same names)."""
+    return f"{surface.strip('.()').replace(' ', '_')}.png"

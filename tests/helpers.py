@@ -5,14 +5,17 @@ writer process (``start_writer``, ``writer_once``) and the checks of what it sto
 
 from __future__ import annotations
 
+import base64
 import collections
 import contextlib
 import json
 import os
+import struct
 import subprocess
 import sys
 import textwrap
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -313,3 +316,22 @@ def wait_in_log(directory: str, needles: list[bytes], app: subprocess.Popen, tim
         assert app.poll() is None, f"the app exited: {app.stderr.read()[-3000:]}"
         assert time.monotonic() < deadline, f"never in the log: {[n for n in needles if n not in data]}"
         time.sleep(0.02)
+
+
+# --- content for tests of images ----------------------------------------------------------------------
+
+
+def png(width: int = 48, height: int = 32, rgb: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    """A real PNG (one colour), so a browser can draw it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def image_block(data: bytes, media_type: str = "image/png") -> dict:
+    return {"type": "image", "source": {"type": "base64", "media_type": media_type,
+                                       "data": base64.b64encode(data).decode()}}

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import base64
 import json
-import struct
 import urllib.parse
 import urllib.request
 import uuid
-import zlib
 
 import mlflow
 import pytest
-from helpers import traces_in
+from helpers import image_block, png, traces_in
 
 import spanline
 from spanline.testing import FakeAnthropicAPI
@@ -24,26 +22,10 @@ from spanline.testing import FakeAnthropicAPI
 MODEL = "claude-sonnet-4-5"
 
 
-def png(width: int = 48, height: int = 32, rgb: tuple[int, int, int] = (200, 30, 30)) -> bytes:
-    """A real PNG (one colour), so a browser can draw it."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    rows = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
-
-
 PDF = (
     b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj 2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj "
     b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
 )
-
-
-def image_block(data: bytes, media_type: str = "image/png") -> dict:
-    return {"type": "image", "source": {"type": "base64", "media_type": media_type,
-                                       "data": base64.b64encode(data).decode()}}
 
 
 def document_block(data: bytes) -> dict:

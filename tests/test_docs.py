@@ -45,7 +45,7 @@ def test_the_ui_page_shows_one_screenshot_of_each_surface_the_browser_test_opens
     and the trace list; none that the test does not take."""
     import re
 
-    from test_browser import CHECKS, screenshot_name
+    from browser_surfaces import CHECKS, screenshot_name
 
     expected = {screenshot_name(name) for name in [*CHECKS, "trace list"]}
     page = (ROOT / "docs" / "ui.md").read_text(encoding="utf-8")

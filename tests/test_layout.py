@@ -166,3 +166,18 @@ def test_assembly_runs_one_way() -> None:
     modules = _modules()
     found = {name: set(_imported_names(name, modules[name])) & above for name, above in below.items()}
     assert {name: names for name, names in found.items() if names} == {}
+
+
+def test_no_test_file_imports_another() -> None:
+    """Tests share code through helper modules (``helpers``, ``logwriters``, ``browser_surfaces``, ...), never by
+    importing a test file: importing one runs its module-level set-up and makes pytest's files depend on each
+    other's order."""
+    tests = ROOT / "tests"
+    test_files = {p.stem for p in tests.glob("test_*.py")}
+    found = []
+    for path in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+            found += [f"{path.name} imports {name}" for name in names if name.split(".")[0] in test_files]
+    assert found == []
