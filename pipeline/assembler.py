@@ -26,10 +26,11 @@ from .stats import Counters, DropReason
 MAX_OPEN_SPANS = 100_000
 
 # A trace tag, set (through its root span's ``mlflow.traceTag.`` attribute, which ``log_spans`` turns into a
-# tag) on a trace in which a reply was cut short: a stream the application stopped reading (``abandoned``),
-# one whose body failed (``failed``), or a run the process ended before it finished (``unfinished``). MLflow's
-# trace list shows tags, and they can be searched (``tags.`spanline.cut_short` = 'abandoned'``); without it
-# such a trace reads as a successful call with a short or empty reply (docs/what-is-stored.md).
+# tag) on a trace in which a reply was cut short: a stream closed or dropped before its end (``closed``,
+# ``abandoned``), one whose body failed (``failed``), or a run the process ended before it finished
+# (``unfinished``). MLflow's trace list shows tags, and they can be searched (``tags.`spanline.cut_short` =
+# 'abandoned'``); without it such a trace reads as a successful call with a short or empty reply. Why a tag:
+# docs/streaming.md.
 CUT_SHORT_TAG = "spanline.cut_short"
 
 
@@ -221,7 +222,8 @@ class Assembler:
             # the event's parsed body as its message).
             error = Failure("APIStatusError", str(convert.load(state.error_body.encode())), "", ev.end_ns)
         rec.attributes.update(state.attributes(ev.how, error is not None, self.policy()))
-        if ev.how != "completed" or error is not None:
+        if (ev.how != "completed" or error is not None) and (ev.root == ev.span or ev.root in self.waiting):
+            # (A root that already ended is stored without it: a part of a trace carries no trace tag.)
             self.cut_short.setdefault(ev.root, ev.how if ev.how != "completed" else "failed")
         self._set_outcome(rec, error)
         self._finish(rec, ev.root)
