@@ -6,6 +6,7 @@ Anthropic SDK is real; only its network is fake (spanline.testing).
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import tempfile
@@ -89,6 +90,7 @@ def traced(experiment: str):
     mlflow.anthropic.autolog(disable=True)
     spanline.autolog()
     yield experiment
+    gc.collect()  # a stream the test left in a reference cycle ends now, in this test, not in a later one
     assert spanline.flush(60)
     spanline.autolog(disable=True)
 
