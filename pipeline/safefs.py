@@ -116,6 +116,13 @@ def open_in(dir_fd: int, name: str, flags: int, mode: int = 0o600) -> int:
     return fd
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (``os.write`` may write less than asked); an error (a full disk) raises."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def write_replace(dir_fd: int, name: str, data: bytes) -> None:
     """Write ``data`` to ``name`` atomically (a temporary file renamed over it), relative to ``dir_fd``.
     A partial write (a full disk) leaves the old file and no temporary behind, and raises."""
@@ -125,9 +132,7 @@ def write_replace(dir_fd: int, name: str, data: bytes) -> None:
     fd = open_in(dir_fd, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
         finally:
             os.close(fd)
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

@@ -114,9 +114,7 @@ def append(dir_fd: int, letters: Sequence[tuple[Unit, str]]) -> None:
     data = b"".join(_encoder.encode(_Letter(time.time(), error, unit)) + b"\n" for unit, error in letters)
     fd = safefs.open_in(dir_fd, FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        safefs.write_all(fd, data)
     finally:
         os.close(fd)
 
