@@ -298,6 +298,8 @@ def reap(proc: subprocess.Popen) -> None:
     """Never leave a test's app behind: kill it if it still runs, wait for it, close its pipes."""
     if proc.poll() is None:
         proc.kill()
+    if proc.stdin is not None and proc.stdin.closed:
+        proc.stdin = None  # closed by the test already: communicate() would flush it and raise
     proc.communicate(timeout=10)
 
 

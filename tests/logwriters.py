@@ -66,3 +66,13 @@ def own_cache(tmp_path, monkeypatch) -> Iterator[str]:
         yield cache
     finally:
         stop_writers_under(cache)
+
+
+@pytest.fixture
+def log_dir(tmp_path) -> Iterator[str]:
+    """A log directory of the test's own (``SPANLINE_LOG_DIR`` for its apps); its writers stopped afterwards."""
+    directory = str(tmp_path / "log")
+    try:
+        yield directory
+    finally:
+        stop_writers_under(directory)

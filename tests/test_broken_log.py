@@ -54,15 +54,6 @@ def _stored(uri: str) -> int:
                                                           max_results=1000))
 
 
-@pytest.fixture
-def log_dir(tmp_path):
-    directory = str(tmp_path / "log")
-    try:
-        yield directory
-    finally:
-        stop_writers_under(directory)
-
-
 def _segments(log_dir: str) -> list[str]:
     return sorted(f for f in os.listdir(log_dir) if eventlog.parse_name(f))
 

@@ -11,7 +11,6 @@ import textwrap
 
 import mlflow
 import pytest
-from logwriters import stop_writers_under
 from spanline.pipeline.writer import deadletter
 
 APP = """
@@ -39,15 +38,6 @@ def _run(code: str, log_dir: str, timeout: float = 240) -> str:
 def _count(uri: str, experiment_id: str) -> int:
     mlflow.set_tracking_uri(uri)
     return len(mlflow.search_traces(locations=[experiment_id], return_type="list", max_results=1000))
-
-
-@pytest.fixture
-def log_dir(tmp_path):
-    directory = str(tmp_path / "log")
-    try:
-        yield directory
-    finally:
-        stop_writers_under(directory)
 
 
 def test_a_poison_trace_is_set_aside_and_nothing_waits_behind_it(tmp_path, log_dir):

@@ -138,11 +138,9 @@ def test_held_sync_streams_every_way(traced, fake, encoding):
     assert failed.outputs["content"][0]["text"] == "Hello! You said: "
 
 
-@pytest.mark.anyio
-async def test_held_async_streams_every_way(traced, fake):
-    client = _held_async_client(fake)
-    reference = _reference(THINKING_TOOL)
-
+async def _read_whole_then_close_one(client: anthropic.AsyncAnthropic) -> None:
+    """Three streams: ``create(stream=True)`` and ``.stream()`` read to their end, then one closed after its
+    first text delta (the spans ``completed``, ``completed``, ``closed``)."""
     async for _ in await client.messages.create(**_kwargs(THINKING_TOOL), stream=True):
         pass
     async with client.messages.stream(**_kwargs(THINKING_TOOL)) as helper:
@@ -152,6 +150,14 @@ async def test_held_async_streams_every_way(traced, fake):
         if event.type == "content_block_delta":
             break
     await stream.close()
+
+
+@pytest.mark.anyio
+async def test_held_async_streams_every_way(traced, fake):
+    client = _held_async_client(fake)
+    reference = _reference(THINKING_TOOL)
+
+    await _read_whole_then_close_one(client)
     with pytest.raises(anthropic.APIStatusError):
         async with client.messages.stream(**_kwargs(ERROR)) as helper:
             await helper.get_final_message()
@@ -196,15 +202,7 @@ async def test_aiohttp_backend(traced, served, anyio_backend):
     reference = _reference(THINKING_TOOL)
     async with anthropic.AsyncAnthropic(api_key="k", base_url=served.base_url, max_retries=0,
                                         http_client=anthropic.DefaultAioHttpClient()) as client:
-        async for _ in await client.messages.create(**_kwargs(THINKING_TOOL), stream=True):
-            pass
-        async with client.messages.stream(**_kwargs(THINKING_TOOL)) as helper:
-            await helper.get_final_message()
-        stream = await client.messages.create(**_kwargs(LONG), stream=True)
-        async for event in stream:
-            if event.type == "content_block_delta":
-                break
-        await stream.close()
+        await _read_whole_then_close_one(client)
     assert await spanline.aflush(60)
     full, helper_span, closed = _spans(traced)
     for span in (full, helper_span):

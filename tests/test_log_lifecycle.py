@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 
-from helpers import app_env, assert_each_once, stored_traces
+from helpers import app_env, assert_each_once, reap, stored_traces
 from logwriters import stop_writers_under
 
 APP = """
@@ -79,10 +79,6 @@ def test_a_slow_writer_then_a_gone_one(tmp_path, own_cache):
                     os.kill(writer_pid, sig)
                 except ProcessLookupError:
                     break
-        if app.poll() is None:
-            app.kill()
-        app.wait(10)
-        for pipe in (app.stdin, app.stdout, app.stderr):
-            pipe.close()
+        reap(app)
         stop_writers_under(own_cache)
     assert_each_once(stored_traces(uri, "slow-writer"), 15)

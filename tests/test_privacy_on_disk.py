@@ -15,7 +15,7 @@ import uuid
 
 import mlflow
 import pytest
-from helpers import app_env, scan_for, store_files, stored_traces
+from helpers import app_env, reap, scan_for, store_files, stored_traces
 from logwriters import log_dir_of, stop_writers_under
 
 # The app: an agent whose first call gets a tool_use back (its input is the question's last capitalized word),
@@ -103,11 +103,7 @@ def test_no_secret_in_any_byte_of_the_log_or_the_store(tmp_path, own_cache, mode
         app.stdin.close()
         assert app.wait(60) == 0, app.stderr.read()[-3000:]
     finally:
-        if app.poll() is None:
-            app.kill()
-        app.wait(10)
-        for pipe in (app.stdin, app.stdout, app.stderr):
-            pipe.close()
+        reap(app)
     stop_writers_under(own_cache)
     after = sorted(os.listdir(directory))
     in_log_after = _scan([directory], secrets)
