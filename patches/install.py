@@ -14,6 +14,7 @@ from . import (
     install_surface,
     messages,
     mlflow_context,
+    mlflow_export,
     raw_response,
     streaming,
     tool_runner,
@@ -24,7 +25,7 @@ def install_all() -> None:
     """Patch every surface. The seam that hands a call its HTTP exchange and the plain ``messages`` calls come
     first and must exist (an SDK without them is not one spanline supports: the error propagates); each later
     surface is skipped, and named once in the log, where the installed SDK lacks it. MLflow's runtime context is
-    hooked last, once the SDK is patched."""
+    hooked last, once the SDK is patched, and then MLflow's exporter is given spanline's log."""
     http_capture.install()
     messages.install()
     install_surface("raw responses (with_raw_response / with_streaming_response)", raw_response.install)
@@ -33,3 +34,4 @@ def install_all() -> None:
     install_surface("beta.messages.tool_runner", tool_runner.install)
     install_surface("messages.stream", streaming.install)
     mlflow_context.install()
+    mlflow_export.install()

@@ -19,7 +19,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import context, convert, streams, surfaces
-from .events import ApiCall, Event, Failure, SpanEnd, SpanStart, StreamChunk, StreamEnd, StreamStart
+from .events import (
+    ApiCall,
+    Event,
+    Failure,
+    MlflowSpanEnd,
+    MlflowSpanStart,
+    MlflowTraceEnd,
+    SpanEnd,
+    SpanStart,
+    StreamChunk,
+    StreamEnd,
+    StreamStart,
+)
 from .policy import ContentPolicy
 from .stats import Counters, DropReason
 
@@ -52,6 +64,7 @@ class SpanRecord:
     in_mlflow_trace: bool = False  # hangs under a span of MLflow's own tracer
     event_count: int = 1  # how many queue events built this span (for drop accounting)
     is_trace_root: bool = False
+    status: int = -1  # a span of MLflow's own tracer: its OpenTelemetry status code (-1: spanline's, see error)
 
 
 @dataclass(slots=True)
@@ -62,6 +75,8 @@ class Unit:
     spans: list[SpanRecord]
     # The producing process's environment metadata (``environment.describe()``), shared by all its units.
     producer: dict[str, str] = field(default_factory=dict)
+    # A whole trace rooted by MLflow's own tracer: its info, as MLflow's exporter would send it (``start_trace``).
+    mlflow_info: MlflowTraceEnd | None = None
 
     @property
     def event_count(self) -> int:
@@ -82,6 +97,9 @@ class Assembler:
         self.waiting: dict[int, list[SpanRecord]] = {}  # root span -> its ended descendants
         self.streams: dict[int, streams.StreamState] = {}  # span -> the open stream's body so far
         self.cut_short: dict[int, str] = {}  # root span -> how a reply under it was cut short (CUT_SHORT_TAG)
+        # Traces MLflow's own tracer roots whose root is open: their ended spans, MLflow's and spanline's, held
+        # until the trace's info arrives (MlflowTraceEnd), so the writer stores each such trace whole.
+        self.mlflow_traces: dict[str, _HeldTrace] = {}
         self.ready: list[Unit] = []
 
     def add(self, event: Event) -> None:
@@ -92,6 +110,12 @@ class Assembler:
             self._start(event)
         elif type(event) is SpanEnd:
             self._end(event)
+        elif type(event) is MlflowSpanEnd:
+            self._mlflow_end(event)
+        elif type(event) is MlflowSpanStart:
+            self._mlflow_start(event)
+        elif type(event) is MlflowTraceEnd:
+            self._mlflow_trace_end(event)
         else:
             self._stream_event(event)
 
@@ -143,6 +167,8 @@ class Assembler:
             # forever: the oldest open span goes, counted.
             evicted = self.open.pop(next(iter(self.open)))
             self.streams.pop(evicted.span, None)
+            if evicted.status >= 0 and evicted.is_trace_root:
+                self.mlflow_traces.pop(evicted.trace_id, None)
             self.counters.drop(DropReason.ORPHANED)
         self.open[rec.span] = rec
 
@@ -254,14 +280,79 @@ class Assembler:
                 rec.attributes["mlflow.traceTag." + CUT_SHORT_TAG] = convert.dumps(how)
             spans = self.waiting.pop(root, [])
             spans.append(rec)
-            self.ready.append(Unit(rec.trace_id, rec.experiment, rec.tracking_uri, spans, self.producer))
+            self._complete(Unit(rec.trace_id, rec.experiment, rec.tracking_uri, spans, self.producer))
             return
         siblings = self.waiting.get(root)
         if siblings is None:
             # The root already ended: this span outlived it. Store it on its own; the store merges it.
-            self.ready.append(Unit(rec.trace_id, rec.experiment, rec.tracking_uri, [rec], self.producer))
+            self._complete(Unit(rec.trace_id, rec.experiment, rec.tracking_uri, [rec], self.producer))
         else:
             siblings.append(rec)
+
+    def _complete(self, unit: Unit) -> None:
+        """A unit is whole: ready to store, unless it hangs in a trace of MLflow's whose root is still open."""
+        if self.mlflow_traces and unit.spans[0].in_mlflow_trace:
+            held = self.mlflow_traces.get(unit.trace_id)
+            if held is not None:
+                held.spans.extend(unit.spans)
+                return
+        self.ready.append(unit)
+
+    # --- spans of MLflow's own tracer (patches/mlflow_export.py) ------------------------------------------
+
+    @staticmethod
+    def _mlflow_record(ev: MlflowSpanStart | MlflowSpanEnd) -> SpanRecord:
+        span_type = ev.attributes.get("mlflow.spanType")
+        return SpanRecord(
+            trace_id=ev.trace_id,
+            span=ev.span,
+            parent=ev.parent,
+            root=ev.root,
+            name=ev.name,
+            span_type=convert.load(span_type.encode()) if isinstance(span_type, str) else "UNKNOWN",
+            start_ns=ev.start_ns,
+            attributes=dict(ev.attributes),
+            experiment=getattr(ev, "experiment", ""),
+            tracking_uri=ev.tracking_uri,
+            in_mlflow_trace=not ev.root,  # in a trace MLflow roots (else in spanline's unit ``root``)
+            is_trace_root=ev.parent == 0,
+            status=0,
+        )
+
+    def _mlflow_start(self, ev: MlflowSpanStart) -> None:
+        rec = self._mlflow_record(ev)
+        self._open(rec)
+        if rec.is_trace_root and not ev.root:
+            self.mlflow_traces.setdefault(ev.trace_id, _HeldTrace(ev))
+
+    def _mlflow_end(self, ev: MlflowSpanEnd) -> None:
+        rec = self.open.pop(ev.span, None)
+        if rec is None or rec.trace_id != ev.trace_id:
+            rec = self._mlflow_record(ev)  # its start came before spanline took MLflow's spans: the end is whole
+        else:
+            rec.event_count = 2
+        rec.name = ev.name
+        rec.end_ns = ev.end_ns
+        rec.attributes = dict(ev.attributes)
+        rec.events = [{"name": name, "time_ns": time_ns, "attributes": attrs} for name, time_ns, attrs in ev.events]
+        rec.status = ev.status
+        rec.error = ev.status_message if ev.status == 2 else ""
+        self._finish_mlflow(rec)
+
+    def _finish_mlflow(self, rec: SpanRecord) -> None:
+        if rec.root:
+            self._finish(rec, rec.root)  # an MLflow span in spanline's trace: it joins spanline's unit
+            return
+        held = self.mlflow_traces.get(rec.trace_id)
+        if held is not None:
+            held.spans.append(rec)
+        else:  # its trace's info came already, or its start before spanline took MLflow's spans: the store merges it
+            self.ready.append(Unit(rec.trace_id, rec.experiment, rec.tracking_uri, [rec], self.producer))
+
+    def _mlflow_trace_end(self, ev: MlflowTraceEnd) -> None:
+        held = self.mlflow_traces.pop(ev.trace_id, None)
+        spans = held.spans if held is not None else []
+        self.ready.append(Unit(ev.trace_id, ev.experiment, ev.tracking_uri, spans, self.producer, ev))
 
     def close_all(self) -> None:
         """At shutdown: end every open span now, marked unfinished, so what was recorded is not lost."""
@@ -272,6 +363,12 @@ class Assembler:
             rec.end_ns = now
             rec.event_count = 1
             rec.attributes["spanline.unfinished"] = "true"
+            if rec.status >= 0:  # MLflow's span: stored as far as it got, as spanline's are
+                rec.status = 1
+                if rec.root:
+                    self.cut_short[rec.root] = "unfinished"
+                self._finish_mlflow(rec)
+                continue
             self.cut_short[rec.root] = "unfinished"  # whatever else was cut short, the run itself was
             state = self.streams.pop(rec.span, None)
             if state is not None:  # a stream whose end never came: store the message as far as it arrived
@@ -279,7 +376,30 @@ class Assembler:
                 rec.attributes.update(state.attributes("unfinished", False, self.policy()))
             self._set_outcome(rec, None)
             self._finish(rec, rec.root)
+        # MLflow's traces whose info never came: stored as spanline's unfinished runs are, with the tags
+        # MLflow's tracer gave them at their start.
+        held_traces, self.mlflow_traces = self.mlflow_traces, {}
+        for trace_id, held in held_traces.items():
+            root = next((r for r in held.spans if r.is_trace_root), None)
+            if root is not None:
+                for key, value in held.tags.items():
+                    root.attributes.setdefault("mlflow.traceTag." + key, convert.dumps(value))
+                root.attributes["mlflow.traceTag." + CUT_SHORT_TAG] = convert.dumps("unfinished")
+            if held.spans:
+                self.ready.append(Unit(trace_id, held.experiment, held.tracking_uri, held.spans, self.producer))
 
     @property
     def open_spans(self) -> int:
         return len(self.open)
+
+
+class _HeldTrace:
+    """A trace MLflow's tracer roots, while its root is open: where it goes, its tags at the start, its spans."""
+
+    __slots__ = ("experiment", "spans", "tags", "tracking_uri")
+
+    def __init__(self, start: MlflowSpanStart) -> None:
+        self.experiment = start.experiment
+        self.tracking_uri = start.tracking_uri
+        self.tags = start.trace_tags
+        self.spans: list[SpanRecord] = []

@@ -27,6 +27,8 @@ than one non-streaming call's event. The log holds only encoded events, so its f
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 _STRUCT = {"tag_field": "k", "array_like": True, "omit_defaults": True, "gc": False}
@@ -140,7 +142,70 @@ class StreamEnd(msgspec.Struct, tag="z", **_STRUCT):
     error: Failure | None = None
 
 
-Event = SpanStart | SpanEnd | ApiCall | StreamStart | StreamChunk | StreamEnd
+class MlflowSpanStart(msgspec.Struct, tag="m", **_STRUCT):
+    """A span of MLflow's own tracer opened (``@mlflow.trace``, ``mlflow.start_span``, another MLflow autolog;
+    ``patches/mlflow_export.py``). Kept so that a span still open when its process dies is stored as far as it
+    got. Encoded on the worker from the live span, which by then holds the type and inputs MLflow sets just
+    after opening it.
+
+    Ids are MLflow's: ``trace_id`` its ``tr-...`` id, ``span`` and ``parent`` OpenTelemetry's 64-bit span ids.
+    ``root`` is the spanline span whose unit the span belongs to when the trace is spanline's (an MLflow span
+    under a spanline span); 0 when MLflow owns the trace. ``attributes`` are the span's as MLflow set them
+    (its values JSON text). A trace's root carries the trace's tags and metadata as MLflow's tracer set them.
+    """
+
+    trace_id: str
+    span: int
+    parent: int
+    root: int
+    name: str
+    start_ns: int
+    attributes: dict[str, Any]
+    experiment: str = ""
+    tracking_uri: str = ""
+    trace_tags: dict[str, str] = {}
+    trace_metadata: dict[str, str] = {}
+
+
+class MlflowSpanEnd(msgspec.Struct, tag="x", **_STRUCT):
+    """A span of MLflow's own tracer ended: the whole span, as MLflow's exporter would have written it (so the
+    end alone makes the span when its start was not seen). ``status`` is OpenTelemetry's code (0 unset, 1 ok,
+    2 error); ``events`` are (name, time_ns, attributes)."""
+
+    trace_id: str
+    span: int
+    parent: int
+    root: int
+    name: str
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, Any]
+    events: list[tuple[str, int, dict[str, Any]]] = []
+    status: int = 0
+    status_message: str = ""
+    tracking_uri: str = ""
+
+
+class MlflowTraceEnd(msgspec.Struct, tag="t", **_STRUCT):
+    """A trace MLflow's tracer roots ended (its root and every span of MLflow's under it): its info as MLflow's
+    exporter would have sent it with ``start_trace`` (tags and metadata as ``mlflow.update_current_trace`` left
+    them, token usage, state, previews' source). The writer stores the trace whole when this arrives."""
+
+    trace_id: str
+    experiment: str
+    request_time: int
+    execution_duration: int | None
+    state: str
+    trace_metadata: dict[str, str]
+    tags: dict[str, str]
+    client_request_id: str | None = None
+    tracking_uri: str = ""
+
+
+Event = (
+    SpanStart | SpanEnd | ApiCall | StreamStart | StreamChunk | StreamEnd | MlflowSpanStart | MlflowSpanEnd
+    | MlflowTraceEnd
+)
 
 encode = msgspec.msgpack.Encoder().encode
 decode = msgspec.msgpack.Decoder(Event).decode

@@ -235,6 +235,7 @@ class Pipeline:
             internal_errors=c.internal_error_count(),
             last_error=c.last_error,
             deferred_to_mlflow=c.deferred_count(),
+            mlflow_spans=c.mlflow_spans,
             worker_alive=self.thread is not None and self.thread.is_alive(),
             **stored,
             **log,

@@ -36,6 +36,9 @@ class Options:
     # At exit (and in shutdown()): "store" waits, within shutdown_timeout, until this process's traces are
     # stored; "disk" only until they are in the log (for a writer that outlives the application).
     exit_wait: Literal["store", "disk"] = "store"
+    # Spans of MLflow's own tracer (@mlflow.trace, mlflow.start_span, MLflow's other autologs): "log" sends them
+    # through the event log with spanline's (patches/mlflow_export.py); "mlflow" leaves them to MLflow's exporter.
+    mlflow_spans: Literal["log", "mlflow"] = "log"
 
     @property
     def policy(self) -> ContentPolicy:
@@ -67,7 +70,7 @@ _ACCEPTED = {
     "experiment_id": "an experiment id", "shutdown_timeout": "seconds, >= 0", "log_dir": "a directory",
     "durability": "'page_cache', 'fsync' or 'memory'", "max_log_bytes": "a number of bytes, >= segment_bytes",
     "segment_bytes": "a number of bytes, >= 4096", "writer_autostart": "1/0, true/false, yes/no, on/off",
-    "exit_wait": "'store' or 'disk'",
+    "exit_wait": "'store' or 'disk'", "mlflow_spans": "'log' or 'mlflow'",
 }
 # SPANLINE_* variables read elsewhere (the writer's command line).
 _OTHER_VARIABLES = {"SPANLINE_WRITERS", "SPANLINE_WRITER_GRACE"}
@@ -137,6 +140,8 @@ def build(base: Options, changes: Mapping[str, Any]) -> Options:
         raise ValueError("segment_bytes must be at least 4096, and max_log_bytes at least segment_bytes")
     if opts.exit_wait not in ("store", "disk"):
         raise ValueError(f"exit_wait must be 'store' or 'disk', got {opts.exit_wait!r}")
+    if opts.mlflow_spans not in ("log", "mlflow"):
+        raise ValueError(f"mlflow_spans must be 'log' or 'mlflow', got {opts.mlflow_spans!r}")
     if opts.on_full not in ("drop", "block"):
         raise ValueError(f"on_full must be 'drop' or 'block', got {opts.on_full!r}")
     if opts.redact is not None and not callable(opts.redact):

@@ -29,6 +29,7 @@ from opentelemetry.trace import SpanContext, Status, StatusCode
 
 from . import attachments, compat, environment, trace_metadata
 from .assembler import SpanRecord, Unit
+from .events import MlflowTraceEnd
 
 _EMPTY_RESOURCE = Resource.get_empty()
 _OK = Status(StatusCode.OK)
@@ -50,11 +51,18 @@ def to_mlflow_span(rec: SpanRecord) -> Span:
         resource=_EMPTY_RESOURCE,
         attributes=attributes,
         events=[OTelEvent(e["name"], e["attributes"], e["time_ns"]) for e in rec.events],
-        status=Status(StatusCode.ERROR, rec.error) if rec.error else _OK,
+        status=_status(rec),
         start_time=rec.start_ns,
         end_time=rec.end_ns,
     )
     return Span(otel)
+
+
+def _status(rec: SpanRecord) -> Status:
+    if rec.status >= 0:  # MLflow's own span: its status as its tracer set it
+        code = StatusCode(rec.status)
+        return Status(code, rec.error or None) if code is StatusCode.ERROR else Status(code)
+    return Status(StatusCode.ERROR, rec.error) if rec.error else _OK
 
 
 class MlflowSink:
@@ -66,7 +74,7 @@ class MlflowSink:
         self._refresher = trace_metadata.Refresher()
 
     def experiment_for(self, unit: Unit, fallback: Callable[[], str]) -> str:
-        if unit.experiment and unit.spans[0].in_mlflow_trace:
+        if unit.experiment and (unit.mlflow_info is not None or unit.spans[0].in_mlflow_trace):
             return unit.experiment  # part of a trace MLflow owns: it lives in that trace's experiment
         return self._configured_experiment() or unit.experiment or fallback()
 
@@ -84,18 +92,25 @@ class MlflowSink:
             spans = [to_mlflow_span(rec) for rec in unit.spans]
             group.spans.extend(spans)
             group.by_trace[unit.trace_id].extend(spans)
-            if any(rec.is_trace_root for rec in unit.spans):
+            if unit.mlflow_info is not None:
+                group.mlflow_infos[unit.trace_id] = unit.mlflow_info
+            elif any(rec.is_trace_root for rec in unit.spans):
                 # The producing process's environment travels with the unit. An empty one means the unit
                 # never left the process that made it (the in-process worker), so resolving it here is right.
                 group.producers[unit.trace_id] = unit.producer or environment.describe()
         for (tracking_uri, experiment), group in groups.items():
             store = _get_store(tracking_uri or None)
             try:
-                for spans in compat.log_spans_calls(store, group.by_trace, group.spans):
-                    store.log_spans(experiment, spans)
+                if group.spans:
+                    for spans in compat.log_spans_calls(store, group.by_trace, group.spans):
+                        store.log_spans(experiment, spans)
             except NotImplementedError:
                 _forget_server_version(store)
                 raise
+            # Traces MLflow's tracer rooted: their info as its exporter would send it, after their spans (a
+            # store's start_trace merges into the trace log_spans made, as it does for MLflow's exporter).
+            for trace_id, info in group.mlflow_infos.items():
+                store.start_trace(trace_metadata.for_mlflow_root(info, group.by_trace.get(trace_id, [])))
             rows = {
                 trace_id: trace_metadata.for_spanline_root(trace_id, experiment, group.by_trace[trace_id], producer)
                 for trace_id, producer in group.producers.items()
@@ -106,7 +121,9 @@ class MlflowSink:
                 attachments.upload(store, tracking_uri or None, trace_id, found)
             # Parts of traces rooted elsewhere (or written before their root): their size figures are
             # recomputed over every stored span once the trace is finalized.
-            self._refresher.add(tracking_uri, [t for t in group.by_trace if t not in group.producers])
+            self._refresher.add(
+                tracking_uri, [t for t in group.by_trace if t not in group.producers and t not in group.mlflow_infos]
+            )
         self.refresh()
 
     def refresh(self) -> None:
@@ -117,13 +134,14 @@ class MlflowSink:
 class _Group:
     """What one ``log_spans`` call writes: spans, the same by trace, and the producers of traces rooted here."""
 
-    __slots__ = ("attachments", "by_trace", "producers", "spans")
+    __slots__ = ("attachments", "by_trace", "mlflow_infos", "producers", "spans")
 
     def __init__(self) -> None:
         self.spans: list[Span] = []
         self.attachments: dict[str, list[attachments.Attachment]] = defaultdict(list)
         self.by_trace: dict[str, list[Span]] = defaultdict(list)
         self.producers: dict[str, dict[str, str]] = {}
+        self.mlflow_infos: dict[str, MlflowTraceEnd] = {}  # traces MLflow's tracer rooted, whole
 
 
 def _forget_server_version(store: object) -> None:

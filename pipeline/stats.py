@@ -67,6 +67,9 @@ class Stats:
     writer_state: str = "none"  # "running", "retrying" (store failing), "stopped", "none"
     log_fallbacks: int = 0  # times the log could not be opened and this process stored in-process
     log_syncs: int = 0  # fdatasync calls on this process's segments (durability="fsync": one per append)
+    # Who stores the spans MLflow's own tracer makes (@mlflow.trace): "log" (spanline, through the event log),
+    # "mlflow (...)" (MLflow's exporter, and why), "none" (spanline has not looked yet: autolog not called).
+    mlflow_spans: str = "none"
 
     @property
     def events_dropped(self) -> int:
@@ -86,6 +89,7 @@ class Counters:
         self.batches = 0
         self.retries = 0
         self.log_fallbacks = 0
+        self.mlflow_spans = "none"  # set by patches/mlflow_export.py, see Stats.mlflow_spans
         self.queue_peak = 0
         self.worker_dropped: dict[str, int] = {}
         self.last_error: str | None = None

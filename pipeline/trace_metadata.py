@@ -40,6 +40,7 @@ from mlflow.tracing.constant import (
 )
 from mlflow.tracing.utils import add_size_stats_to_trace_metadata
 from spanline.pipeline.compat import INFO_FINALIZED, mlflow_wrote_trace_info
+from spanline.pipeline.events import MlflowTraceEnd
 
 logger = logging.getLogger("spanline")
 
@@ -145,6 +146,24 @@ def for_spanline_root(
     if INFO_FINALIZED is not None:  # older MLflow writes no such key (compat.py)
         metadata[INFO_FINALIZED] = "true"
     return info, metadata
+
+
+def for_mlflow_root(info: MlflowTraceEnd, spans: Sequence[Span]) -> TraceInfo:
+    """The info of a trace MLflow's tracer roots, as its exporter sends it with ``start_trace``: what its
+    tracer left (``info``, patches/mlflow_export.py) and the size figures, here over every span of the trace
+    (MLflow's counts the spans of its own tracer only; spanline's are in the same trace)."""
+    trace_info = TraceInfo(
+        trace_id=info.trace_id,
+        trace_location=TraceLocation.from_experiment_id(info.experiment),
+        request_time=info.request_time,
+        execution_duration=info.execution_duration,
+        state=TraceState(info.state),
+        trace_metadata=dict(info.trace_metadata),
+        tags=dict(info.tags),
+        client_request_id=info.client_request_id,
+    )
+    add_size_stats_to_trace_metadata(Trace(trace_info, TraceData(spans=list(spans))))
+    return trace_info
 
 
 def size_figures(trace: Trace) -> dict[str, str]:

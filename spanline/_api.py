@@ -19,10 +19,16 @@ def configure(**options: Any) -> None:
 
     Options: ``sample_rate``, ``capture_content``, ``redact``, ``max_content_bytes``, ``queue_size``,
     ``on_full``, ``batch_size``, ``flush_interval``, ``experiment_id``, ``shutdown_timeout``, ``log_dir``,
-    ``durability``, ``max_log_bytes``, ``segment_bytes``; each also reads ``SPANLINE_<NAME>`` from the
-    environment at import (``redact`` excepted). Content options apply to calls made after this returns.
+    ``durability``, ``max_log_bytes``, ``segment_bytes``, ``writer_autostart``, ``exit_wait``, ``mlflow_spans``;
+    each also reads ``SPANLINE_<NAME>`` from the environment at import (``redact`` excepted). Content options
+    apply to calls made after this returns.
     """
+    before = _runtime.options.mlflow_spans
     _runtime.set_options(_options.build(_runtime.options, options))
+    if _runtime.options.mlflow_spans != before and _runtime.pipeline.counters.mlflow_spans != "none":
+        from spanline.patches import mlflow_export
+
+        mlflow_export.install()  # autolog() has run: MLflow's spans change hands now
 
 
 def autolog(disable: bool = False, log_traces: bool = True, silent: bool = False, **options: Any) -> None:
@@ -44,6 +50,10 @@ def autolog(disable: bool = False, log_traces: bool = True, silent: bool = False
         if disable:
             _runtime.recording = False
             _runtime.log_traces = True  # user spans record again, as before autolog was called
+            from spanline.patches import mlflow_export
+
+            mlflow_export.release()
+            _runtime.pipeline.counters.mlflow_spans = "none"
             left = patches.unpatch_all()
             if left:
                 logger.warning(
@@ -79,9 +89,10 @@ def flush(timeout: float | None = None) -> bool:
     some of it was dropped (see ``stats().dropped``).
 
     The worker appends what it holds to the event log, then this waits for the writer process to answer
-    that its checkpoint covers it (starting a writer if none runs). Spans that joined an ``@mlflow.trace``
-    trace since the last flush also drain MLflow's own asynchronous export. Safe from any thread. Inside a
-    running event loop it works too, but blocks the loop: prefer ``await spanline.aflush()`` there.
+    that its checkpoint covers it (starting a writer if none runs). ``@mlflow.trace`` spans go through the same
+    log; where MLflow exports them itself (``mlflow_spans="mlflow"``), MLflow's asynchronous export is drained
+    too. Safe from any thread. Inside a running event loop it works too, but blocks the loop: prefer
+    ``await spanline.aflush()`` there.
     """
     return _runtime.pipeline.flush(timeout)
 
