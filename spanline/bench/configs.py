@@ -15,6 +15,14 @@ CONFIGS = ("untraced", "spanline", "mlflow_async", "mlflow_sync")
 # still converts every span to MLflow's), to tell the worker's own share from the store's.
 NOSTORE = "spanline_nostore"
 S1_CONFIGS = ("untraced", "spanline", NOSTORE, "mlflow_async", "mlflow_sync")
+# S6, the seed's agent with its AGENT and TOOL under @mlflow.trace (MLflow's own tracer): its LLM calls untraced,
+# traced by spanline (MLflow's spans through spanline's log, the default; or exported by MLflow itself), or by
+# MLflow's autolog; and, as a diagnostic, MLflow's tracer alone with its export stubbed: what making MLflow's spans
+# costs the application whoever stores them.
+MLFLOW_TRACER_ONLY = "mlflow_tracer_only"
+SPANLINE_MLFLOW_EXPORT = "spanline_mlflow_export"
+S6_CONFIGS = ("untraced", MLFLOW_TRACER_ONLY, "spanline", SPANLINE_MLFLOW_EXPORT, "mlflow_async")
+ALL_CONFIGS = (*S1_CONFIGS, MLFLOW_TRACER_ONLY, SPANLINE_MLFLOW_EXPORT)
 
 CONFIG_LABELS = {
     "untraced": "untraced",
@@ -22,6 +30,8 @@ CONFIG_LABELS = {
     NOSTORE: "spanline, store write stubbed (diagnostic)",
     "mlflow_async": "MLflow autolog (async export)",
     "mlflow_sync": "MLflow autolog (sync export)",
+    MLFLOW_TRACER_ONLY: "MLflow's tracer only, its export stubbed (diagnostic)",
+    SPANLINE_MLFLOW_EXPORT: "spanline, mlflow_spans='mlflow' (MLflow exports its own spans)",
 }
 
 
@@ -29,14 +39,21 @@ class Tracing:
     """What a configuration provides to a scenario: a decorator for agent and tool functions, and the
     call that waits until everything recorded so far is stored."""
 
-    def __init__(self, config: str, spanline_options: dict[str, Any] | None = None) -> None:
+    def __init__(self, config: str, spanline_options: dict[str, Any] | None = None,
+                 decorator: str | None = None) -> None:
         self.config = config
+        self.decorator = decorator  # "mlflow": agents and tools under @mlflow.trace whatever traces the calls
         if config == "untraced":
             return
-        if config in ("spanline", NOSTORE):
+        if config == MLFLOW_TRACER_ONLY:
+            _stub_mlflow_export()
+            return
+        if config in ("spanline", NOSTORE, SPANLINE_MLFLOW_EXPORT):
             import spanline
 
             options = dict(spanline_options or {})
+            if config == SPANLINE_MLFLOW_EXPORT:
+                options["mlflow_spans"] = "mlflow"
             if config == NOSTORE:
                 from spanline import _runtime
 
@@ -55,6 +72,10 @@ class Tracing:
         mlflow.anthropic.autolog(silent=True)
 
     def decorate(self, span_type: str) -> Callable[[Callable], Callable]:
+        if self.decorator == "mlflow" and self.config != "untraced":
+            import mlflow
+
+            return mlflow.trace(span_type=span_type)
         if self.config.startswith("spanline"):
             import spanline
 
@@ -69,7 +90,7 @@ class Tracing:
         """The pid of the writer process storing this process's event log, if one runs (spanline's default
         configuration once a flush has started it); None for the others. Each job has its own tracking URI,
         so its own log directory and its own writer: a pid no other job shares."""
-        if self.config != "spanline":
+        if self.config not in ("spanline", SPANLINE_MLFLOW_EXPORT):
             return None
         import spanline
         from spanline.pipeline import logdir
@@ -108,3 +129,18 @@ def _convert_only(units: Sequence[Any]) -> None:
     for unit in units:
         for rec in unit.spans:
             to_mlflow_span(rec)
+
+
+def _stub_mlflow_export() -> None:
+    """MLflow's tracer as it is, its exporter writing nothing: each span is made and processed as always (the
+    trace manager, the trace's info at its root), and each trace popped from memory when it ends."""
+    import mlflow.tracing.provider as provider
+
+    provider.provider.get_or_init_tracer("spanline.bench")
+    processor = provider._get_span_processor()
+    delegate, processor._batch_delegate = processor._batch_delegate, None
+    if delegate is not None:
+        delegate.shutdown()
+    exporter = processor.span_exporter
+    exporter.export = exporter._export_traces
+    exporter._do_export_trace = lambda manager, span: manager.pop_trace(span.context.trace_id)

@@ -1,7 +1,7 @@
 """The picture of a run (``--png`` / ``--out``), for people who would rather look than read the table.
 
 In: a rendered :class:`~spanline.bench.report.Report` (its summary, and the per-call samples of its runs).
-Out: one PNG with four panels, each titled with what it shows and its units:
+Out: one PNG with five panels, each titled with what it shows and its units:
 
 1. per-call latency of S1 (untraced, spanline, MLflow autolog async and sync, each in its own process), as
    histograms on a log time axis, medians marked: how far each configuration moves the call;
@@ -10,7 +10,9 @@ Out: one PNG with four panels, each titled with what it shows and its units:
    cost any Python patch pays anyway;
 3. CPU per traced call, split by where it runs: the calling thread and background threads of the application
    process, and a writer process (spanline's jobs run one);
-4. S5: how long each configuration takes to store a burst, with traces stored / made.
+4. S5: how long each configuration takes to store a burst, with traces stored / made;
+5. S6: the application's CPU per run of the seed's agent under ``@mlflow.trace``: MLflow's own export against
+   spanline's log, with what making MLflow's spans costs whoever stores them.
 
 matplotlib is imported here only, with the Agg backend (no display needed).
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .configs import CONFIG_LABELS
+from .configs import CONFIG_LABELS, MLFLOW_TRACER_ONLY, S6_CONFIGS, SPANLINE_MLFLOW_EXPORT
 from .report import Report
 
 COLORS = {
@@ -45,7 +47,7 @@ def draw(report: Report, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(15, 10), layout="constrained")
+    fig, axes = plt.subplots(3, 2, figsize=(15, 15), layout="constrained")
     m = report.meta
     fig.suptitle(
         f"spanline bench ({report.sizes.name}), {m.get('started_utc', '')}: {m.get('cpu', '?')}, "
@@ -57,6 +59,8 @@ def draw(report: Report, path: str) -> None:
     _caller_path_panel(axes[0][1], report)
     _cpu_panel(axes[1][0], report)
     _drain_panel(axes[1][1], report)
+    _mlflow_spans_panel(axes[2][0], report)
+    axes[2][1].axis("off")
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
@@ -223,4 +227,40 @@ def _drain_panel(ax: Any, report: Report) -> None:
     made = s5[configs[0]].get("made", 0)
     ax.set_xlabel(f"seconds from the last of {made:,} calls until everything was stored (flush returned)")
     ax.set_title(title, fontsize=11, loc="left")
+    ax.grid(True, axis="x", alpha=0.3)
+
+
+S6_SHORT = {
+    "untraced": "untraced",
+    MLFLOW_TRACER_ONLY: "MLflow's tracer only\n(export stubbed)",
+    "spanline": "spanline\n(MLflow's spans via its log)",
+    SPANLINE_MLFLOW_EXPORT: "spanline, MLflow\nexporting its spans",
+    "mlflow_async": "MLflow autolog\n(async export)",
+}
+
+
+def _mlflow_spans_panel(ax: Any, report: Report) -> None:
+    title = "S6 the seed's agent under @mlflow.trace: application CPU per agent run (until stored)"
+    s6 = report.summary.get("S6", {})
+    configs = [c for c in S6_CONFIGS if s6.get(c, {}).get("cpu_per_trace_us") is not None]
+    if not configs:
+        _not_run(ax, title, "S6 not run")
+        return
+    y = list(range(len(configs)))[::-1]
+    app = [s6[c]["cpu_per_trace_us"] / 1e3 for c in configs]
+    writer = [(s6[c].get("writer_cpu_per_trace_us") or 0.0) / 1e3 for c in configs]
+    ax.barh(y, app, color="#4c72b0", height=0.6, label="application process (all its threads)")
+    ax.barh(y, writer, left=app, color="#c7e9c0", hatch="//", edgecolor="white", height=0.6,
+            label="writer process (not the application's)")
+    ax.set_yticks(y, [S6_SHORT[c] for c in configs])
+    for yi, a, w in zip(y, app, writer, strict=True):
+        ax.text(a + w, yi, f" {a:,.2f} ms" + (f" + {w:,.2f} writer" if w else ""), va="center", fontsize=9)
+    derived = s6.get("derived")
+    if derived:
+        ax.text(0.98, 0.02, f"spanline's own: {derived['spanline_beyond_creation'] / derived['mlflow_added']:.3f} "
+                "of MLflow's added CPU", transform=ax.transAxes, ha="right", va="bottom", fontsize=10)
+    ax.set_xlim(0, max(a + w for a, w in zip(app, writer, strict=True)) * 1.5)
+    ax.set_xlabel("ms of CPU per agent run (1 AGENT, 2 CHAT_MODEL, 1 TOOL span)")
+    ax.set_title(title, fontsize=11, loc="left")
+    ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     ax.grid(True, axis="x", alpha=0.3)

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .configs import CONFIGS, NOSTORE, S1_CONFIGS
+from .configs import CONFIGS, MLFLOW_TRACER_ONLY, NOSTORE, S1_CONFIGS, S6_CONFIGS, SPANLINE_MLFLOW_EXPORT
 
-SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "TW", "MEM")
+SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "TW", "MEM")
+_T, _E = MLFLOW_TRACER_ONLY, SPANLINE_MLFLOW_EXPORT
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Sizes:
     s4_gathers: dict[str, int]
     s5: dict[str, int]
     s5_rounds: int
+    s6_gathers: dict[str, int]
     tw_traces: int
     tw_batches: tuple[int, ...]
     tw_rounds: int
@@ -50,6 +52,7 @@ QUICK = Sizes(
     s4_gathers={"untraced": 40, "spanline": 40, "mlflow_async": 10, "mlflow_sync": 3},
     s5={"untraced": 2000, "spanline": 2000, "mlflow_async": 2000, "mlflow_sync": 60},
     s5_rounds=1,
+    s6_gathers={"untraced": 40, _T: 40, "spanline": 40, _E: 15, "mlflow_async": 10},
     tw_traces=300,
     tw_batches=(10, 100),
     tw_rounds=2,
@@ -71,6 +74,7 @@ SMOKE = Sizes(
     s4_gathers={"untraced": 2, "spanline": 2, "mlflow_async": 2, "mlflow_sync": 1},
     s5={"untraced": 100, "spanline": 100, "mlflow_async": 100, "mlflow_sync": 5},
     s5_rounds=1,
+    s6_gathers={"untraced": 2, _T: 2, "spanline": 2, _E: 2, "mlflow_async": 2},
     tw_traces=50,
     tw_batches=(100,),
     tw_rounds=1,
@@ -92,6 +96,7 @@ FULL = Sizes(
     s4_gathers={"untraced": 200, "spanline": 200, "mlflow_async": 30, "mlflow_sync": 8},
     s5={"untraced": 10_000, "spanline": 10_000, "mlflow_async": 10_000, "mlflow_sync": 200},
     s5_rounds=2,
+    s6_gathers={"untraced": 200, _T: 200, "spanline": 200, _E: 50, "mlflow_async": 30},
     tw_traces=1000,
     tw_batches=(1, 10, 100, 500),
     tw_rounds=3,
@@ -117,12 +122,12 @@ class Plan:
 
     def build(self, server: bool) -> None:
         s = self.sizes
-        per = {"S1": s.s1, "S2": s.s2_gathers, "S3": s.s3, "S4": s.s4_gathers, "S5": s.s5}
+        per = {"S1": s.s1, "S2": s.s2_gathers, "S3": s.s3, "S4": s.s4_gathers, "S5": s.s5, "S6": s.s6_gathers}
         for scenario in self.scenarios:
             if scenario in per:
                 rounds = s.s5_rounds if scenario == "S5" else s.rounds
                 for r in range(rounds):
-                    configs = S1_CONFIGS if scenario == "S1" else CONFIGS
+                    configs = {"S1": S1_CONFIGS, "S6": S6_CONFIGS}.get(scenario, CONFIGS)
                     for config in _round_order(configs, r):
                         self.jobs.append(
                             {

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .configs import CONFIG_LABELS, NOSTORE, S1_CONFIGS
+from .configs import ALL_CONFIGS, CONFIG_LABELS, MLFLOW_TRACER_ONLY, NOSTORE, S6_CONFIGS, SPANLINE_MLFLOW_EXPORT
 from .measure import percentile
 from .plan import Sizes
 from .workload import CONCURRENCY
@@ -148,6 +148,10 @@ SCENARIO_TITLES = {
         "per agent run",
     ),
     "S5": ("S5 burst of calls, then flush", "per call during the burst"),
+    "S6": (
+        "S6 the seed's tool agent with its AGENT and TOOL under `@mlflow.trace`, 3 agents via `asyncio.gather`",
+        "per agent run",
+    ),
 }
 
 
@@ -214,7 +218,7 @@ class Report:
             "",
         ]
         body = self._caller_path_section()
-        for scenario in ("S1", "S2", "S3", "S4", "S5"):
+        for scenario in ("S1", "S2", "S3", "S4", "S5", "S6"):
             rows = self.rows(scenario)
             if rows:
                 body += self._scenario_section(scenario, rows)
@@ -338,7 +342,7 @@ class Report:
         ]
         out = [f"## {title}", "", *_table(header)]
         self.summary[scenario] = {}
-        for config in S1_CONFIGS:
+        for config in ALL_CONFIGS:
             row = rows.get(config)
             if row is None:
                 continue
@@ -409,10 +413,10 @@ class Report:
                 ]
             elif config != "untraced":
                 summ.update(stored=stored, made=made)
-            if scenario in ("S1", "S2", "S3", "S4"):
+            if scenario in ("S1", "S2", "S3", "S4", "S6"):
                 if config == "untraced":
                     cells.append("–")
-                elif config == NOSTORE:
+                elif config in (NOSTORE, MLFLOW_TRACER_ONLY):
                     cells.append("– (nothing written)")
                 else:
                     cells.append(f"{stored:,}/{made:,}")
@@ -449,6 +453,8 @@ class Report:
                 "alone, and carry the worker's share of the GIL while it stores; the caller's path alone is "
                 "the one-process section above."
             )
+        if scenario == "S6":
+            notes += self._s6_notes()
         if scenario == "S3":
             notes.append(
                 "- spanline stores each stream as one CHAT_MODEL span: the caller's thread appends the raw SSE "
@@ -496,6 +502,34 @@ class Report:
                     f"- {CONFIG_LABELS[config]}: {len(row.errors())} run(s) failed: {row.errors()[0][:400]}"
                 )
         return [*notes, ""] if notes else []
+
+    def _s6_figures(self) -> dict[str, float] | None:
+        """S6's application CPU per agent run (µs, until flush returned) by configuration, and what each adds."""
+        cpu = {c: self._get("S6", c, "cpu_per_trace_us") for c in S6_CONFIGS}
+        if any(v is None for v in cpu.values()):
+            return None
+        untraced, tracer = cpu["untraced"], cpu[MLFLOW_TRACER_ONLY]
+        return {
+            "mlflow_added": cpu["mlflow_async"] - untraced,  # MLflow's autolog and its own export of every span
+            "mlflow_export_added": cpu[SPANLINE_MLFLOW_EXPORT] - untraced,  # spanline, MLflow exporting its spans
+            "creation": tracer - untraced,  # making MLflow's spans, whoever stores them
+            "spanline_added": cpu["spanline"] - untraced,
+            "spanline_beyond_creation": cpu["spanline"] - tracer,
+        }
+
+    def _s6_notes(self) -> list[str]:
+        f = self._s6_figures()
+        if f is None:
+            return []
+        self.summary.setdefault("S6", {})["derived"] = f
+        return [
+            f"- application CPU added per agent run, until stored: MLflow's autolog with its own export "
+            f"{f['mlflow_added']:,.0f} µs; spanline with MLflow exporting its own AGENT and TOOL spans "
+            f"{f['mlflow_export_added']:,.0f} µs; spanline with them through its log {f['spanline_added']:,.0f} µs, "
+            f"of which making MLflow's spans (its tracer alone, export stubbed) {f['creation']:,.0f} µs stays in "
+            f"the application whoever stores them; spanline's own: {f['spanline_beyond_creation']:,.0f} µs "
+            f"= {f['spanline_beyond_creation'] / f['mlflow_added']:.3f} of MLflow's added CPU.",
+        ]
 
     def _caller_path_section(self) -> list[str]:
         """The one-process comparison: untraced twin, floor and spanline, blocks interleaved, worker idle."""
@@ -735,6 +769,16 @@ class Report:
                 "autolog's added CPU",
                 f"{ratio:.3f} = 1/{1 / ratio:,.0f}" if ratio > 0 else f"{ratio:.3f}",
                 _status(ratio <= 1 / 50),
+            )
+        f6 = self._s6_figures()
+        if f6 is not None and f6["mlflow_added"] > 0:
+            r6 = f6["spanline_beyond_creation"] / f6["mlflow_added"]
+            add(
+                "S6 application CPU per agent run under `@mlflow.trace` (until stored), beyond making MLflow's "
+                "spans, ≤ 1/10 of MLflow's added CPU (autolog, its own export)",
+                f"{r6:.3f} ({f6['spanline_beyond_creation']:,.0f} vs {f6['mlflow_added']:,.0f} µs; making "
+                f"MLflow's spans {f6['creation']:,.0f} µs)",
+                _status(r6 <= 0.1),
             )
         for scenario in ("S1", "S5"):
             lag = get(scenario, "spanline", "lag_s")

@@ -3,7 +3,8 @@
 S1 sequential sync ``messages.create``; S2 ``AsyncAnthropic``, 100 concurrent calls through ``asyncio.gather``,
 repeated; S3 streaming (``stream=True``), per stream event; S4 the seed's tool agent (AGENT, two CHAT_MODEL,
 TOOL), three agents at a time through ``asyncio.gather``; S5 a burst of calls, then a flush: drain time and
-traces stored versus traces made.
+traces stored versus traces made; S6 S4's agent with its AGENT and TOOL under ``@mlflow.trace`` (MLflow's own
+tracer), whoever traces its calls.
 
 With spanline (its event log and writer process), the S1 and S5 jobs then measure the lag at a steady load
 (``lag``): calls paced at half the writer's rate in this job (traces per second of its CPU over the timed
@@ -190,6 +191,7 @@ SCENARIO_FUNCS: dict[str, Callable[..., Measured]] = {
     "S2": scenario_s2,
     "S3": scenario_s3,
     "S4": scenario_s4,
+    "S6": scenario_s4,  # the same agent, its AGENT and TOOL under @mlflow.trace (configs.Tracing's decorator)
     "S5": scenario_s5,
 }
 
@@ -198,9 +200,9 @@ def run_scenario_job(job: dict[str, Any]) -> dict[str, Any]:
     config, scenario, uri = job["config"], job["scenario"], job["uri"]
     rss0 = rss_mb()
     client, aclient, fake = fake_clients()
-    tracing = Tracing(config)
+    tracing = Tracing(config, decorator="mlflow" if scenario == "S6" else None)
     func = SCENARIO_FUNCS[scenario]
-    use_async = scenario in ("S2", "S4")
+    use_async = scenario in ("S2", "S4", "S6")
     m = func(aclient if use_async else client, tracing, job["n"], job["warmup"], uri)
     stored_traces, stored_spans = count_stored(uri) if config != "untraced" else (0, 0)
     result: dict[str, Any] = {
