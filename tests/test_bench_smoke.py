@@ -16,14 +16,14 @@ def test_bench_runs_end_to_end_and_writes_markdown_json_and_picture(tmp_path):
     env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": ""}
     out = tmp_path / "bench"
     done = subprocess.run(
-        [sys.executable, "-m", "spanline.bench", "--smoke", "--scenarios", "S1,S5,TW,MEM", "--no-progress",
+        [sys.executable, "-m", "spanline.bench", "--smoke", "--scenarios", "S1,S5,S6,TW,MEM", "--no-progress",
          "--out", str(out)],
         env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench"], "the bench leaves its stores in its temp dir"
     table = done.stdout
-    for heading in ("## At a glance", "## Caller's path, in one process", "## S1 ", "## S5 ",
+    for heading in ("## At a glance", "## Caller's path, in one process", "## S1 ", "## S5 ", "## S6 ",
                     "## Worker throughput", "## Memory", "## Targets"):
         assert heading in table, heading
     assert "error:" not in table and "failed" not in table, table
@@ -46,12 +46,20 @@ def test_bench_runs_end_to_end_and_writes_markdown_json_and_picture(tmp_path):
     scenario_runs = [run for run in payload["runs"] if run["job"]["kind"] == "scenario"]
     for run in scenario_runs:
         job, result = run["job"], run["result"]
-        if job["config"] == "spanline":
+        if job["config"] in ("spanline", "spanline_mlflow_export"):
             assert result["writer_cpu_s"] >= 0 and result["writer_start_cpu_s"] > 0, result
-            assert len(result["lag_s"]) == result["lag_calls"] > 0 and min(result["lag_s"]) >= 0, result
+            if job["scenario"] in ("S1", "S5"):
+                assert len(result["lag_s"]) == result["lag_calls"] > 0 and min(result["lag_s"]) >= 0, result
         else:
             assert "writer_cpu_s" not in result and "lag_s" not in result, job
-    assert {r["job"]["scenario"] for r in scenario_runs if r["job"]["config"] == "spanline"} == {"S1", "S5"}
+    assert {r["job"]["scenario"] for r in scenario_runs if r["job"]["config"] == "spanline"} == {"S1", "S5", "S6"}
+    # S6: the seed's agent under @mlflow.trace, every configuration stored what it made, and the derived figures.
+    s6 = summary["S6"]
+    for config in ("spanline", "spanline_mlflow_export", "mlflow_async"):
+        assert s6[config]["stored"] == s6[config]["made"] == 6, (config, s6[config])
+    assert s6["derived"]["creation"] == pytest.approx(
+        s6["mlflow_tracer_only"]["cpu_per_trace_us"] - s6["untraced"]["cpu_per_trace_us"])
+    assert "S6 application CPU per agent run under `@mlflow.trace`" in table
     assert s1["spanline"]["writer_cpu_per_trace_us"] is not None and summary["S5"]["spanline"]["lag_s"]
     (writer_row,) = [row for row in summary["glance"] if row["figure"].startswith("writer process CPU")]
     assert writer_row["spanline"].endswith("(S5)") and " µs" in writer_row["spanline"], writer_row

@@ -198,6 +198,7 @@ def _stored_shape(trace) -> dict:
     }
 
 
+@pytest.mark.compat
 @pytest.mark.anyio
 async def test_seed_agent_through_the_log_is_stored_as_mlflows_exporter_stores_it(traced, restore_options):
     """Field by field (ids and times aside): the seed's agent under ``@mlflow.trace`` stored by MLflow's own
@@ -218,6 +219,7 @@ async def test_seed_agent_through_the_log_is_stored_as_mlflows_exporter_stores_i
         "run_tool_agent", "AsyncMessages.create", "get_weather", "AsyncMessages.create"]
 
 
+@pytest.mark.compat  # the version matrix says which path each MLflow takes: this asserts "log"
 def test_mlflows_trace_apis_work_on_traces_through_the_log(traced, fake):
     """``get_last_active_trace_id``, ``get_trace`` after ``flush()``, ``update_current_trace``'s tags and
     metadata, a client request id, the trace's previews and token usage, and an error's status and event."""
