@@ -357,3 +357,32 @@ def test_disabling_spanline_gives_mlflow_its_exporter_back(experiment, fake):
     assert spanline.flush(60)
     (trace,) = mlflow.search_traces(locations=[experiment], return_type="list")
     assert [s.name for s in trace.data.spans] == ["made-the-tracer"]
+
+
+def test_a_tracer_mlflow_makes_later_is_taken_too(traced, fake):
+    """``mlflow.set_experiment`` makes MLflow drop its tracer and make a new one at the next span: the new one's
+    spans go through the log as well, to the new experiment."""
+    from mlflow.tracing.provider import _get_span_processor
+
+    with mlflow.start_span("first"):
+        pass
+    first = _get_span_processor()
+    other = mlflow.set_experiment(f"{mlflow.get_experiment(traced).name}-other").experiment_id
+    with mlflow.start_span("second"):
+        fake.client().messages.create(model="claude-fake-1", max_tokens=8, messages=[{"role": "user", "content": "x"}])
+    second = _get_span_processor()
+    assert second is not first and "export" in second.span_exporter.__dict__
+    assert spanline.flush(60)
+    assert [t.data.spans[0].name for t in mlflow.search_traces(locations=[traced], return_type="list")] == ["first"]
+    (trace,) = mlflow.search_traces(locations=[other], return_type="list")
+    assert [s.name for s in trace.data.spans] == ["second", "Messages.create"]
+
+
+def test_in_process_durability_stores_mlflows_spans_too(traced, fake, restore_options):
+    """``durability="memory"`` (no log; the worker stores): an ``@mlflow.trace`` trace is stored whole as well."""
+    spanline.configure(durability="memory")
+    agent = make_agent(fake.async_client(), mlflow.trace(span_type="TOOL"), mlflow.trace(span_type="AGENT"))
+    anyio.run(agent, "What's the weather like in Paris?")
+    assert spanline.stats().mode == "in_process"
+    assert spanline.flush(60)
+    assert len(_whole_seed_runs(mlflow.search_traces(locations=[traced], return_type="list"))) == 1
