@@ -251,18 +251,15 @@ def _export_trace(exporter: Any, tracking_uri: str, manager: Any, span: Any) -> 
         return
     trace = manager_trace.trace
     try:
-        _emit((_encode_trace, trace.info, tracking_uri))
+        # The prompt versions the trace used are linked by the writer, once the trace is in the store.
+        prompts = [(p.name, int(p.version)) for p in manager_trace.prompts]
+        _emit((_encode_trace, trace.info, tracking_uri, prompts))
     except Exception as exc:
         _report("recording an MLflow trace", exc)
     try:
         exporter._display_handler.display_traces([trace])  # notebooks only
-        if manager_trace.prompts:
-            from mlflow.tracing.export.utils import try_link_prompts_to_trace
-
-            try_link_prompts_to_trace(client=exporter._client, trace_id=trace.info.trace_id,
-                                      prompts=manager_trace.prompts, synchronous=False)
     except Exception as exc:
-        _report("MLflow's display and prompt links", exc)
+        _report("MLflow's trace display", exc)
 
 
 # --- the worker thread: encode ---------------------------------------------------------------------------
@@ -303,8 +300,8 @@ def _encode_end(span: Any, parent: int, root: int, tracking_uri: str) -> bytes:
     ))
 
 
-def _encode_trace(info: Any, tracking_uri: str) -> bytes:
+def _encode_trace(info: Any, tracking_uri: str, prompts: list[tuple[str, int]]) -> bytes:
     return encode(MlflowTraceEnd(
         info.trace_id, _experiment_of(info), info.request_time, info.execution_duration, info.state.value,
-        dict(info.trace_metadata), dict(info.tags), info.client_request_id, tracking_uri,
+        dict(info.trace_metadata), dict(info.tags), info.client_request_id, tracking_uri, prompts,
     ))

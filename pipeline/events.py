@@ -200,6 +200,7 @@ class MlflowTraceEnd(msgspec.Struct, tag="t", **_STRUCT):
     tags: dict[str, str]
     client_request_id: str | None = None
     tracking_uri: str = ""
+    prompts: list[tuple[str, int]] = []  # prompt versions (name, version) the trace used, linked once it is stored
 
 
 Event = (

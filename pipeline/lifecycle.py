@@ -113,16 +113,19 @@ class Pipeline:
         """Block until everything emitted before this call is stored (``wait_for_store=False``: appended to
         the log). False on timeout, or when some of it could not be stored (counted in ``stats().dropped``)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        # Where MLflow exports its own spans (option mlflow_spans="mlflow", or a tracer spanline does not take),
+        # its queue holds part of "everything emitted before this call".
+        mlflow_exports = self.counters.mlflow_spans.startswith("mlflow")
         if self.thread is None or not self.thread.is_alive():
             if not self._has_events() and self.worker.log is None:
-                return True
+                return flush_mlflow_exports(self.counters) if mlflow_exports else True
             self.start()
         marker = FlushMarker(self.counters.dropped_total())
         self.queue.put_marker(marker)
         if not marker.done.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
             return False
         ok = not marker.lost
-        if marker.joins > self._joins_flushed:
+        if mlflow_exports or marker.joins > self._joins_flushed:
             self._joins_flushed = marker.joins
             ok = flush_mlflow_exports(self.counters) and ok
         if marker.position is not None and wait_for_store:

@@ -16,6 +16,7 @@ the ones it calls are the only ones that import mlflow.
 from __future__ import annotations
 
 import functools
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -31,6 +32,7 @@ from . import attachments, compat, environment, trace_metadata
 from .assembler import SpanRecord, Unit
 from .events import MlflowTraceEnd
 
+logger = logging.getLogger("spanline")
 _EMPTY_RESOURCE = Resource.get_empty()
 _OK = Status(StatusCode.OK)
 
@@ -118,6 +120,9 @@ class MlflowSink:
                 for trace_id, producer in group.producers.items()
             }
             trace_metadata.write(store, rows)
+            for trace_id, info in group.mlflow_infos.items():
+                if info.prompts:
+                    _link_prompts(store, trace_id, info.prompts)
             # After log_spans: it created each trace with the artifact location the uploads go to.
             for trace_id, found in group.attachments.items():
                 attachments.upload(store, tracking_uri or None, trace_id, found)
@@ -144,6 +149,23 @@ class _Group:
         self.by_trace: dict[str, list[Span]] = defaultdict(list)
         self.producers: dict[str, dict[str, str]] = {}
         self.mlflow_infos: dict[str, MlflowTraceEnd] = {}  # traces MLflow's tracer rooted, whole
+
+
+def _link_prompts(store: object, trace_id: str, prompts: list[tuple[str, int]]) -> None:
+    """The prompt versions a trace used (``mlflow.genai.load_prompt`` in it), linked as MLflow's exporter links
+    them once the trace is stored: the association rows (the trace's ``mlflow.linkedPrompts`` tag came with its
+    info). Idempotent: the store skips links it has."""
+    from mlflow.entities.model_registry import PromptVersion
+
+    try:
+        store.link_prompts_to_trace(trace_id, [PromptVersion(name, version, template="") for name, version in prompts])
+    except Exception as exc:  # as MLflow's exporter: a link that fails costs the trace nothing (said once)
+        if type(exc).__name__ not in _link_failures:
+            _link_failures.add(type(exc).__name__)
+            logger.warning("spanline: prompt versions not linked to trace %s: %r", trace_id, exc)
+
+
+_link_failures: set[str] = set()
 
 
 def _forget_server_version(store: object) -> None:

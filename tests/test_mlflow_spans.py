@@ -386,3 +386,30 @@ def test_in_process_durability_stores_mlflows_spans_too(traced, fake, restore_op
     assert spanline.stats().mode == "in_process"
     assert spanline.flush(60)
     assert len(_whole_seed_runs(mlflow.search_traces(locations=[traced], return_type="list"))) == 1
+
+
+def test_prompt_versions_a_trace_used_are_linked_as_mlflows_exporter_links_them(traced, restore_options):
+    """``mlflow.genai.load_prompt`` inside an ``@mlflow.trace`` function: the stored trace names the prompt
+    version (its tag) and the store links them (its association rows), on either path alike."""
+    import sqlite3
+
+    name = f"greeting-{traced}"
+    mlflow.genai.register_prompt(name=name, template="Hello, {{name}}!")
+
+    @mlflow.trace
+    def greet(who: str) -> str:
+        return mlflow.genai.load_prompt(f"prompts:/{name}/1").format(name=who)
+
+    linked = {}
+    for path in ("mlflow", "log"):
+        spanline.configure(mlflow_spans=path)
+        greet("Ada")
+        trace_id = mlflow.get_last_active_trace_id()
+        assert spanline.flush(60)
+        tag = json.loads(mlflow.get_trace(trace_id).info.tags["mlflow.linkedPrompts"])
+        db = mlflow.get_tracking_uri().removeprefix("sqlite:///")
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute("SELECT destination_id FROM entity_associations WHERE source_id = ?",
+                                (trace_id,)).fetchall()
+        linked[path] = (tag, rows)
+    assert linked["log"] == linked["mlflow"] == ([{"name": name, "version": "1"}], [(f"{name}/1",)])

@@ -257,8 +257,8 @@ def _mlflow_spans_panel(ax: Any, report: Report) -> None:
         ax.text(a + w, yi, f" {a:,.2f} ms" + (f" + {w:,.2f} writer" if w else ""), va="center", fontsize=9)
     derived = s6.get("derived")
     if derived:
-        ax.text(0.98, 0.02, f"spanline's own: {derived['spanline_beyond_creation'] / derived['mlflow_added']:.3f} "
-                "of MLflow's added CPU", transform=ax.transAxes, ha="right", va="bottom", fontsize=10)
+        ax.text(0.98, 0.98, f"spanline's own: {derived['spanline_beyond_creation'] / derived['mlflow_added']:.3f}\n"
+                "of MLflow's added CPU", transform=ax.transAxes, ha="right", va="top", fontsize=10)
     ax.set_xlim(0, max(a + w for a, w in zip(app, writer, strict=True)) * 1.5)
     ax.set_xlabel("ms of CPU per agent run (1 AGENT, 2 CHAT_MODEL, 1 TOOL span)")
     ax.set_title(title, fontsize=11, loc="left")
