@@ -125,7 +125,8 @@ class Pipeline:
         if not marker.done.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
             return False
         ok = not marker.lost
-        if mlflow_exports or marker.joins > self._joins_flushed:
+        # spanline's spans under MLflow's: only where MLflow stores its part of the trace is there more to wait for.
+        if mlflow_exports or (marker.joins > self._joins_flushed and self.counters.mlflow_spans != "log"):
             self._joins_flushed = marker.joins
             ok = flush_mlflow_exports(self.counters) and ok
         if marker.position is not None and wait_for_store:
