@@ -36,6 +36,9 @@ from .policy import ContentPolicy
 from .stats import Counters, DropReason
 
 MAX_OPEN_SPANS = 100_000
+# Traces MLflow's tracer roots, held until their info arrives: past this many (their info events lost to a full
+# queue, say), the oldest is stored as far as it is, without its info, rather than held forever.
+MAX_HELD_TRACES = 10_000
 
 # A trace tag, set (through its root span's ``mlflow.traceTag.`` attribute, which ``log_spans`` turns into a
 # tag) on a trace in which a reply was cut short: a stream closed or dropped before its end (``closed``,
@@ -323,6 +326,11 @@ class Assembler:
         rec = self._mlflow_record(ev)
         self._open(rec)
         if rec.is_trace_root and not ev.root:
+            if len(self.mlflow_traces) >= MAX_HELD_TRACES:
+                oldest = next(iter(self.mlflow_traces))
+                held = self.mlflow_traces.pop(oldest)
+                if held.spans:
+                    self.ready.append(Unit(oldest, held.experiment, held.tracking_uri, held.spans, self.producer))
             self.mlflow_traces.setdefault(ev.trace_id, _HeldTrace(ev))
 
     def _mlflow_end(self, ev: MlflowSpanEnd) -> None:

@@ -106,3 +106,58 @@ def test_open_spans_at_shutdown_are_stored_as_unfinished():
     (unit,) = assembler.take()
     assert sorted(s.name for s in unit.spans) == ["child", "root"]
     assert all(s.attributes["spanline.unfinished"] == "true" for s in unit.spans)
+
+
+def _mlflow_trace(trace_id: str, root: int, child: int) -> list[events.Event]:
+    """An MLflow-rooted trace: its root, a child of MLflow's, and a spanline SDK call under the child."""
+    attrs = {"mlflow.spanType": '"AGENT"', "mlflow.traceRequestId": f'"{trace_id}"'}
+    return [
+        events.MlflowSpanStart(trace_id, root, 0, 0, "agent", 1, attrs, "1", "", {"mlflow.traceName": "agent"}),
+        events.MlflowSpanStart(trace_id, child, root, 0, "tool", 2, attrs),
+        events.ApiCall(7, 70, child, 70, "Messages.create", "messages", 3, 4, b'{"model": "m"}', b"{}",
+                       ext_trace=trace_id),
+        events.MlflowSpanEnd(trace_id, child, root, 0, "tool", 2, 5, attrs),
+        events.MlflowSpanEnd(trace_id, root, 0, 0, "agent", 1, 6, attrs, status=1),
+        events.MlflowTraceEnd(trace_id, "1", 0, 0, "OK", {}, {"mlflow.traceName": "agent"}),
+    ]
+
+
+def test_a_trace_mlflow_roots_is_one_unit_once_its_info_arrives():
+    asm = Assembler(Counters(), ContentPolicy)
+    trace_id = "tr-" + "ab" * 16
+    *spans, info = _mlflow_trace(trace_id, 11, 12)
+    for ev in spans:
+        asm.add(events.decode(events.encode(ev)))
+    assert asm.take() == []  # held: the root ended, its info has not come
+    asm.add(events.decode(events.encode(info)))
+    (unit,) = asm.take()
+    assert unit.mlflow_info is not None and unit.experiment == "1"
+    assert sorted(r.name for r in unit.spans) == ["Messages.create", "agent", "tool"]
+    assert asm.mlflow_traces == {} and asm.open == {}
+
+
+def test_a_dead_producers_open_mlflow_trace_is_stored_unfinished():
+    asm = Assembler(Counters(), ContentPolicy)
+    trace_id = "tr-" + "cd" * 16
+    for ev in _mlflow_trace(trace_id, 21, 22)[:3]:  # the root and its child still open
+        asm.add(ev)
+    asm.close_all()
+    (unit,) = asm.take()
+    root = next(r for r in unit.spans if r.is_trace_root)
+    assert root.attributes["spanline.unfinished"] == "true"
+    assert root.attributes["mlflow.traceTag.spanline.cut_short"] == '"unfinished"'
+    assert root.attributes["mlflow.traceTag.mlflow.traceName"] == '"agent"'
+    assert len(unit.spans) == 3
+
+
+def test_held_mlflow_traces_are_bounded(monkeypatch):
+    """Info events lost (a full queue): past the bound, the oldest trace is stored as far as it is."""
+    from spanline.pipeline import assembler
+
+    monkeypatch.setattr(assembler, "MAX_HELD_TRACES", 3)
+    asm = Assembler(Counters(), ContentPolicy)
+    for n in range(5):
+        for ev in _mlflow_trace(f"tr-{n:032x}", 100 + n, 200 + n)[:-1]:  # every info lost
+            asm.add(ev)
+    assert len(asm.mlflow_traces) == 3
+    assert sorted(u.trace_id for u in asm.take()) == [f"tr-{0:032x}", f"tr-{1:032x}"]
