@@ -23,7 +23,7 @@ from .flushing import EVENT_TYPES, FlushMarker, PolicyMarker, flush_mlflow_expor
 from .inprocess import Sink
 from .options import Options
 from .queue import EventQueue
-from .stats import Counters, DropReason, Stats, report_internal_error
+from .stats import Counters, DropReason, Stats, report_internal_error, store_path
 from .worker import Worker
 
 __all__ = ["Pipeline"]
@@ -225,6 +225,8 @@ class Pipeline:
                "log_syncs": worker.log.syncs if worker.log is not None else 0}
         if worker.log is not None and worker.log_dir is not None:
             log.update(worker.status.merge(worker.log_dir, worker.log.producer_id, stored, dropped))
+        else:
+            log["store_path"] = (store_path() or {}).get("path")
         return Stats(
             events_emitted=c.events_processed + depth + dropped.get(DropReason.QUEUE_FULL, 0),
             events_processed=c.events_processed,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 import threading
 from dataclasses import dataclass, field
 
@@ -67,6 +68,9 @@ class Stats:
     writer_state: str = "none"  # "running", "retrying" (store failing), "stopped", "none"
     log_fallbacks: int = 0  # times the log could not be opened and this process stored in-process
     log_syncs: int = 0  # fdatasync calls on this process's segments (durability="fsync": one per append)
+    # The store path of whoever writes (the writer process, or this process's worker): "bulk (mlflow <version>,
+    # alembic <revision>)" or "log_spans: <why>" (pipeline/bulkstore.py); None before its first write.
+    store_path: str | None = None
 
     @property
     def events_dropped(self) -> int:
@@ -109,6 +113,13 @@ class Counters:
 
     def internal_error_count(self) -> int:
         return _count_value(self.internal_errors)
+
+
+def store_path() -> dict | None:
+    """Which path the store writes take (bulk or ``log_spans``, and why: pipeline/bulkstore.py), once the sink
+    has written; None before (the sink, and with it mlflow, is imported only when there is something to store)."""
+    bulkstore = sys.modules.get("spanline.pipeline.bulkstore")
+    return bulkstore.describe() if bulkstore is not None else None
 
 
 _reported: set[tuple[str, str]] = set()
