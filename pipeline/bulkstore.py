@@ -28,8 +28,9 @@ import collections
 import json
 import os
 import threading
+import uuid
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -251,9 +252,9 @@ def write(
 
     trace_ids = list(by_trace)
     try:  # pure Python, outside the transaction: any failure here is the reference path's to meet
-        experiment = store.get_experiment(experiment_id)  # once per batch, as log_spans does
+        artifact_uri = _artifact_uris(store.get_experiment(experiment_id))  # once per batch, as log_spans
         built = {
-            trace_id: _build(store, experiment_id, trace_id, spans, _artifact_uri(experiment, trace_id))
+            trace_id: _build(store, experiment_id, trace_id, spans, artifact_uri(trace_id))
             for trace_id, spans in by_trace.items()
         }
     except Fallback as why:
@@ -291,10 +292,19 @@ def _existing(session: Any, trace_ids: list[str]) -> set[str]:
     return {row[0] for row in query}
 
 
-def _artifact_uri(experiment: Any, trace_id: str) -> str:
-    return _mstore.append_to_uri_path(
+def _artifact_uris(experiment: Any) -> Callable[[str], str]:
+    """``_get_trace_artifact_location_tag``'s value for a trace id of ``experiment``: the URI joined once per batch
+    around a placeholder (a trace id is hex digits and a dash: joining it changes nothing else)."""
+    placeholder = f"SPANLINE{uuid.uuid4().hex}"
+    joined = _mstore.append_to_uri_path(
         experiment.artifact_location,
         _mstore.SqlAlchemyStore.TRACE_FOLDER_NAME,
-        trace_id,
+        placeholder,
         _mstore.SqlAlchemyStore.ARTIFACTS_FOLDER_NAME,
     )
+    head, found, tail = joined.partition(placeholder)
+    if not found or placeholder in tail:  # an artifact location the template cannot stand for: per trace
+        return lambda trace_id: _mstore.append_to_uri_path(
+            experiment.artifact_location, _mstore.SqlAlchemyStore.TRACE_FOLDER_NAME, trace_id,
+            _mstore.SqlAlchemyStore.ARTIFACTS_FOLDER_NAME)
+    return lambda trace_id: head + trace_id + tail

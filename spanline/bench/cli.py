@@ -101,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     outputs = _outputs(args)
     if args.render:
         return _render_saved(args.render, outputs)
+    if args.store and args.paths:  # the store paths, log_spans and bulk, alternated
+        from .storepaths import run as run_paths
+
+        return run_paths(args)
     if args.store or args.server:  # the scale scenarios: one writer, N store writers, a given store
         from .scale import run as run_scale
 

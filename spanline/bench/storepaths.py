@@ -1,0 +1,205 @@
+"""The store paths: ``spanline bench --store URI --paths``.
+
+What one writer core sustains on each store path (pipeline/bulkstore.py): the same traces written through
+spanline's sink (``MlflowSink.write``, the writer's store step) once with ``log_spans`` (``SPANLINE_BULK_STORE=0``)
+and once in bulk, ``--batch`` traces per sink call (the writer's own part size), into a fresh experiment of the
+given store per (round, path), the two paths alternated every round (A B, then B A). The traces: the seed's
+agent (AGENT, CHAT_MODEL, TOOL, CHAT_MODEL) recorded by spanline on the in-process fake API once, assembled,
+then given fresh trace ids for every write.
+
+Reported per path (medians over the rounds): traces/s, the writing process's CPU per trace, and for a local
+PostgreSQL the server's CPU per trace too (its processes' ``/proc/<pid>/stat``, found from a backend's parent);
+then the bulk path's figures as a ratio of ``log_spans``' from the same rounds. The stored count is checked
+in the store after every write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from typing import Any
+
+PATHS = ("log_spans", "bulk")
+
+
+def add_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--paths", action="store_true",
+                       help="with --store: compare the store paths, log_spans and bulk, alternated per round")
+    group.add_argument("--traces", type=int, default=1000, help="--paths: traces per write (default: %(default)s)")
+    group.add_argument("--batch", type=int, default=200, help="--paths: traces per sink call (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ["MLFLOW_MODEL_CATALOG_URI"] = ""
+    import mlflow
+
+    import spanline
+    from spanline.pipeline.compat import remember_missing_modules
+
+    from .workload import fake_clients
+
+    remember_missing_modules()  # as the writer process does
+    target, rounds = args.store, args.rounds or 3
+    mlflow.set_tracking_uri(target)
+    spanline.autolog(silent=True)
+    client, _, _ = fake_clients()
+    template = _agent_units(client, args.traces)
+    _write(target, _fresh(template, target, _experiment()), args.batch, "bulk")  # warm-up: imports, connections
+    samples: dict[str, list[dict[str, float]]] = {p: [] for p in PATHS}
+    for r in range(rounds):
+        for path in PATHS if r % 2 == 0 else PATHS[::-1]:
+            units = _fresh(template, target, _experiment())
+            sample = _write(target, units, args.batch, path)
+            samples[path].append(sample)
+            print(f"round {r + 1} {path}: {sample['traces_per_s']:.0f} traces/s, "
+                  f"{sample['cpu_ms']:.2f} ms CPU per trace (+ server {sample['server_cpu_ms']:.2f})",
+                  file=sys.stderr, flush=True)
+    print(render(target, samples, args))
+    if getattr(args, "json", None):
+        with open(args.json, "w") as f:
+            json.dump({"target": _safe(target), "samples": samples}, f, indent=1)
+    return 0
+
+
+def _experiment() -> str:
+    import mlflow
+
+    return mlflow.create_experiment(f"spanline-paths-{uuid.uuid4().hex[:10]}")
+
+
+def _agent_units(client: Any, n: int) -> list:
+    from spanline import _runtime
+    from spanline.pipeline import events
+    from spanline.pipeline.assembler import Assembler
+    from spanline.pipeline.stats import Counters
+
+    from .throughput import capture_agent_events
+
+    assembler = Assembler(Counters(), lambda: _runtime.options.policy)
+    for item in capture_agent_events(client, n):
+        assembler.add(events.decode(item))
+    return assembler.take()
+
+
+def _fresh(template: list, uri: str, experiment: str) -> list:
+    """``template``'s units with new trace ids, for ``experiment`` of ``uri``."""
+    out = []
+    for unit in template:
+        trace_id = f"tr-{uuid.uuid4().hex}"
+        spans = []
+        for rec in unit.spans:
+            rec = copy.copy(rec)
+            rec.attributes = {**rec.attributes, "mlflow.traceRequestId": json.dumps(trace_id)}
+            rec.trace_id, rec.tracking_uri, rec.experiment = trace_id, uri, experiment
+            spans.append(rec)
+        out.append(type(unit)(trace_id, experiment, uri, spans, unit.producer))
+    return out
+
+
+def _write(uri: str, units: list, batch: int, path: str) -> dict[str, float]:
+    from spanline.pipeline import bulkstore
+    from spanline.pipeline.sink import MlflowSink
+
+    os.environ[bulkstore.ENV] = "1" if path == "bulk" else "0"
+    sink = MlflowSink(lambda: None)
+    before = bulkstore.describe()["bulk_traces"]
+    gc.collect()
+    server0 = _server_cpu(uri)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    for i in range(0, len(units), batch):
+        sink.write(units[i : i + batch])
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    server = _server_cpu(uri) - server0 if server0 is not None else 0.0
+    in_bulk = bulkstore.describe()["bulk_traces"] - before
+    expected = len(units) if path == "bulk" else 0
+    if in_bulk != expected:
+        raise RuntimeError(f"{path}: {in_bulk} traces went in bulk, expected {expected} "
+                           f"({bulkstore.describe()['path']})")
+    stored = _count(uri, units[0].experiment)
+    if stored != len(units):
+        raise RuntimeError(f"{path}: {stored} of {len(units)} traces stored")
+    n = len(units)
+    return {"traces_per_s": n / wall, "cpu_ms": cpu / n * 1e3, "server_cpu_ms": server / n * 1e3,
+            "total_cpu_ms": (cpu + server) / n * 1e3}
+
+
+def _count(uri: str, experiment: str) -> int:
+    from mlflow.tracking._tracking_service.utils import _get_store
+    from sqlalchemy import text
+
+    with _get_store(uri).engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM trace_info WHERE experiment_id = :e"),
+                            {"e": int(experiment)}).scalar_one()
+
+
+def _server_cpu(uri: str) -> float | None:
+    """CPU seconds of a local PostgreSQL server's processes so far; None for another store, or a remote one."""
+    if not uri.startswith("postgresql"):
+        return None
+    from mlflow.tracking._tracking_service.utils import _get_store
+    from sqlalchemy import text
+
+    with _get_store(uri).engine.connect() as conn:
+        backend = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    try:
+        with open(f"/proc/{backend}/stat") as f:
+            postmaster = int(f.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(pid) == postmaster or int(fields[1]) == postmaster:
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def _safe(uri: str) -> str:
+    from spanline.pipeline.writer.fanout import safe_uri
+
+    return safe_uri(uri)
+
+
+def render(target: str, samples: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> str:
+    def med(path: str, key: str) -> float:
+        return statistics.median(s[key] for s in samples[path])
+
+    def ratios(key: str) -> str:
+        values = [b[key] / a[key] for a, b in zip(samples["log_spans"], samples["bulk"], strict=True) if a[key]]
+        return f"{statistics.median(values):.2f} ({min(values):.2f}–{max(values):.2f})" if values else "-"
+
+    server = any(s["server_cpu_ms"] for path in PATHS for s in samples[path])
+    out = [
+        f"### Store paths: {args.traces} traces per write × {len(samples['bulk'])} rounds into {_safe(target)}",
+        "",
+        "| path | traces/s | writer CPU per trace | server CPU per trace | traces per writer core |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for path in PATHS:
+        srv = f"{med(path, 'server_cpu_ms'):.2f} ms" if server else "-"
+        out.append(f"| {path} | {med(path, 'traces_per_s'):.0f} | {med(path, 'cpu_ms'):.2f} ms | {srv} | "
+                   f"{1000 / med(path, 'cpu_ms'):.0f} |")
+    out += [
+        "",
+        f"bulk / log_spans, same rounds (median, range): traces/s {ratios('traces_per_s')}; writer CPU per trace "
+        f"{ratios('cpu_ms')}" + (f"; writer + server CPU per trace {ratios('total_cpu_ms')}" if server else ""),
+        "",
+        f"Batches of {args.batch} traces through `MlflowSink.write` (the writer's store step); the seed's agent "
+        "(4 spans); the paths alternated per round; medians over the rounds. Command: `spanline bench --store "
+        f"<URI> --paths --traces {args.traces} --batch {args.batch} --rounds {len(samples['bulk'])}`.",
+    ]
+    return "\n".join(out)
