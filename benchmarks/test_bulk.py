@@ -9,6 +9,7 @@ with CPU per trace (and a local PostgreSQL's), run ``spanline bench --store URI 
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -41,7 +42,9 @@ def test_store_path(benchmark: Any, tracking_store: str, agent_units: list, path
     samples: list[dict[str, float]] = []
 
     def setup() -> tuple[tuple, dict]:
-        return (_fresh(agent_units, uri, _experiment()),), {}
+        units = _fresh(agent_units, uri, _experiment())
+        gc.collect()
+        return (units,), {}
 
     benchmark.pedantic(lambda units: samples.append(_write(uri, units, 200, path)), setup=setup, rounds=3,
                        iterations=1, warmup_rounds=1)

@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     for r in range(rounds):
         for path in PATHS if r % 2 == 0 else PATHS[::-1]:
             units = _fresh(template, target, _experiment())
+            gc.collect()  # the garbage of the last write is not this one's
             sample = _write(target, units, args.batch, path)
             samples[path].append(sample)
             print(f"round {r + 1} {path}: {sample['traces_per_s']:.0f} traces/s, "
@@ -110,7 +111,6 @@ def _write(uri: str, units: list, batch: int, path: str) -> dict[str, float]:
     os.environ[bulkstore.ENV] = "1" if path == "bulk" else "0"
     sink = MlflowSink(lambda: None)
     before = bulkstore.describe()["bulk_traces"]
-    gc.collect()
     server0 = _server_cpu(uri)
     cpu0, t0 = time.process_time(), time.perf_counter()
     for i in range(0, len(units), batch):
