@@ -34,6 +34,9 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
                        help="with --store: compare the store paths, log_spans and bulk, alternated per round")
     group.add_argument("--traces", type=int, default=1000, help="--paths: traces per write (default: %(default)s)")
     group.add_argument("--batch", type=int, default=200, help="--paths: traces per sink call (default: %(default)s)")
+    group.add_argument("--lag", type=float, default=0.0, metavar="SECONDS",
+                       help="--paths: also the lag p99 at 80%% of each path's writer rate, for SECONDS of paced "
+                       "calls (default: not measured)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,11 +65,95 @@ def run(args: argparse.Namespace) -> int:
             print(f"round {r + 1} {path}: {sample['traces_per_s']:.0f} traces/s, "
                   f"{sample['cpu_ms']:.2f} ms CPU per trace (+ server {sample['server_cpu_ms']:.2f})",
                   file=sys.stderr, flush=True)
-    print(render(target, samples, args))
+    lags = {}
+    if args.lag:
+        for path in PATHS:
+            lags[path] = lag_at_80_percent(target, path, args.lag)
+            print(f"lag {path}: {lags[path]}", file=sys.stderr, flush=True)
+    print(render(target, samples, args, lags))
     if getattr(args, "json", None):
         with open(args.json, "w") as f:
-            json.dump({"target": _safe(target), "samples": samples}, f, indent=1)
+            json.dump({"target": _safe(target), "samples": samples, "lags": lags}, f, indent=1)
     return 0
+
+
+# --- lag at 80% of the writer's rate -------------------------------------------------------------------------
+
+BACKLOG = 4000  # plain calls (1 span each) for the writer's rate on a ready backlog
+_PRODUCER = """
+import json, os, sys
+import spanline
+from spanline.testing import FakeAnthropicAPI
+spanline.autolog(silent=True)
+client = FakeAnthropicAPI(record_requests=False).client()
+call = lambda i: client.messages.create(model="claude-sonnet-4-5", max_tokens=8,
+                                        messages=[{"role": "user", "content": f"call {i}"}])
+rate = float(os.environ["BENCH_RATE"])
+if not rate:  # the backlog: appended only, stored once the writer starts
+    for i in range(int(os.environ["BENCH_CALLS"])):
+        call(i)
+    assert spanline.shutdown(600, wait_for_store=False)
+    sys.exit(0)
+from spanline.bench.lag import steady_lag
+from spanline.bench.storepaths import _count
+uri, experiment = os.environ["MLFLOW_TRACKING_URI"], os.environ["MLFLOW_EXPERIMENT_ID"]
+lags, calls = steady_lag(call, rate, float(os.environ["BENCH_SECONDS"]), lambda: _count(uri, experiment),
+                         lambda: spanline.flush(600), poll=0.05)
+print(json.dumps({"lags": sorted(lags), "calls": calls}))
+"""
+
+
+def lag_at_80_percent(uri: str, path: str, seconds: float) -> dict[str, Any]:
+    """The writer's rate on a ready backlog of plain calls, then the lag of calls paced at 80% of it.
+
+    One writer process (``spanline writer``, ``SPANLINE_BULK_STORE`` set for ``path``), fed by producer
+    processes: first ``BACKLOG`` calls appended with no writer running (its rate: traces stored over the
+    time from its first stored trace to the last, polled in the store), then ``seconds`` of calls paced at
+    80% of that rate (``spanline.bench.lag.steady_lag``: the time from a call's return until the store's count
+    covers it, polled every 50 ms). The store's count is polled for both: the writer's status file is rewritten
+    between its batches, and a ready backlog is one batch."""
+    import subprocess
+    import tempfile
+
+    from spanline.pipeline import logdir
+
+    from .scale import _stop, _sustained
+
+    experiment = _experiment()
+    with tempfile.TemporaryDirectory(prefix="spanline-paths-lag-") as tmp:
+        log = os.path.join(tmp, "log")
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_ID": experiment,
+               "MLFLOW_MODEL_CATALOG_URI": "", "SPANLINE_LOG_DIR": log, "SPANLINE_WRITER_AUTOSTART": "0",
+               "SPANLINE_BULK_STORE": "1" if path == "bulk" else "0", "BENCH_RATE": "0",
+               "BENCH_CALLS": str(BACKLOG), "BENCH_SECONDS": str(seconds)}
+        subprocess.run([sys.executable, "-c", _PRODUCER], env=env, check=True, timeout=900)
+        writer = subprocess.Popen([sys.executable, "-m", "spanline", "writer", "--log-dir", log], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            series: list[tuple[float, int]] = []
+            deadline = time.monotonic() + 900
+            while time.monotonic() < deadline:
+                stored = _count(uri, experiment)  # per sink call: the writer's status waits for its whole batch
+                series.append((time.monotonic(), stored))
+                if stored >= BACKLOG:
+                    break
+                time.sleep(0.1)
+            rate = _sustained(series) or 0.0
+            if not rate:
+                raise RuntimeError(f"{path}: no writer rate from the status series {series[-5:]}")
+            paced = subprocess.run([sys.executable, "-c", _PRODUCER], env={**env, "BENCH_RATE": str(0.8 * rate)},
+                                   check=True, timeout=900 + seconds, capture_output=True, text=True)
+            time.sleep(0.6)  # the status file, rewritten every 0.5 s, says which path the writer took
+            store_path = (logdir.read_status(log).get("store") or {}).get("path")
+        finally:
+            _stop(writer)
+    found = json.loads(paced.stdout.strip().splitlines()[-1])
+    lags = found["lags"]
+    return {"writer_traces_per_s": rate, "paced_at": 0.8 * rate, "calls": found["calls"],
+            "achieved_per_s": found["calls"] / seconds, "lags_measured": len(lags),
+            "lag_p50_s": lags[len(lags) // 2] if lags else None,
+            "lag_p99_s": lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else None,
+            "store_path": store_path}
 
 
 def _experiment() -> str:
@@ -174,7 +261,8 @@ def _safe(uri: str) -> str:
     return safe_uri(uri)
 
 
-def render(target: str, samples: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> str:
+def render(target: str, samples: dict[str, list[dict[str, float]]], args: argparse.Namespace,
+           lags: dict[str, dict[str, Any]] | None = None) -> str:
     def med(path: str, key: str) -> float:
         return statistics.median(s[key] for s in samples[path])
 
@@ -200,6 +288,17 @@ def render(target: str, samples: dict[str, list[dict[str, float]]], args: argpar
         "",
         f"Batches of {args.batch} traces through `MlflowSink.write` (the writer's store step); the seed's agent "
         "(4 spans); the paths alternated per round; medians over the rounds. Command: `spanline bench --store "
-        f"<URI> --paths --traces {args.traces} --batch {args.batch} --rounds {len(samples['bulk'])}`.",
+        f"<URI> --paths --traces {args.traces} --batch {args.batch} --rounds {len(samples['bulk'])}"
+        + (f" --lag {args.lag:g}`." if lags else "`."),
     ]
+    if lags:
+        out += ["", f"Lag at 80% of the writer's rate ({BACKLOG} plain calls of 1 span for the rate on a ready "
+                f"backlog, then {args.lag:g} s of calls paced at 80% of it; one writer process):", "",
+                "| path | writer traces/s (backlog) | paced at | achieved | lag p50 | lag p99 | store path |",
+                "| --- | --- | --- | --- | --- | --- | --- |"]
+        for path, lag in lags.items():
+            p50, p99 = lag["lag_p50_s"], lag["lag_p99_s"]
+            out.append(f"| {path} | {lag['writer_traces_per_s']:.0f} | {lag['paced_at']:.0f}/s | "
+                       f"{lag['achieved_per_s']:.0f}/s | {'-' if p50 is None else f'{p50:.2f} s'} | "
+                       f"{'-' if p99 is None else f'{p99:.2f} s'} | {lag['store_path']} |")
     return "\n".join(out)
