@@ -225,7 +225,8 @@ class Pipeline:
                "log_syncs": worker.log.syncs if worker.log is not None else 0}
         if worker.log is not None and worker.log_dir is not None:
             log.update(worker.status.merge(worker.log_dir, worker.log.producer_id, stored, dropped))
-        else:
+        if not log.get("store_path"):  # no writer has said yet: this process's own store writes (in-process mode,
+            # or a flush that stored what no writer was there to store)
             log["store_path"] = (store_path() or {}).get("path")
         return Stats(
             events_emitted=c.events_processed + depth + dropped.get(DropReason.QUEUE_FULL, 0),

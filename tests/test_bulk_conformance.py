@@ -292,3 +292,23 @@ def test_a_concurrent_writer_s_trace_sends_the_whole_batch_to_log_spans(tmp_path
 
 def _must_not_run(*args, **kwargs):
     raise AssertionError("the bulk path ran for a pair not listed")
+
+
+def test_stats_name_the_store_path(experiment, fake, restore_options):
+    """``stats().store_path`` says which path the store writes took: the writer's (from its status file, rewritten
+    every 0.5 s), or this process's where it stored them itself (in-process, or a flush with no writer there)."""
+    import time
+
+    import spanline
+
+    spanline.autolog(silent=True, durability="memory")
+    try:
+        fake.client().messages.create(model="claude-sonnet-4-5", max_tokens=8,
+                                      messages=[{"role": "user", "content": "which path?"}])
+        assert spanline.flush(60)
+        deadline = time.monotonic() + 10
+        while not (spanline.stats().store_path or "").startswith("bulk (mlflow ") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (spanline.stats().store_path or "").startswith("bulk (mlflow "), spanline.stats()
+    finally:
+        spanline.autolog(disable=True, silent=True, durability="page_cache")
