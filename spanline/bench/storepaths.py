@@ -71,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
             lags[path] = lag_at_80_percent(target, path, args.lag)
             print(f"lag {path}: {lags[path]}", file=sys.stderr, flush=True)
     print(render(target, samples, args, lags))
+    if getattr(args, "png", None):
+        draw(target, samples, lags, args.png)
+        print(f"spanline bench: wrote {args.png}", file=sys.stderr)
     if getattr(args, "json", None):
         with open(args.json, "w") as f:
             json.dump({"target": _safe(target), "samples": samples, "lags": lags}, f, indent=1)
@@ -302,3 +305,50 @@ def render(target: str, samples: dict[str, list[dict[str, float]]], args: argpar
                        f"{lag['achieved_per_s']:.0f}/s | {'-' if p50 is None else f'{p50:.2f} s'} | "
                        f"{'-' if p99 is None else f'{p99:.2f} s'} | {lag['store_path']} |")
     return "\n".join(out)
+
+
+def draw(target: str, samples: dict[str, list[dict[str, float]]], lags: dict[str, dict[str, Any]], path: str) -> None:
+    """The picture: CPU per trace by path (the writer, and a local PostgreSQL's server processes, stacked; each
+    round a dot), and the lag at 80% of each path's rate when it was measured. matplotlib, Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 2 if lags else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), squeeze=False)
+    ax = axes[0][0]
+    colors = {"log_spans": "#ff7f0e", "bulk": "#1f77b4"}
+    for i, name in enumerate(PATHS):
+        writer = statistics.median(s["cpu_ms"] for s in samples[name])
+        server = statistics.median(s["server_cpu_ms"] for s in samples[name])
+        ax.bar(i, writer, color=colors[name], label="writer process" if i == 0 else None)
+        if server:
+            ax.bar(i, server, bottom=writer, color=colors[name], alpha=0.4, hatch="//",
+                   label="PostgreSQL server" if i == 0 else None)
+        ax.scatter([i] * len(samples[name]), [s["cpu_ms"] for s in samples[name]], color="black", s=10, zorder=3)
+        per_core = 1000 / writer
+        ax.annotate(f"{writer:.2f} ms\n{per_core:.0f} traces/core", (i, writer + server), ha="center",
+                    va="bottom", fontsize=8)
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.15)  # room for the labels above the bars
+    ax.set_xticks(range(len(PATHS)), PATHS)
+    ax.set_ylabel("CPU per trace (ms, median of rounds; dots: rounds)")
+    ax.set_title(f"Store path, CPU per trace\n{_safe(target)}", fontsize=9)
+    ax.legend(fontsize=8)
+    if lags:
+        ax = axes[0][1]
+        for i, name in enumerate(lags):
+            lag = lags[name]
+            ax.bar([i - 0.18], [lag["lag_p50_s"] or 0], width=0.36, color=colors[name], alpha=0.5,
+                   label="p50" if i == 0 else None)
+            ax.bar([i + 0.18], [lag["lag_p99_s"] or 0], width=0.36, color=colors[name], label="p99" if i == 0 else None)
+            ax.annotate(f"at {lag['paced_at']:.0f}/s", (i, max(lag["lag_p99_s"] or 0, lag["lag_p50_s"] or 0)),
+                        ha="center", va="bottom", fontsize=8)
+        ax.axhline(2.0, color="green", linestyle="--", linewidth=1, label="goal: p99 < 2 s")
+        ax.set_xticks(range(len(lags)), list(lags))
+        ax.set_ylabel("lag (s)")
+        ax.set_title("Lag at 80% of each path's writer rate", fontsize=9)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
