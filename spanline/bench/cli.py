@@ -87,6 +87,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     from .scale import add_arguments as add_scale_arguments  # the scale scenarios (--store / --server)
 
     add_scale_arguments(parser)
+    from .storepaths import add_arguments as add_path_arguments  # --store URI --paths: log_spans against bulk
+
+    add_path_arguments(parser)
     return parser.parse_args(argv)
 
 

@@ -62,9 +62,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--writers", default="1,2", help="store writer counts to compare (default: %(default)s)")
     group.add_argument("--producers", type=int, default=4, help="producer processes (default: %(default)s)")
     group.add_argument("--calls", type=int, default=500, help="traced calls per producer (default: %(default)s)")
-    from .storepaths import add_arguments as add_path_arguments  # --paths: log_spans against the bulk path
-
-    add_path_arguments(group)
 
 
 def run(args: argparse.Namespace) -> int:

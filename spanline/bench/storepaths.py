@@ -29,7 +29,8 @@ from typing import Any
 PATHS = ("log_spans", "bulk")
 
 
-def add_arguments(group: argparse._ArgumentGroup) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("store paths (with --store URI --paths: instead of the scale scenarios)")
     group.add_argument("--paths", action="store_true",
                        help="with --store: compare the store paths, log_spans and bulk, alternated per round")
     group.add_argument("--traces", type=int, default=1000, help="--paths: traces per write (default: %(default)s)")
