@@ -23,7 +23,7 @@ from .flushing import EVENT_TYPES, FlushMarker, PolicyMarker, flush_mlflow_expor
 from .inprocess import Sink
 from .options import Options
 from .queue import EventQueue
-from .stats import Counters, DropReason, Stats, report_internal_error
+from .stats import Counters, DropReason, Stats, report_internal_error, store_path
 from .worker import Worker
 
 __all__ = ["Pipeline"]
@@ -229,6 +229,9 @@ class Pipeline:
                "log_syncs": worker.log.syncs if worker.log is not None else 0}
         if worker.log is not None and worker.log_dir is not None:
             log.update(worker.status.merge(worker.log_dir, worker.log.producer_id, stored, dropped))
+        if not log.get("store_path"):  # no writer has said yet: this process's own store writes (in-process mode,
+            # or a flush that stored what no writer was there to store)
+            log["store_path"] = (store_path() or {}).get("path")
         return Stats(
             events_emitted=c.events_processed + depth + dropped.get(DropReason.QUEUE_FULL, 0),
             events_processed=c.events_processed,

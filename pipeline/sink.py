@@ -9,8 +9,9 @@ No ``start_trace``: ``log_spans`` alone creates each trace row from its spans (p
 inputs and outputs, state, duration, token usage and cost aggregated over the tree, the trace name from
 the root's ``mlflow.traceTag.mlflow.traceName``), and merges spans into a trace that already exists, which
 is how spans under an ``@mlflow.trace`` parent join MLflow's own trace. The trace metadata MLflow's own
-tracer writes (which ``log_spans`` does not) follows each write, from ``trace_metadata``. This module and
-the ones it calls are the only ones that import mlflow.
+tracer writes (which ``log_spans`` does not) follows each write, from ``trace_metadata``. On MLflow's SQL
+store, traces new to it take ``bulkstore`` instead, where its gate allows: the same rows, metadata included,
+in one transaction per batch. This module and the ones it calls are the only ones that import mlflow.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from opentelemetry.sdk.trace import Event as OTelEvent
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, Status, StatusCode
 
-from . import attachments, compat, environment, trace_metadata
+from . import attachments, bulkstore, compat, environment, trace_metadata
 from .assembler import SpanRecord, Unit
 from .events import MlflowTraceEnd
 
@@ -92,8 +93,9 @@ class MlflowSink:
                 if attachments.PENDING_KEY in rec.attributes:
                     group.attachments[unit.trace_id].extend(attachments.resolve(rec.attributes, unit.trace_id))
             spans = [to_mlflow_span(rec) for rec in unit.spans]
-            group.spans.extend(spans)
-            group.by_trace[unit.trace_id].extend(spans)
+            if spans:  # (a trace of MLflow's whose spans all came before spanline took them has its info alone)
+                group.spans.extend(spans)
+                group.by_trace[unit.trace_id].extend(spans)
             if unit.mlflow_info is not None:
                 group.mlflow_infos[unit.trace_id] = unit.mlflow_info
             elif any(rec.is_trace_root for rec in unit.spans):
@@ -105,21 +107,32 @@ class MlflowSink:
             # Traces MLflow's tracer rooted: their info first, as its exporter would send it (start_trace), so
             # that the store creates each trace from it; log_spans then adds the spans and leaves the fields
             # start_trace made final. (After log_spans, start_trace would find the trace there and merge into
-            # it row by row: the same trace for ~4× the store's CPU on sqlite.)
+            # it row by row: the same trace for ~4× the store's CPU on sqlite.) The bulk path takes no trace the
+            # store already has, so these take log_spans.
             for trace_id, info in group.mlflow_infos.items():
                 store.start_trace(trace_metadata.for_mlflow_root(info, group.by_trace.get(trace_id, [])))
-            try:
-                if group.spans:
-                    for spans in compat.log_spans_calls(store, group.by_trace, group.spans):
-                        store.log_spans(experiment, spans)
-            except NotImplementedError:
-                _forget_server_version(store)
-                raise
             rows = {
                 trace_id: trace_metadata.for_spanline_root(trace_id, experiment, group.by_trace[trace_id], producer)
                 for trace_id, producer in group.producers.items()
             }
-            trace_metadata.write(store, rows)
+            gate = bulkstore.gate(store)
+            stored: set[str] = set()
+            fallbacks = {gate.reason: len(group.by_trace)}
+            if gate.bulk:  # the traces new to the store, with their metadata, in one transaction
+                stored, fallbacks = bulkstore.write(
+                    store, experiment, group.by_trace, {t: metadata for t, (_, metadata) in rows.items()}
+                )
+            rest = group.by_trace if not stored else {t: s for t, s in group.by_trace.items() if t not in stored}
+            if rest:
+                spans = group.spans if rest is group.by_trace else [s for part in rest.values() for s in part]
+                try:
+                    for call in compat.log_spans_calls(store, rest, spans):
+                        store.log_spans(experiment, call)
+                except NotImplementedError:
+                    _forget_server_version(store)
+                    raise
+                trace_metadata.write(store, {t: row for t, row in rows.items() if t in rest})
+            bulkstore.note(gate, len(stored), fallbacks)
             for trace_id, info in group.mlflow_infos.items():
                 if info.prompts:
                     _link_prompts(store, trace_id, info.prompts)

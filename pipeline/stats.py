@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sys
 import threading
 from dataclasses import dataclass, field
 
@@ -70,6 +71,9 @@ class Stats:
     # Who stores the spans MLflow's own tracer makes (@mlflow.trace): "log" (spanline, through the event log),
     # "mlflow (...)" (MLflow's exporter, and why), "none" (spanline has not looked yet: autolog not called).
     mlflow_spans: str = "none"
+    # The store path of whoever writes (the writer process, or this process's worker): "bulk (mlflow <version>,
+    # alembic <revision>)" or "log_spans: <why>" (pipeline/bulkstore.py); None before its first write.
+    store_path: str | None = None
 
     @property
     def events_dropped(self) -> int:
@@ -113,6 +117,13 @@ class Counters:
 
     def internal_error_count(self) -> int:
         return _count_value(self.internal_errors)
+
+
+def store_path() -> dict | None:
+    """Which path the store writes take (bulk or ``log_spans``, and why: pipeline/bulkstore.py), once the sink
+    has written; None before (the sink, and with it mlflow, is imported only when there is something to store)."""
+    bulkstore = sys.modules.get("spanline.pipeline.bulkstore")
+    return bulkstore.describe() if bulkstore is not None else None
 
 
 _reported: set[tuple[str, str]] = set()

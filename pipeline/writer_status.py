@@ -78,6 +78,7 @@ class WriterStatus:
             "log_lag_s": status.get("lag_p99_s"),
             "writer_pid": pid if state != "none" else None,
             "writer_state": state,
+            "store_path": (status.get("store") or {}).get("path"),
         }
 
 

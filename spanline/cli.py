@@ -255,6 +255,11 @@ def _status(args: argparse.Namespace) -> int:
               f"in {status.get('batches', 0):,} batches ({status.get('retries', 0)} retries)")
         print(f"lag (p99):     {'-' if lag is None else f'{lag:.3f} s'}   (status {age:.1f} s old)")
         print(f"dropped:       {status.get('dropped') or 'none'}")
+        store = status.get("store") or {}
+        if store.get("path"):
+            others = ", ".join(f"{why}: {n:,}" for why, n in (store.get("log_spans_traces") or {}).items())
+            print(f"store path:    {store['path']}   ({store.get('bulk_traces', 0):,} traces in bulk"
+                  f"{'; to log_spans: ' + others if others else ''})")
         for pid, p in (status.get("producers") or {}).items():
             print(f"producer {pid} (writer's view): {p.get('segments')} segment(s), "
                   f"{p.get('bytes_pending', 0):,} bytes unread, {p.get('traces_stored', 0):,} traces stored, "

@@ -108,3 +108,21 @@ def test_bench_talks_to_the_one_fake_anthropic_api():
             continue
         module = __import__(info.name, fromlist=["_"])
         assert not [name for name in vars(module) if name.startswith("_fallback")], info.name
+
+
+def test_bench_store_paths_compares_log_spans_and_bulk(tmp_path):
+    """``spanline bench --store URI --paths`` (tiny counts): both paths, alternated, in one table and the JSON."""
+    env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "spanline.bench", "--store", f"sqlite:///{tmp_path}/paths.db", "--paths",
+         "--traces", "6", "--batch", "4", "--rounds", "2", "--json", str(tmp_path / "paths.json"),
+         "--png", str(tmp_path / "paths.png")],
+        env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| log_spans |" in done.stdout and "| bulk |" in done.stdout and "bulk / log_spans" in done.stdout
+    rounds = [line.split(":")[0] for line in done.stderr.splitlines() if line.startswith("round ")]
+    assert rounds == ["round 1 log_spans", "round 1 bulk", "round 2 bulk", "round 2 log_spans"]
+    samples = json.loads((tmp_path / "paths.json").read_text())["samples"]
+    assert all(len(samples[path]) == 2 and samples[path][0]["cpu_ms"] > 0 for path in ("log_spans", "bulk"))
+    assert (tmp_path / "paths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

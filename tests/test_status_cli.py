@@ -51,6 +51,8 @@ def test_status_names_what_it_read_and_creates_nothing(tmp_path):
     before = _tree(directory)
     out = _status(tmp_path, env)
     assert f"log directory: {directory}" in out and "writer:        not running" in out
+    # the writer stored the trace into a fresh sqlite store: the bulk path (pipeline/bulkstore.py), and why
+    assert "store path:    bulk (mlflow " in out and "1 traces in bulk" in out
     assert _tree(directory) == before, "status only looks"
 
 

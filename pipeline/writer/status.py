@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from .. import logdir, safefs
+from ..stats import store_path
 from . import deadletter
 from .segments import Producer, size
 from .tally import Tally
@@ -66,6 +67,7 @@ class Report:
             "lag_p50_s": lags[len(lags) // 2] if lags else None,
             "lag_p99_s": lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else None,
             "producers": by_producer,
+            "store": store_path(),
             "finished_producers": dict(list(finished.items())[-50:]),
         }
 

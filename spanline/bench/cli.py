@@ -87,6 +87,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     from .scale import add_arguments as add_scale_arguments  # the scale scenarios (--store / --server)
 
     add_scale_arguments(parser)
+    from .storepaths import add_arguments as add_path_arguments  # --store URI --paths: log_spans against bulk
+
+    add_path_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -101,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     outputs = _outputs(args)
     if args.render:
         return _render_saved(args.render, outputs)
+    if args.store and args.paths:  # the store paths, log_spans and bulk, alternated
+        from .storepaths import run as run_paths
+
+        return run_paths(args)
     if args.store or args.server:  # the scale scenarios: one writer, N store writers, a given store
         from .scale import run as run_scale
 
