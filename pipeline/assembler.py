@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import context, convert, streams, surfaces
 from .events import (
@@ -104,23 +105,16 @@ class Assembler:
         # until the trace's info arrives (MlflowTraceEnd), so the writer stores each such trace whole.
         self.mlflow_traces: dict[str, _HeldTrace] = {}
         self.ready: list[Unit] = []
+        self._fold: dict[type, Callable[[Any], None]] = {
+            ApiCall: self._api_call, SpanStart: self._start, SpanEnd: self._end,
+            StreamStart: self._stream_event, StreamChunk: self._stream_event, StreamEnd: self._stream_event,
+            MlflowSpanStart: self._mlflow_start, MlflowSpanEnd: self._mlflow_end,
+            MlflowTraceEnd: self._mlflow_trace_end,
+        }
 
     def add(self, event: Event) -> None:
         """Fold one event: a span opens, grows or ends; a unit whose root ended becomes ready (``take``)."""
-        if type(event) is ApiCall:
-            self._api_call(event)
-        elif type(event) is SpanStart:
-            self._start(event)
-        elif type(event) is SpanEnd:
-            self._end(event)
-        elif type(event) is MlflowSpanEnd:
-            self._mlflow_end(event)
-        elif type(event) is MlflowSpanStart:
-            self._mlflow_start(event)
-        elif type(event) is MlflowTraceEnd:
-            self._mlflow_trace_end(event)
-        else:
-            self._stream_event(event)
+        self._fold[type(event)](event)
 
     def take(self) -> list[Unit]:
         """The units made ready since the last call."""

@@ -88,9 +88,22 @@ def _whole_seed_runs(traces: list) -> list[str]:
     return whole
 
 
-def _next_traced_process(env: dict[str, str]) -> None:
-    done = subprocess.run([sys.executable, "-c", NEXT_PROCESS], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+def _kill_then_start_the_next(code: str, env: dict[str, str], cache: str, after_s: float) -> None:
+    """Run ``code`` until it prints "ready", SIGKILL it ``after_s`` later, then run the next traced process against
+    the same store (and log), as a restarted pod would."""
+    app = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        assert app.stdout.readline().strip() == "ready", app.stderr.read()[-3000:]
+        time.sleep(after_s)
+        app.send_signal(signal.SIGKILL)
+        app.wait(10)
+        done = subprocess.run([sys.executable, "-c", NEXT_PROCESS], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    finally:
+        reap(app)
+        stop_writers_under(cache)
 
 
 @pytest.mark.parametrize("decorator", ["mlflow", "spanline"])
@@ -99,17 +112,7 @@ def test_seed_agent_killed_three_seconds_after_its_runs_is_stored_whole(tmp_path
     whole (MLflow's own export stored 43 of them; spanline before this stored 77 whole, 123 without AGENT)."""
     uri, cache, n = f"sqlite:///{tmp_path}/store.db", str(tmp_path / "cache"), 200
     env = _env(uri, "killed-seed", n, decorator, cache)
-    app = subprocess.Popen([sys.executable, "-c", SEED_APP + "print('ran', flush=True)\ntime.sleep(600)\n"],
-                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert app.stdout.readline().strip() == "ran", app.stderr.read()[-3000:]
-        time.sleep(3)
-        app.send_signal(signal.SIGKILL)
-        app.wait(10)
-        _next_traced_process(env)
-    finally:
-        reap(app)
-        stop_writers_under(cache)
+    _kill_then_start_the_next(SEED_APP + "print('ready', flush=True)\ntime.sleep(600)\n", env, cache, after_s=3)
     whole = _whole_seed_runs(stored_traces(uri, "killed-seed"))
     expected = [f"What's the weather like in {CITIES[i % 3]}? (run {i})" for i in range(n)]
     assert sorted(whole) == sorted(expected), f"{len(whole)} of {n} whole"
@@ -147,17 +150,7 @@ def test_an_mlflow_agent_open_when_its_process_dies_is_stored_unfinished_with_wh
         asyncio.run(crashing_agent("last words"))
     """)
     env = _env(uri, "open-agent", 2, "mlflow", cache)
-    app = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True)
-    try:
-        assert app.stdout.readline().strip() == "ready", app.stderr.read()[-3000:]
-        time.sleep(1.5)  # the worker appends every flush_interval (0.5 s)
-        app.send_signal(signal.SIGKILL)
-        app.wait(10)
-        _next_traced_process(env)
-    finally:
-        reap(app)
-        stop_writers_under(cache)
+    _kill_then_start_the_next(code, env, cache, after_s=1.5)  # the worker appends every flush_interval (0.5 s)
     traces = stored_traces(uri, "open-agent")
     assert len(_whole_seed_runs(traces)) == 2
     (crashed,) = [t for t in traces if root_of(t).name == "crashing_agent"]
