@@ -294,9 +294,9 @@ def _encode_end(span: Any, parent: int, root: int, tracking_uri: str) -> bytes:
     status = span.status
     return encode(MlflowSpanEnd(
         json.loads(attributes["mlflow.traceRequestId"]), span.context.span_id, parent, root, span.name,
-        span.start_time or 0, span.end_time or 0, attributes,
-        [(e.name, e.timestamp, dict(e.attributes or {})) for e in span.events],
-        status.status_code.value, status.description or "", tracking_uri,
+        span.start_time or 0, attributes, end_ns=span.end_time or 0,
+        events=[(e.name, e.timestamp, dict(e.attributes or {})) for e in span.events],
+        status=status.status_code.value, status_message=status.description or "", tracking_uri=tracking_uri,
     ))
 
 

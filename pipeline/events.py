@@ -142,16 +142,14 @@ class StreamEnd(msgspec.Struct, tag="z", **_STRUCT):
     error: Failure | None = None
 
 
-class MlflowSpanStart(msgspec.Struct, tag="m", **_STRUCT):
-    """A span of MLflow's own tracer opened (``@mlflow.trace``, ``mlflow.start_span``, another MLflow autolog;
-    ``patches/mlflow_export.py``). Kept so that a span still open when its process dies is stored as far as it
-    got. Encoded on the worker from the live span, which by then holds the type and inputs MLflow sets just
-    after opening it.
+class _MlflowSpan(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
+    """What both ends of a span of MLflow's own tracer carry (``@mlflow.trace``, ``mlflow.start_span``, another
+    MLflow autolog; ``patches/mlflow_export.py``).
 
     Ids are MLflow's: ``trace_id`` its ``tr-...`` id, ``span`` and ``parent`` OpenTelemetry's 64-bit span ids.
     ``root`` is the spanline span whose unit the span belongs to when the trace is spanline's (an MLflow span
     under a spanline span); 0 when MLflow owns the trace. ``attributes`` are the span's as MLflow set them
-    (its values JSON text). A trace's root carries the trace's tags and metadata as MLflow's tracer set them.
+    (its values JSON text).
     """
 
     trace_id: str
@@ -161,25 +159,25 @@ class MlflowSpanStart(msgspec.Struct, tag="m", **_STRUCT):
     name: str
     start_ns: int
     attributes: dict[str, Any]
+
+
+class MlflowSpanStart(_MlflowSpan, tag="m", **_STRUCT):
+    """A span of MLflow's opened. Kept so that a span still open when its process dies is stored as far as it
+    got. Encoded on the worker from the live span, which by then holds the type and inputs MLflow sets just
+    after opening it. A trace's root carries the trace's tags and metadata as MLflow's tracer set them."""
+
     experiment: str = ""
     tracking_uri: str = ""
     trace_tags: dict[str, str] = {}
     trace_metadata: dict[str, str] = {}
 
 
-class MlflowSpanEnd(msgspec.Struct, tag="x", **_STRUCT):
-    """A span of MLflow's own tracer ended: the whole span, as MLflow's exporter would have written it (so the
-    end alone makes the span when its start was not seen). ``status`` is OpenTelemetry's code (0 unset, 1 ok,
-    2 error); ``events`` are (name, time_ns, attributes)."""
+class MlflowSpanEnd(_MlflowSpan, tag="x", **_STRUCT):
+    """A span of MLflow's ended: the whole span, as MLflow's exporter would have written it (so the end alone
+    makes the span when its start was not seen). ``status`` is OpenTelemetry's code (0 unset, 1 ok, 2 error);
+    ``events`` are (name, time_ns, attributes)."""
 
-    trace_id: str
-    span: int
-    parent: int
-    root: int
-    name: str
-    start_ns: int
     end_ns: int
-    attributes: dict[str, Any]
     events: list[tuple[str, int, dict[str, Any]]] = []
     status: int = 0
     status_message: str = ""

@@ -116,8 +116,8 @@ def _mlflow_trace(trace_id: str, root: int, child: int) -> list[events.Event]:
         events.MlflowSpanStart(trace_id, child, root, 0, "tool", 2, attrs),
         events.ApiCall(7, 70, child, 70, "Messages.create", "messages", 3, 4, b'{"model": "m"}', b"{}",
                        ext_trace=trace_id),
-        events.MlflowSpanEnd(trace_id, child, root, 0, "tool", 2, 5, attrs),
-        events.MlflowSpanEnd(trace_id, root, 0, 0, "agent", 1, 6, attrs, status=1),
+        events.MlflowSpanEnd(trace_id, child, root, 0, "tool", 2, attrs, end_ns=5),
+        events.MlflowSpanEnd(trace_id, root, 0, 0, "agent", 1, attrs, end_ns=6, status=1),
         events.MlflowTraceEnd(trace_id, "1", 0, 0, "OK", {}, {"mlflow.traceName": "agent"}),
     ]
 
