@@ -92,6 +92,7 @@ def install() -> None:
 def release() -> None:
     """Give every adopted processor back to MLflow, as MLflow made it (its batch processor included)."""
     global _original_factory
+    _set_path("none")
     seam = _seam
     if seam is None:
         return
@@ -214,14 +215,13 @@ def _started(span: Any, tracking_uri: str) -> None:
         if trace_id is None:
             return  # MLflow did not take it (a halted trace)
         parent = span.parent.span_id if span.parent is not None else 0
-        experiment, tags, metadata = "", None, None
+        experiment, tags = "", None
         if parent == 0:
             trace = manager._traces.get(trace_id)
             if trace is not None:
-                experiment = _experiment_of(trace.info)
-                tags, metadata = dict(trace.info.tags), dict(trace.info.trace_metadata)
+                experiment, tags = _experiment_of(trace.info), dict(trace.info.tags)
         _emit((_encode_start, span, trace_id, parent, context.joined.get(otel_trace, 0), experiment, tracking_uri,
-               tags, metadata))
+               tags))
     except Exception as exc:
         _report("recording an MLflow span's start", exc)
 
@@ -282,10 +282,10 @@ def _attributes(span: Any) -> dict[str, Any]:
 
 
 def _encode_start(span: Any, trace_id: str, parent: int, root: int, experiment: str, tracking_uri: str,
-                  tags: dict[str, str] | None, metadata: dict[str, str] | None) -> bytes:
+                  tags: dict[str, str] | None) -> bytes:
     return encode(MlflowSpanStart(
         trace_id, span.context.span_id, parent, root, span.name, span.start_time or 0, _attributes(span),
-        experiment, tracking_uri, tags or {}, metadata or {},
+        experiment, tracking_uri, tags or {},
     ))
 
 

@@ -164,12 +164,12 @@ class _MlflowSpan(msgspec.Struct, array_like=True, omit_defaults=True, gc=False)
 class MlflowSpanStart(_MlflowSpan, tag="m", **_STRUCT):
     """A span of MLflow's opened. Kept so that a span still open when its process dies is stored as far as it
     got. Encoded on the worker from the live span, which by then holds the type and inputs MLflow sets just
-    after opening it. A trace's root carries the trace's tags and metadata as MLflow's tracer set them."""
+    after opening it. A trace's root carries the trace's tags as MLflow's tracer set them (stored with the
+    trace if its process dies before the trace's info comes)."""
 
     experiment: str = ""
     tracking_uri: str = ""
     trace_tags: dict[str, str] = {}
-    trace_metadata: dict[str, str] = {}
 
 
 class MlflowSpanEnd(_MlflowSpan, tag="x", **_STRUCT):

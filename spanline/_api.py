@@ -53,7 +53,6 @@ def autolog(disable: bool = False, log_traces: bool = True, silent: bool = False
             from spanline.patches import mlflow_export
 
             mlflow_export.release()
-            _runtime.pipeline.counters.mlflow_spans = "none"
             left = patches.unpatch_all()
             if left:
                 logger.warning(
