@@ -30,6 +30,21 @@ pytest_plugins = ["mlflow_server", "logwriters", "postgres"]
 _CACHE = os.environ["XDG_CACHE_HOME"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """A run stopped with SIGTERM (a CI job's timeout, ``kill``) ends as Ctrl-C does: pytest then still tears
+    down every fixture, so the servers, PostgreSQL and writers the tests started stop with it. (By default
+    SIGTERM ends the process at once, fixtures and all, and leaves them running.)"""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+
+        def interrupt(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     from logwriters import stop_writers_under
 
