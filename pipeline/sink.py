@@ -58,7 +58,18 @@ def to_mlflow_span(rec: SpanRecord) -> Span:
         start_time=rec.start_ns,
         end_time=rec.end_ns,
     )
-    return Span(otel)
+    return _StoredSpan(otel)
+
+
+class _StoredSpan(Span):
+    """A span on its way to the store: it no longer changes, so its dict, which MLflow's translation and the
+    trace's size figures each ask for (~15 µs a span), is made once."""
+
+    def to_dict(self) -> dict:
+        made = self.__dict__.get("_spanline_dict")
+        if made is None:
+            made = self._spanline_dict = super().to_dict()
+        return {**made}  # a dict of its own: MLflow's translation replaces the "attributes" entry of its copy
 
 
 def _status(rec: SpanRecord) -> Status:
