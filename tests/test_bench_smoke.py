@@ -16,7 +16,7 @@ def test_bench_runs_end_to_end_and_writes_markdown_json_and_picture(tmp_path):
     env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": ""}
     out = tmp_path / "bench"
     done = subprocess.run(
-        [sys.executable, "-m", "spanline.bench", "--smoke", "--scenarios", "S1,S5,S6,TW,MEM", "--no-progress",
+        [sys.executable, "-m", "spanline.bench", "--smoke", "--scenarios", "S1,S5,S6,SP,TW,MEM", "--no-progress",
          "--out", str(out)],
         env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
@@ -24,7 +24,7 @@ def test_bench_runs_end_to_end_and_writes_markdown_json_and_picture(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench"], "the bench leaves its stores in its temp dir"
     table = done.stdout
     for heading in ("## At a glance", "## Caller's path, in one process", "## S1 ", "## S5 ", "## S6 ",
-                    "## Worker throughput", "## Memory", "## Targets"):
+                    "## SP: the store paths", "## Worker throughput", "## Memory", "## Targets"):
         assert heading in table, heading
     assert "error:" not in table and "failed" not in table, table
     assert "| sqlite (in-process) | 100 |" in table
@@ -64,6 +64,13 @@ def test_bench_runs_end_to_end_and_writes_markdown_json_and_picture(tmp_path):
     (writer_row,) = [row for row in summary["glance"] if row["figure"].startswith("writer process CPU")]
     assert writer_row["spanline"].endswith("(S5)") and " µs" in writer_row["spanline"], writer_row
     assert "≤ 1/50 of MLflow async autolog's added CPU" in table
+    # SP: both store paths ran on the seed agent's traces, each stored all of them (checked in the store by the
+    # job), and the picture's sixth panel has its figures.
+    sp = summary["SP"]
+    assert len(sp["samples"]["log_spans"]) == len(sp["samples"]["bulk"]) == 1
+    assert sp["per_core_gain"] == pytest.approx(sp["log_spans"]["cpu_ms"] / sp["bulk"]["cpu_ms"])
+    assert "SP bulk path ≥ 3× the traces per writer core" in table
+    assert "application + writer CPU per traced call ≤ 1/25" in table
 
     import matplotlib.image
 

@@ -1,7 +1,7 @@
 """The picture of a run (``--png`` / ``--out``), for people who would rather look than read the table.
 
 In: a rendered :class:`~spanline.bench.report.Report` (its summary, and the per-call samples of its runs).
-Out: one PNG with five panels, each titled with what it shows and its units:
+Out: one PNG with six panels, each titled with what it shows and its units:
 
 1. per-call latency of S1 (untraced, spanline, MLflow autolog async and sync, each in its own process), as
    histograms on a log time axis, medians marked: how far each configuration moves the call;
@@ -12,7 +12,9 @@ Out: one PNG with five panels, each titled with what it shows and its units:
    process, and a writer process (spanline's jobs run one);
 4. S5: how long each configuration takes to store a burst, with traces stored / made;
 5. S6: the application's CPU per run of the seed's agent under ``@mlflow.trace``: MLflow's own export against
-   spanline's log, with what making MLflow's spans costs whoever stores them.
+   spanline's log, with what making MLflow's spans costs whoever stores them;
+6. SP: the writer's CPU per trace on each store path, ``log_spans`` and the bulk path, with the traces one
+   writer core sustains on each.
 
 matplotlib is imported here only, with the Agg backend (no display needed).
 """
@@ -60,7 +62,7 @@ def draw(report: Report, path: str) -> None:
     _cpu_panel(axes[1][0], report)
     _drain_panel(axes[1][1], report)
     _mlflow_spans_panel(axes[2][0], report)
-    axes[2][1].axis("off")
+    _store_paths_panel(axes[2][1], report)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
@@ -264,3 +266,16 @@ def _mlflow_spans_panel(ax: Any, report: Report) -> None:
     ax.set_title(title, fontsize=11, loc="left")
     ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     ax.grid(True, axis="x", alpha=0.3)
+
+
+def _store_paths_panel(ax: Any, report: Report) -> None:
+    title = "SP writer CPU per trace by store path (sqlite, the seed agent's 4-span traces)"
+    sp = report.summary.get("SP")
+    if not sp:
+        _not_run(ax, title, "SP not run")
+        return
+    from .storepaths import cpu_panel
+
+    samples = {path: [{"cpu_ms": v, "server_cpu_ms": 0.0} for v in values] for path, values in sp["samples"].items()}
+    cpu_panel(ax, samples, f"{title}\nbulk / log_spans, same rounds: {sp['cpu_ratio']:.2f} "
+              f"= {sp['per_core_gain']:.2f}× the traces per writer core (goal ≥ 3×)", loc="left", fontsize=11)

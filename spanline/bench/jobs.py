@@ -13,6 +13,7 @@ from typing import Any
 from .caller_path import run_paired_job
 from .memory import run_memory_job
 from .scenarios import run_scenario_job
+from .storepaths import run_store_path_job
 from .throughput import run_throughput_job
 from .workload import EXPERIMENT
 
@@ -32,6 +33,7 @@ JOB_KINDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "paired": run_paired_job,
     "throughput": run_throughput_job,
     "memory": run_memory_job,
+    "store_path": run_store_path_job,
     "init_db": run_init_db_job,
 }
 

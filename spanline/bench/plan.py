@@ -9,7 +9,7 @@ from typing import Any
 
 from .configs import CONFIGS, MLFLOW_TRACER_ONLY, NOSTORE, S1_CONFIGS, S6_CONFIGS, SPANLINE_MLFLOW_EXPORT
 
-SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "TW", "MEM")
+SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "SP", "TW", "MEM")
 _T, _E = MLFLOW_TRACER_ONLY, SPANLINE_MLFLOW_EXPORT
 
 
@@ -40,6 +40,8 @@ class Sizes:
     paired_blocks: int
     paired_block_calls: int
     lag_seconds: float = 3.0  # the steady load after spanline's S1 and S5 jobs (scenarios.py), per job
+    sp_traces: int = 500  # SP: the seed agent's traces per (round, store path) job
+    sp_rounds: int = 2
 
 
 QUICK = Sizes(
@@ -84,6 +86,8 @@ SMOKE = Sizes(
     paired_blocks=4,
     paired_block_calls=20,
     lag_seconds=0.5,
+    sp_traces=20,
+    sp_rounds=1,
 )
 
 FULL = Sizes(
@@ -106,6 +110,8 @@ FULL = Sizes(
     paired_blocks=100,
     paired_block_calls=200,
     lag_seconds=10.0,
+    sp_traces=1000,
+    sp_rounds=4,
 )
 
 
@@ -170,6 +176,11 @@ class Plan:
                                         "n": s.tw_traces,
                                     }
                                 )
+            elif scenario == "SP":  # the store paths, log_spans and bulk, each job a fresh copy of the store
+                for r in range(s.sp_rounds):
+                    for path in _round_order(("log_spans", "bulk"), r):
+                        self.jobs.append({"kind": "store_path", "scenario": "SP", "config": "spanline",
+                                          "path": path, "round": r, "n": s.sp_traces, "batch": 200})
             elif scenario == "MEM":
                 for config in ("untraced", "spanline"):
                     self.jobs.append(
@@ -188,6 +199,8 @@ class Plan:
 def job_label(job: dict[str, Any]) -> str:
     if job["kind"] == "throughput":
         return f"TW {job['target']} batch {job['batch']} {job['mode']} r{job['round'] + 1}"
+    if job["kind"] == "store_path":
+        return f"SP {job['path']} r{job['round'] + 1}"
     if job["kind"] == "paired":
         return "S1 caller's path (untraced twin, floor, spanline: one process)"
     return f"{job['scenario']} {job['config']} r{job['round'] + 1}"

@@ -222,6 +222,8 @@ class Report:
             rows = self.rows(scenario)
             if rows:
                 body += self._scenario_section(scenario, rows)
+        if self.results_of("store_path"):
+            body += self._store_path_section()
         if self.results_of("throughput"):
             body += self._throughput_section()
         if self.results_of("memory"):
@@ -318,6 +320,12 @@ class Report:
                 if md:
                     stored[config] = f"{st:,} / {md:,}"
             rows.append(("S5 traces stored / made", stored))
+        sp = s.get("SP")
+        if sp:
+            bulk, reference = sp["bulk"]["cpu_ms"], sp["log_spans"]["cpu_ms"]
+            cells = {"spanline": f"bulk {bulk:.2f} ms vs `log_spans` {reference:.2f} ms "
+                     f"= {sp['per_core_gain']:.2f}× the traces per writer core"}
+            rows.append(("SP writer CPU per trace by store path (sqlite, the seed agent's traces)", cells))
         tw = s.get("TW", {}).get("sqlite/100")
         if tw:
             cells = {"spanline": f"{tw['ratio']:.0%} ({tw['worker']:,.0f} vs {tw['raw']:,.0f})"}
@@ -608,6 +616,39 @@ class Report:
         ]
         return out
 
+    def _store_path_section(self) -> list[str]:
+        """SP: the writer's store step on each store path (pipeline/bulkstore.py), paths alternated per round."""
+        samples: dict[str, list[dict[str, Any]]] = {"log_spans": [], "bulk": []}
+        errors = []
+        for job, result in self.results_of("store_path"):
+            if result.get("ok"):
+                samples[job["path"]].append(result)
+            else:
+                errors.append(f"{job['path']} r{job['round'] + 1}: {result.get('error', '?')[:200]}")
+        out = ["## SP: the store paths (`log_spans` against the bulk path, sqlite)", ""]
+        if errors:
+            out += [f"- error: {e}" for e in errors] + [""]
+        if not samples["log_spans"] or not samples["bulk"]:
+            return out
+        med = {p: {k: _median([r[k] for r in rs]) for k in ("cpu_ms", "traces_per_s")} for p, rs in samples.items()}
+        same_round = [b["cpu_ms"] / a["cpu_ms"] for a, b in zip(samples["log_spans"], samples["bulk"], strict=False)]
+        ratio = _median(same_round)
+        self.summary["SP"] = {**med, "cpu_ratio": ratio, "per_core_gain": 1 / ratio,
+                              "samples": {p: [r["cpu_ms"] for r in rs] for p, rs in samples.items()}}
+        out += _table(["store path", "traces/s", "writer CPU per trace", "traces per writer core", "rounds (ms)"],
+                      [[p, f"{m['traces_per_s']:,.0f}", f"{m['cpu_ms']:.3f} ms", f"{1000 / m['cpu_ms']:,.0f}",
+                        ", ".join(f"{r['cpu_ms']:.3f}" for r in samples[p])] for p, m in med.items()])
+        out += [
+            "",
+            f"- bulk / `log_spans` writer CPU per trace, same rounds: {ratio:.2f} (range "
+            f"{min(same_round):.2f}–{max(same_round):.2f}): {1 / ratio:.2f}× the traces per writer core.",
+            f"- each job its own process and a fresh copy of the store: {self.sizes.sp_traces} of the seed agent's "
+            "traces (4 spans) through `MlflowSink.write`, 200 per call, after a warm-up write; the paths "
+            "alternated per round. PostgreSQL: `spanline bench --store URI --paths`.",
+            "",
+        ]
+        return out
+
     def _throughput_section(self) -> list[str]:
         out = [
             "## Worker throughput (the seed agent's 4-span traces, a ready backlog, then `flush()`)",
@@ -803,6 +844,15 @@ class Report:
                     f"{c / mc:.3f} ({where} vs {mc:,.0f} µs)",
                     _status(c / mc <= 0.1),
                 )
+        c, mc = get("S1", "spanline", "cpu_per_trace_us"), get("S1", "mlflow_async", "cpu_per_trace_us")
+        writer = get("S1", "spanline", "writer_cpu_per_trace_us")
+        if c and mc and writer is not None:
+            add("S1 application + writer CPU per traced call ≤ 1/25 of MLflow async autolog's (#20)",
+                f"{(c + writer) / mc:.3f}", _status((c + writer) / mc <= 0.04))
+        sp = s.get("SP")
+        if sp:
+            add("SP bulk path ≥ 3× the traces per writer core of `log_spans` (sqlite)",
+                f"{sp['per_core_gain']:.2f}×", _status(sp["per_core_gain"] >= 3))
         for key, v in s.get("TW", {}).items():
             store, batch = key.split("/")
             add(

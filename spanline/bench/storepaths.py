@@ -308,6 +308,51 @@ def render(target: str, samples: dict[str, list[dict[str, float]]], args: argpar
     return "\n".join(out)
 
 
+def run_store_path_job(job: dict[str, Any]) -> dict[str, Any]:
+    """The main bench's SP scenario, one (round, path) in its own process: ``job["n"]`` of the seed agent's
+    traces written through the sink on ``job["path"]`` into the job's fresh sqlite store, after a warm-up
+    write (imports, connection, the gate) into another experiment."""
+    import spanline
+    from spanline.pipeline.compat import remember_missing_modules
+
+    from .workload import fake_clients
+
+    remember_missing_modules()  # as the writer process does
+    spanline.autolog(silent=True)
+    client, _, _ = fake_clients()
+    uri, path, batch = job["uri"], job["path"], job["batch"]
+    template = _agent_units(client, job["n"])
+    _write(uri, _fresh(template[:50], uri, _experiment()), batch, path)
+    units = _fresh(template, uri, _experiment())
+    gc.collect()
+    return _write(uri, units, batch, path)
+
+
+COLORS = {"log_spans": "#ff7f0e", "bulk": "#1f77b4"}
+
+
+def cpu_panel(ax: Any, samples: dict[str, list[dict[str, float]]], title: str, *, loc: str = "center",
+              fontsize: int = 9) -> None:
+    """CPU per trace by path: the writer, and a local PostgreSQL's server processes stacked; each round a dot;
+    each bar labelled with its median and the traces one writer core sustains at it."""
+    for i, name in enumerate(PATHS):
+        writer = statistics.median(s["cpu_ms"] for s in samples[name])
+        server = statistics.median(s["server_cpu_ms"] for s in samples[name])
+        ax.bar(i, writer, color=COLORS[name], label="writer process" if i == 0 else None)
+        if server:
+            ax.bar(i, server, bottom=writer, color=COLORS[name], alpha=0.4, hatch="//",
+                   label="PostgreSQL server" if i == 0 else None)
+        ax.scatter([i] * len(samples[name]), [s["cpu_ms"] for s in samples[name]], color="black", s=10, zorder=3)
+        per_core = 1000 / writer
+        ax.annotate(f"{writer:.2f} ms\n{per_core:.0f} traces/core", (i, writer + server), ha="center",
+                    va="bottom", fontsize=8)
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.15)  # room for the labels above the bars
+    ax.set_xticks(range(len(PATHS)), PATHS)
+    ax.set_ylabel("CPU per trace (ms, median of rounds; dots: rounds)")
+    ax.set_title(title, fontsize=fontsize, loc=loc)
+    ax.legend(fontsize=8)
+
+
 def draw(target: str, samples: dict[str, list[dict[str, float]]], lags: dict[str, dict[str, Any]], path: str) -> None:
     """The picture: CPU per trace by path (the writer, and a local PostgreSQL's server processes, stacked; each
     round a dot), and the lag at 80% of each path's rate when it was measured. matplotlib, Agg backend."""
@@ -318,31 +363,14 @@ def draw(target: str, samples: dict[str, list[dict[str, float]]], lags: dict[str
 
     panels = 2 if lags else 1
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), squeeze=False)
-    ax = axes[0][0]
-    colors = {"log_spans": "#ff7f0e", "bulk": "#1f77b4"}
-    for i, name in enumerate(PATHS):
-        writer = statistics.median(s["cpu_ms"] for s in samples[name])
-        server = statistics.median(s["server_cpu_ms"] for s in samples[name])
-        ax.bar(i, writer, color=colors[name], label="writer process" if i == 0 else None)
-        if server:
-            ax.bar(i, server, bottom=writer, color=colors[name], alpha=0.4, hatch="//",
-                   label="PostgreSQL server" if i == 0 else None)
-        ax.scatter([i] * len(samples[name]), [s["cpu_ms"] for s in samples[name]], color="black", s=10, zorder=3)
-        per_core = 1000 / writer
-        ax.annotate(f"{writer:.2f} ms\n{per_core:.0f} traces/core", (i, writer + server), ha="center",
-                    va="bottom", fontsize=8)
-    ax.set_ylim(top=ax.get_ylim()[1] * 1.15)  # room for the labels above the bars
-    ax.set_xticks(range(len(PATHS)), PATHS)
-    ax.set_ylabel("CPU per trace (ms, median of rounds; dots: rounds)")
-    ax.set_title(f"Store path, CPU per trace\n{_safe(target)}", fontsize=9)
-    ax.legend(fontsize=8)
+    cpu_panel(axes[0][0], samples, f"Store path, CPU per trace\n{_safe(target)}")
     if lags:
         ax = axes[0][1]
         for i, name in enumerate(lags):
             lag = lags[name]
-            ax.bar([i - 0.18], [lag["lag_p50_s"] or 0], width=0.36, color=colors[name], alpha=0.5,
+            ax.bar([i - 0.18], [lag["lag_p50_s"] or 0], width=0.36, color=COLORS[name], alpha=0.5,
                    label="p50" if i == 0 else None)
-            ax.bar([i + 0.18], [lag["lag_p99_s"] or 0], width=0.36, color=colors[name], label="p99" if i == 0 else None)
+            ax.bar([i + 0.18], [lag["lag_p99_s"] or 0], width=0.36, color=COLORS[name], label="p99" if i == 0 else None)
             ax.annotate(f"at {lag['paced_at']:.0f}/s", (i, max(lag["lag_p99_s"] or 0, lag["lag_p50_s"] or 0)),
                         ha="center", va="bottom", fontsize=8)
         ax.axhline(2.0, color="green", linestyle="--", linewidth=1, label="goal: p99 < 2 s")
