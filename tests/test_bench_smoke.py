@@ -123,7 +123,7 @@ def test_bench_store_paths_compares_log_spans_and_bulk(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "spanline.bench", "--store", f"sqlite:///{tmp_path}/paths.db", "--paths",
          "--traces", "6", "--batch", "4", "--rounds", "2", "--json", str(tmp_path / "paths.json"),
-         "--png", str(tmp_path / "paths.png")],
+         "--png", str(tmp_path / "paths.png"), "--lag", "1", "--lag-backlog", "600"],
         env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -133,3 +133,11 @@ def test_bench_store_paths_compares_log_spans_and_bulk(tmp_path):
     samples = json.loads((tmp_path / "paths.json").read_text())["samples"]
     assert all(len(samples[path]) == 2 and samples[path][0]["cpu_ms"] > 0 for path in ("log_spans", "bulk"))
     assert (tmp_path / "paths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The lag at 80% of each path's writer rate: a writer process per path, on a CPU of its own where there
+    # are two, which took the path asked for; every paced call's lag measured.
+    lags = json.loads((tmp_path / "paths.json").read_text())["lags"]
+    for path in ("log_spans", "bulk"):
+        lag = lags[path]
+        assert lag["writer_traces_per_s"] > 0 and lag["lags_measured"] == lag["calls"] > 0, lag
+        assert lag["store_path"].startswith(path), lag
+        assert lag["pinned"].startswith("writer on CPU" if len(os.sched_getaffinity(0)) > 1 else "not pinned"), lag

@@ -16,6 +16,7 @@ in the store after every write.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gc
 import json
@@ -38,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lag", type=float, default=0.0, metavar="SECONDS",
                        help="--paths: also the lag p99 at 80%% of each path's writer rate, for SECONDS of paced "
                        "calls (default: not measured)")
+    group.add_argument("--lag-backlog", type=int, default=BACKLOG, metavar="CALLS",
+                       help="--lag: plain calls appended first, for the writer's rate (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     lags = {}
     if args.lag:
         for path in PATHS:
-            lags[path] = lag_at_80_percent(target, path, args.lag)
+            lags[path] = lag_at_80_percent(target, path, args.lag, args.lag_backlog)
             print(f"lag {path}: {lags[path]}", file=sys.stderr, flush=True)
     print(render(target, samples, args, lags))
     if getattr(args, "png", None):
@@ -107,15 +110,20 @@ print(json.dumps({"lags": sorted(lags), "calls": calls}))
 """
 
 
-def lag_at_80_percent(uri: str, path: str, seconds: float) -> dict[str, Any]:
+def lag_at_80_percent(uri: str, path: str, seconds: float, backlog: int = BACKLOG) -> dict[str, Any]:
     """The writer's rate on a ready backlog of plain calls, then the lag of calls paced at 80% of it.
 
     One writer process (``spanline writer``, ``SPANLINE_BULK_STORE`` set for ``path``), fed by producer
-    processes: first ``BACKLOG`` calls appended with no writer running (its rate: traces stored over the
+    processes: first ``backlog`` calls appended with no writer running (its rate: traces stored over the
     time from its first stored trace to the last, polled in the store), then ``seconds`` of calls paced at
     80% of that rate (``spanline.bench.lag.steady_lag``: the time from a call's return until the store's count
     covers it, polled every 50 ms). The store's count is polled for both: the writer's status file is rewritten
-    between its batches, and a ready backlog is one batch."""
+    between its batches, and a ready backlog is one batch.
+
+    The goal is per writer core, so on a host of two or more CPUs the writer runs on a CPU of its own for both
+    parts (``_Pinning``), and the producers, this process and a local PostgreSQL's processes on the others:
+    unpinned, the producer's ~1 ms of CPU per traced call at the bulk path's rates took the writer's core.
+    """
     import subprocess
     import tempfile
 
@@ -129,35 +137,82 @@ def lag_at_80_percent(uri: str, path: str, seconds: float) -> dict[str, Any]:
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_ID": experiment,
                "MLFLOW_MODEL_CATALOG_URI": "", "SPANLINE_LOG_DIR": log, "SPANLINE_WRITER_AUTOSTART": "0",
                "SPANLINE_BULK_STORE": "1" if path == "bulk" else "0", "BENCH_RATE": "0",
-               "BENCH_CALLS": str(BACKLOG), "BENCH_SECONDS": str(seconds)}
-        subprocess.run([sys.executable, "-c", _PRODUCER], env=env, check=True, timeout=900)
+               "BENCH_CALLS": str(backlog), "BENCH_SECONDS": str(seconds)}
+        pinning = _Pinning(uri)
+        subprocess.run([sys.executable, "-c", _PRODUCER], env=env, check=True, timeout=900,
+                       preexec_fn=pinning.others)
         writer = subprocess.Popen([sys.executable, "-m", "spanline", "writer", "--log-dir", log], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                  preexec_fn=pinning.writer)
         try:
+            pinning.pin_rest()
             series: list[tuple[float, int]] = []
             deadline = time.monotonic() + 900
             while time.monotonic() < deadline:
                 stored = _count(uri, experiment)  # per sink call: the writer's status waits for its whole batch
                 series.append((time.monotonic(), stored))
-                if stored >= BACKLOG:
+                if stored >= backlog:
                     break
                 time.sleep(0.1)
             rate = _sustained(series) or 0.0
             if not rate:
                 raise RuntimeError(f"{path}: no writer rate from the status series {series[-5:]}")
             paced = subprocess.run([sys.executable, "-c", _PRODUCER], env={**env, "BENCH_RATE": str(0.8 * rate)},
-                                   check=True, timeout=900 + seconds, capture_output=True, text=True)
+                                   check=True, timeout=900 + seconds, capture_output=True, text=True,
+                                   preexec_fn=pinning.others)
             time.sleep(0.6)  # the status file, rewritten every 0.5 s, says which path the writer took
             store_path = (logdir.read_status(log).get("store") or {}).get("path")
         finally:
             _stop(writer)
+            pinning.release()
     found = json.loads(paced.stdout.strip().splitlines()[-1])
     lags = found["lags"]
     return {"writer_traces_per_s": rate, "paced_at": 0.8 * rate, "calls": found["calls"],
             "achieved_per_s": found["calls"] / seconds, "lags_measured": len(lags),
             "lag_p50_s": lags[len(lags) // 2] if lags else None,
             "lag_p99_s": lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else None,
-            "store_path": store_path}
+            "store_path": store_path, "pinned": pinning.describe()}
+
+
+class _Pinning:
+    """The writer on the last CPU this process may use, everything else of the measurement on the others;
+    nothing pinned on a one-CPU host. ``writer`` and ``others`` run in a child before it executes (preexec);
+    ``pin_rest`` moves this process and a local PostgreSQL's processes, ``release`` gives them every CPU back."""
+
+    def __init__(self, uri: str) -> None:
+        self.all = sorted(os.sched_getaffinity(0))
+        self.enabled = len(self.all) >= 2
+        self.uri = uri
+        self.moved: list[int] = []
+
+    def writer(self) -> None:
+        if self.enabled:
+            os.sched_setaffinity(0, {self.all[-1]})
+
+    def others(self) -> None:
+        if self.enabled:
+            os.sched_setaffinity(0, set(self.all[:-1]))
+
+    def pin_rest(self) -> None:
+        if not self.enabled:
+            return
+        for pid in [os.getpid(), *_server_pids(self.uri)]:
+            try:
+                os.sched_setaffinity(pid, set(self.all[:-1]))
+                self.moved.append(pid)
+            except OSError:  # not ours to move (another user's server): it stays where it is
+                pass
+
+    def release(self) -> None:
+        for pid in self.moved:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(pid, set(self.all))
+        self.moved.clear()
+
+    def describe(self) -> str:
+        if not self.enabled:
+            return "not pinned (one CPU)"
+        return f"writer on CPU {self.all[-1]}, the rest on {','.join(map(str, self.all[:-1]))}"
 
 
 def _experiment() -> str:
@@ -232,8 +287,26 @@ def _count(uri: str, experiment: str) -> int:
 
 def _server_cpu(uri: str) -> float | None:
     """CPU seconds of a local PostgreSQL server's processes so far; None for another store, or a remote one."""
-    if not uri.startswith("postgresql"):
+    pids = _server_pids(uri)
+    if not pids:
         return None
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def _server_pids(uri: str) -> list[int]:
+    """A local PostgreSQL server's processes (its postmaster, found from a backend's parent, and its children);
+    none for another store, or a remote one."""
+    if not uri.startswith("postgresql"):
+        return []
     from mlflow.tracking._tracking_service.utils import _get_store
     from sqlalchemy import text
 
@@ -243,20 +316,19 @@ def _server_cpu(uri: str) -> float | None:
         with open(f"/proc/{backend}/stat") as f:
             postmaster = int(f.read().rsplit(")", 1)[1].split()[1])
     except OSError:
-        return None
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+        return []
+    found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
-        if int(pid) == postmaster or int(fields[1]) == postmaster:
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / tick
+        if int(pid) == postmaster or parent == postmaster:
+            found.append(int(pid))
+    return found
 
 
 def _safe(uri: str) -> str:
@@ -296,8 +368,8 @@ def render(target: str, samples: dict[str, list[dict[str, float]]], args: argpar
         + (f" --lag {args.lag:g}`." if lags else "`."),
     ]
     if lags:
-        out += ["", f"Lag at 80% of the writer's rate ({BACKLOG} plain calls of 1 span for the rate on a ready "
-                f"backlog, then {args.lag:g} s of calls paced at 80% of it; one writer process):", "",
+        out += ["", f"Lag at 80% of the writer's rate ({args.lag_backlog} plain calls of 1 span for the rate on a "
+                f"ready backlog, then {args.lag:g} s of calls paced at 80% of it; one writer process):", "",
                 "| path | writer traces/s (backlog) | paced at | achieved | lag p50 | lag p99 | store path |",
                 "| --- | --- | --- | --- | --- | --- | --- |"]
         for path, lag in lags.items():
@@ -305,6 +377,7 @@ def render(target: str, samples: dict[str, list[dict[str, float]]], args: argpar
             out.append(f"| {path} | {lag['writer_traces_per_s']:.0f} | {lag['paced_at']:.0f}/s | "
                        f"{lag['achieved_per_s']:.0f}/s | {'-' if p50 is None else f'{p50:.2f} s'} | "
                        f"{'-' if p99 is None else f'{p99:.2f} s'} | {lag['store_path']} |")
+        out += ["", f"CPUs: {next(iter(lags.values())).get('pinned', 'not pinned')}."]
     return "\n".join(out)
 
 
