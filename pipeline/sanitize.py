@@ -24,6 +24,7 @@ does, and another version's may do more.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 try:
@@ -33,6 +34,8 @@ except ImportError:  # another MLflow: nothing to replace (and no verified pair 
 
 _WHITESPACE = " \t\n\r"  # JSON's whitespace (json.decoder.WHITESPACE_STR), which json.loads skips
 _original = getattr(_translation, "sanitize_attributes", None)
+# JSON text of a string with no escape in it: its content is what is between the quotes
+_PLAIN_STRING = re.compile(r'"[^"\\\x00-\x1f]*"')
 
 
 def screened(attributes: dict[str, Any]) -> dict[str, Any]:
@@ -53,10 +56,13 @@ def _unwrapped(value: str) -> str:
     """One value that is JSON text of a string (it starts with ``"``): the string when it is itself JSON of a
     string, an object or an array, else ``value``; MLflow 3.17.2's rule, its exceptions caught where it
     catches them."""
-    try:
-        result = json.loads(value)  # a str: JSON text starting with '"' decodes to nothing else
-    except json.JSONDecodeError:
-        return value
+    if _PLAIN_STRING.fullmatch(value):  # most are: a name, a type, an id, with nothing to unescape
+        result = value[1:-1]
+    else:
+        try:
+            result = json.loads(value)  # a str: JSON text starting with '"' decodes to nothing else
+        except json.JSONDecodeError:
+            return value
     first = result.lstrip(_WHITESPACE)[:1]
     if first and first in "-0123456789":  # a number inside: MLflow's own (it fails past 4,300 digits)
         return _original({"": value})[""]
