@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import mlflow
 import pytest
 from mlflow import MlflowClient
 from mlflow.tracking._tracking_service.utils import _get_store
@@ -131,3 +135,36 @@ def test_a_server_that_refuses_gzip_gets_the_spans_uncompressed(mlflow_server_ur
         proxy.shutdown()
         proxy.server_close()
 
+
+def test_bench_requests_compares_every_setting_against_a_real_server(mlflow_server, tmp_path):
+    """``spanline bench --server URL --requests`` (tiny counts): every setting in the table, alternated per round,
+    every trace stored whole in its setting's experiment."""
+    env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": "", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    out = tmp_path / "requests.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "spanline.bench", "--server", mlflow_server.url, "--requests", "--traces", "6",
+         "--batches", "1,3", "--threads", "1,2", "--encodings", "none,gzip", "--rounds", "2", "--metadata",
+         "--json", str(out)],
+        env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split(" | ")[:3] for row in rows] == [
+        ["| 1", "1", "none"], ["| 3", "1", "none"], ["| 3", "2", "none"], ["| 3", "1", "gzip"]
+    ]
+    assert "Load average" in done.stdout and "--requests --traces 6" in done.stdout
+    labels = [line.split(":")[0] for line in done.stderr.splitlines() if line.startswith("round ")]
+    assert labels[:4] == [f"round 1 {s}" for s in ("1 per request, 1 thread, none", "3 per request, 1 thread, none",
+                                                   "3 per request, 2 threads, none", "3 per request, 1 thread, gzip")]
+    assert labels[4:] == [f"round 2{label[7:]}" for label in reversed(labels[:4])]
+    found = json.loads(out.read_text())
+    gzip_rows = [s for s in found["samples"] if s["setting"]["encoding"] == "gzip"]
+    assert gzip_rows[0]["rounds"][0]["bytes_per_trace"] < found["samples"][1]["rounds"][0]["bytes_per_trace"] / 2
+    mlflow.set_tracking_uri(mlflow_server.url)
+    for sample in found["samples"]:
+        assert len(sample["rounds"]) == 2
+        for r in sample["rounds"]:
+            assert r["cpu_ms"] > 0 and r["traces_per_s"] > 0
+            traces = MlflowClient(mlflow_server.url).search_traces(locations=[r["experiment"]], max_results=50)
+            assert len(traces) == 6, sample["setting"]
+            assert all(len(t.data.spans) == 4 for t in traces)
