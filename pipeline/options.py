@@ -72,8 +72,9 @@ _ACCEPTED = {
     "segment_bytes": "a number of bytes, >= 4096", "writer_autostart": "1/0, true/false, yes/no, on/off",
     "exit_wait": "'store' or 'disk'", "mlflow_spans": "'log' or 'mlflow'",
 }
-# SPANLINE_* variables read elsewhere (the writer's command line; SPANLINE_BULK_STORE=0: pipeline/bulkstore.py).
-_OTHER_VARIABLES = {"SPANLINE_WRITERS", "SPANLINE_WRITER_GRACE", "SPANLINE_BULK_STORE"}
+# SPANLINE_* variables read elsewhere (the writer's command line; SPANLINE_BULK_STORE=0: pipeline/bulkstore.py;
+# SPANLINE_OTLP_GZIP=1: pipeline/writer/otlpgzip.py).
+_OTHER_VARIABLES = {"SPANLINE_WRITERS", "SPANLINE_WRITER_GRACE", "SPANLINE_BULK_STORE", "SPANLINE_OTLP_GZIP"}
 
 
 def from_env(environ: Mapping[str, str] = os.environ, strict: bool = False) -> dict[str, Any]:

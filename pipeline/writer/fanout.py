@@ -18,7 +18,8 @@ store writer, and how many by default, depends on the store (``plan``):
   opened together all landed on one of two workers, and a second store writer added nothing. So the store
   writers' batch requests each ask for a fresh connection (``Connection: close``); a local connect costs well
   under a millisecond against the seconds of server work a batch of 100–200 traces takes, and each new
-  connection goes to whichever worker accepts first, usually an idle one.
+  connection goes to whichever worker accepts first, usually an idle one. With ``SPANLINE_OTLP_GZIP=1`` the
+  span requests' bodies go gzip-compressed (``otlpgzip``; off by default: on loopback it saved bytes only).
 - PostgreSQL, MySQL, SQL Server (SQLAlchemy): processes when asked (``--writers N``), 1 by default.
   ``log_spans`` there is mostly Python CPU (~3 ms per trace), so threads would share one GIL; processes can
   use the machine's cores. On a loaded 2-core host a second PostgreSQL writer was as often slower as faster
@@ -48,6 +49,7 @@ from typing import Any
 
 from ..assembler import Unit
 from ..sink import MlflowSink  # imports mlflow: the writer imports this module once its socket is up
+from . import otlpgzip
 
 logger = logging.getLogger("spanline.writer")
 
@@ -171,7 +173,13 @@ class FanOut:
                     _fresh_connection_per_batch()
             else:
                 pool = _Inline(self.make_sink)
-            logger.info("spanline writer: %d store writer(s) (%s) for %s", pool.n, pool.kind, safe_uri(uri))
+            gzip = uri.startswith(("http://", "https://")) and otlpgzip.enabled()
+            if gzip:  # SPANLINE_OTLP_GZIP=1: span requests to this server gzip-compressed (otlpgzip.py)
+                from mlflow.tracking._tracking_service.utils import _get_store
+
+                otlpgzip.compress(_get_store(uri))  # the store object the sinks get for this URI (MLflow caches it)
+            logger.info("spanline writer: %d store writer(s) (%s) for %s%s", pool.n, pool.kind, safe_uri(uri),
+                        ", span requests gzip-compressed" if gzip else "")
             self._pools[uri] = pool
         return pool
 

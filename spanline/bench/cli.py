@@ -90,6 +90,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     from .storepaths import add_arguments as add_path_arguments  # --store URI --paths: log_spans against bulk
 
     add_path_arguments(parser)
+    from .serverrequests import add_arguments as add_request_arguments  # --server URL --requests
+
+    add_request_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -108,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         from .storepaths import run as run_paths
 
         return run_paths(args)
+    if args.server and args.requests:  # the writer's requests to a server: batch, threads, compression
+        from .serverrequests import run as run_requests
+
+        return run_requests(args)
     if args.store or args.server:  # the scale scenarios: one writer, N store writers, a given store
         from .scale import run as run_scale
 
