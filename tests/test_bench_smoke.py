@@ -139,5 +139,5 @@ def test_bench_store_paths_compares_log_spans_and_bulk(tmp_path):
     for path in ("log_spans", "bulk"):
         lag = lags[path]
         assert lag["writer_traces_per_s"] > 0 and lag["lags_measured"] == lag["calls"] > 0, lag
-        assert lag["store_path"].startswith(path), lag
+        assert lag["store_path"].startswith(path) and lag["producer"] == "replay", lag
         assert lag["pinned"].startswith("writer on CPU" if len(os.sched_getaffinity(0)) > 1 else "not pinned"), lag

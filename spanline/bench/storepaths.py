@@ -39,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lag", type=float, default=0.0, metavar="SECONDS",
                        help="--paths: also the lag p99 at 80%% of each path's writer rate, for SECONDS of paced "
                        "calls (default: not measured)")
+    group.add_argument("--lag-producer", choices=("replay", "sdk"), default="replay",
+                       help="--lag: paced calls made by replaying one real call's event with fresh ids (replay: "
+                       "the producer takes ~1/50 of the CPU, so the host's CPU measures the writer), or by "
+                       "the SDK on the fake API (default: %(default)s)")
     group.add_argument("--lag-backlog", type=int, default=BACKLOG, metavar="CALLS",
                        help="--lag: plain calls appended first, for the writer's rate (default: %(default)s)")
 
@@ -72,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     lags = {}
     if args.lag:
         for path in PATHS:
-            lags[path] = lag_at_80_percent(target, path, args.lag, args.lag_backlog)
+            lags[path] = lag_at_80_percent(target, path, args.lag, args.lag_backlog, args.lag_producer)
             print(f"lag {path}: {lags[path]}", file=sys.stderr, flush=True)
     print(render(target, samples, args, lags))
     if getattr(args, "png", None):
@@ -102,7 +106,9 @@ if not rate:  # the backlog: appended only, stored once the writer starts
     assert spanline.shutdown(600, wait_for_store=False)
     sys.exit(0)
 from spanline.bench.lag import steady_lag
-from spanline.bench.storepaths import _count
+from spanline.bench.storepaths import _count, replayed_call
+if os.environ.get("BENCH_PRODUCER") == "replay":
+    call = replayed_call(call)
 uri, experiment = os.environ["MLFLOW_TRACKING_URI"], os.environ["MLFLOW_EXPERIMENT_ID"]
 lags, calls = steady_lag(call, rate, float(os.environ["BENCH_SECONDS"]), lambda: _count(uri, experiment),
                          lambda: spanline.flush(600), poll=0.05)
@@ -110,7 +116,38 @@ print(json.dumps({"lags": sorted(lags), "calls": calls}))
 """
 
 
-def lag_at_80_percent(uri: str, path: str, seconds: float, backlog: int = BACKLOG) -> dict[str, Any]:
+def replayed_call(call: Any) -> Any:
+    """``call(i)`` as spanline records it, without making it: one real call's event is kept, and each call
+    queues that event again with a fresh trace id and clock (encoding it, ~10 µs), as the call's patch would.
+    The writer reads the same records it would from the real calls; the producer spends ~1/50 of the CPU."""
+    import time
+
+    import msgspec
+
+    from spanline import _runtime
+    from spanline.pipeline import context, events
+
+    pipeline = _runtime.pipeline
+    captured: list[Any] = []
+    emit = pipeline.emit
+    pipeline.emit = captured.append  # type: ignore[method-assign]
+    try:
+        call(0)
+    finally:
+        pipeline.emit = emit  # type: ignore[method-assign]
+    (template,) = [events.decode(events.encode_deferred(item)) for item in captured]
+    duration = template.end_ns - template.start_ns
+
+    def replay(i: int) -> None:
+        ident, now = context.new_span_id(), time.time_ns()
+        pipeline.emit(events.encode(msgspec.structs.replace(
+            template, trace=ident, span=ident, root=ident, start_ns=now - duration, end_ns=now)))
+
+    return replay
+
+
+def lag_at_80_percent(uri: str, path: str, seconds: float, backlog: int = BACKLOG,
+                      producer: str = "replay") -> dict[str, Any]:
     """The writer's rate on a ready backlog of plain calls, then the lag of calls paced at 80% of it.
 
     One writer process (``spanline writer``, ``SPANLINE_BULK_STORE`` set for ``path``), fed by producer
@@ -120,9 +157,13 @@ def lag_at_80_percent(uri: str, path: str, seconds: float, backlog: int = BACKLO
     covers it, polled every 50 ms). The store's count is polled for both: the writer's status file is rewritten
     between its batches, and a ready backlog is one batch.
 
-    The goal is per writer core, so on a host of two or more CPUs the writer runs on a CPU of its own for both
-    parts (``_Pinning``), and the producers, this process and a local PostgreSQL's processes on the others:
-    unpinned, the producer's ~1 ms of CPU per traced call at the bulk path's rates took the writer's core.
+    The goal is the writer's, per writer core. So on a host of two or more CPUs the writer runs on a CPU of its
+    own for both parts (``_Pinning``), and the producers, this process and a local PostgreSQL's processes on the
+    others; and the paced calls are, by default, one real call's event replayed with fresh ids
+    (``replayed_call``): the writer reads the same records, and the producer takes ~20 µs a call instead of the
+    fake SDK call's ~1 ms. With the SDK producer at the bulk path's rates (~800 calls/s) the producer's process
+    saturates its CPU, and its own worker thread, starved of the GIL, appends late: that lag is the
+    application's, measured here with ``producer="sdk"``.
     """
     import subprocess
     import tempfile
@@ -137,7 +178,8 @@ def lag_at_80_percent(uri: str, path: str, seconds: float, backlog: int = BACKLO
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_ID": experiment,
                "MLFLOW_MODEL_CATALOG_URI": "", "SPANLINE_LOG_DIR": log, "SPANLINE_WRITER_AUTOSTART": "0",
                "SPANLINE_BULK_STORE": "1" if path == "bulk" else "0", "BENCH_RATE": "0",
-               "BENCH_CALLS": str(backlog), "BENCH_SECONDS": str(seconds)}
+               "BENCH_CALLS": str(backlog), "BENCH_SECONDS": str(seconds),
+               "BENCH_PRODUCER": producer}
         pinning = _Pinning(uri)
         subprocess.run([sys.executable, "-c", _PRODUCER], env=env, check=True, timeout=900,
                        preexec_fn=pinning.others)
@@ -171,7 +213,7 @@ def lag_at_80_percent(uri: str, path: str, seconds: float, backlog: int = BACKLO
             "achieved_per_s": found["calls"] / seconds, "lags_measured": len(lags),
             "lag_p50_s": lags[len(lags) // 2] if lags else None,
             "lag_p99_s": lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else None,
-            "store_path": store_path, "pinned": pinning.describe()}
+            "store_path": store_path, "pinned": pinning.describe(), "producer": producer}
 
 
 class _Pinning:
@@ -369,7 +411,8 @@ def render(target: str, samples: dict[str, list[dict[str, float]]], args: argpar
     ]
     if lags:
         out += ["", f"Lag at 80% of the writer's rate ({args.lag_backlog} plain calls of 1 span for the rate on a "
-                f"ready backlog, then {args.lag:g} s of calls paced at 80% of it; one writer process):", "",
+                f"ready backlog, then {args.lag:g} s of calls paced at 80% of it; one writer process; "
+                f"`--lag-producer {args.lag_producer}`):", "",
                 "| path | writer traces/s (backlog) | paced at | achieved | lag p50 | lag p99 | store path |",
                 "| --- | --- | --- | --- | --- | --- | --- |"]
         for path, lag in lags.items():
@@ -377,7 +420,10 @@ def render(target: str, samples: dict[str, list[dict[str, float]]], args: argpar
             out.append(f"| {path} | {lag['writer_traces_per_s']:.0f} | {lag['paced_at']:.0f}/s | "
                        f"{lag['achieved_per_s']:.0f}/s | {'-' if p50 is None else f'{p50:.2f} s'} | "
                        f"{'-' if p99 is None else f'{p99:.2f} s'} | {lag['store_path']} |")
-        out += ["", f"CPUs: {next(iter(lags.values())).get('pinned', 'not pinned')}."]
+        first = next(iter(lags.values()))
+        out += ["", f"CPUs: {first.get('pinned', 'not pinned')}. Paced calls: "
+                + ("one real call's event replayed with fresh ids" if first.get("producer") == "replay"
+                   else "SDK calls on the fake API") + "."]
     return "\n".join(out)
 
 
