@@ -199,10 +199,20 @@ def wait_idle(timeout: float | None = None) -> bool:
 
 
 class _RestSender:
-    """One daemon thread sending queued metadata requests to servers, bounded, retried, failures logged."""
+    """Daemon threads sending queued metadata requests to servers, bounded, retried, failures logged.
+
+    A server spends ~13 ms of CPU on each request (one per trace: it has no batch call), three times its
+    ``log_spans`` per trace, so one thread sent ~54 traces/s to ``mlflow server --workers 2`` (docs/scaling.md).
+    ``SENDERS`` threads keep the server's workers busy (the writer's store requests each take a fresh
+    connection, so they spread over them). A full queue makes ``submit`` wait instead of dropping: the store
+    step, and with it the writer, goes at the server's pace, and what is not stored yet stays in the log.
+    Only a queue that stays full for ``FULL_WAIT`` seconds (a server that answers nothing) drops, counted.
+    """
 
     MAX_QUEUED = 10_000
+    SENDERS = 4
     ATTEMPTS = 3
+    FULL_WAIT = 300.0
 
     def __init__(self) -> None:
         self._reset()
@@ -213,20 +223,26 @@ class _RestSender:
         self.cv = threading.Condition()
         self.unfinished = 0
         self.dropped = 0
-        self.thread: threading.Thread | None = None
+        self.threads: list[threading.Thread] = []
 
     def submit(self, store: object, info: TraceInfo, metadata: dict[str, str]) -> None:
         with self.cv:
-            if len(self.items) >= self.MAX_QUEUED:
+            self._start_threads()
+            if not self.cv.wait_for(lambda: len(self.items) < self.MAX_QUEUED, self.FULL_WAIT):
                 self.dropped += 1
-                logger.warning("spanline: trace metadata queue full; metadata of %s not sent", info.trace_id)
+                logger.warning("spanline: trace metadata queue full for %.0f s; metadata of %s not sent",
+                               self.FULL_WAIT, info.trace_id)
                 return
             self.items.append((store, info, metadata))
             self.unfinished += 1
-            if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(target=self._run, name="spanline-metadata", daemon=True)
-                self.thread.start()
-            self.cv.notify()
+            self.cv.notify_all()
+
+    def _start_threads(self) -> None:
+        self.threads = [t for t in self.threads if t.is_alive()]
+        while len(self.threads) < self.SENDERS:
+            thread = threading.Thread(target=self._run, name=f"spanline-metadata-{len(self.threads)}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
 
     def wait_idle(self, timeout: float | None) -> bool:
         with self.cv:
@@ -237,6 +253,7 @@ class _RestSender:
             with self.cv:
                 self.cv.wait_for(lambda: bool(self.items))
                 store, info, metadata = self.items.popleft()
+                self.cv.notify_all()  # room in the queue: a waiting submit goes on
             try:
                 for attempt in range(self.ATTEMPTS):
                     try:

@@ -168,3 +168,24 @@ def test_bench_requests_compares_every_setting_against_a_real_server(mlflow_serv
             traces = MlflowClient(mlflow_server.url).search_traces(locations=[r["experiment"]], max_results=50)
             assert len(traces) == 6, sample["setting"]
             assert all(len(t.data.spans) == 4 for t in traces)
+
+
+def test_trace_metadata_for_a_server_waits_for_room_instead_of_dropping(mlflow_server_uri, template, monkeypatch):
+    """A server takes one request per trace for its metadata (~13 ms of its CPU each), slower than the spans
+    arrive under load. A full queue of those requests makes the store step wait for the server instead of
+    dropping metadata: 30 traces through a queue of 2 all get their size figures, and nothing is counted
+    dropped."""
+    from spanline.pipeline import trace_metadata
+    from spanline.pipeline.sink import MlflowSink
+
+    url, experiment = mlflow_server_uri
+    monkeypatch.setattr(trace_metadata._sender, "MAX_QUEUED", 2)
+    dropped = trace_metadata._sender.dropped
+    units = [unit for _ in range(10) for unit in _fresh(template, url, experiment)]
+    MlflowSink(lambda: experiment).write(units)
+    assert trace_metadata.wait_idle(120)
+    assert trace_metadata._sender.dropped == dropped
+    client = MlflowClient(url)
+    for unit in units:
+        metadata = client.get_trace(unit.trace_id).info.trace_metadata
+        assert set(trace_metadata.SIZE_KEYS) <= set(metadata), (unit.trace_id, metadata)
