@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from .storepaths import _agent_units, _fresh, _safe
+from .storepaths import _agent_units, _fresh, _safe, process_cpu
 
 
 @dataclass(frozen=True)
@@ -153,12 +153,12 @@ def _write(url: str, units: list, setting: Setting, server_store: str | None, me
     trace_metadata._sender = held
     try:
         pids = server_pids(url)
-        server0, pg0 = _cpu(pids), _pg_cpu(server_store)
+        server0, pg0 = process_cpu(pids), _pg_cpu(server_store)
         cpu0, t0 = time.process_time(), time.perf_counter()
         for i in range(0, len(units), per_call):
             fan(units[i : i + per_call])
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-        server1, pg1 = _cpu(pids), _pg_cpu(server_store)
+        server1, pg1 = process_cpu(pids), _pg_cpu(server_store)
     finally:
         trace_metadata._sender = sender
         otlpgzip.uncompress(store)
@@ -171,7 +171,7 @@ def _write(url: str, units: list, setting: Setting, server_store: str | None, me
         sender.submit(*item)
     if not sender.wait_idle(600):
         raise RuntimeError("trace metadata not sent within 600 s")
-    server2, pg2, metadata_wall = _cpu(pids), _pg_cpu(server_store), time.perf_counter() - t1
+    server2, pg2, metadata_wall = process_cpu(pids), _pg_cpu(server_store), time.perf_counter() - t1
     stored = _stored(url, units)
     if stored != len(units):
         raise RuntimeError(f"{setting.label}: {stored} of {len(units)} traces stored")
@@ -264,19 +264,6 @@ def server_pids(url: str) -> list[int]:
 
 def _pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
-def _cpu(pids: list[int]) -> float:
-    """CPU seconds (user + system) of ``pids`` so far; a process gone since counts as nothing."""
-    tick, total = os.sysconf("SC_CLK_TCK"), 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / tick
 
 
 def _pg_cpu(uri: str | None) -> float | None:

@@ -341,10 +341,12 @@ def _count(uri: str, experiment: str) -> int:
 def _server_cpu(uri: str) -> float | None:
     """CPU seconds of a local PostgreSQL server's processes so far; None for another store, or a remote one."""
     pids = _server_pids(uri)
-    if not pids:
-        return None
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    return process_cpu(pids) if pids else None
+
+
+def process_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) of ``pids`` so far, from ``/proc``; a process gone since counts as nothing."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
