@@ -14,7 +14,6 @@ import pytest
 from helpers import attr_json, scan_for, store_files, traces_in
 from hypothesis import given
 from hypothesis import strategies as st
-from logwriters import log_dir_of
 from spanline.pipeline.streams import StreamState
 
 import spanline
@@ -59,7 +58,10 @@ def _check(fake, traced, tracking_uri, caplog, streamed: bool = False) -> None:
         assert attr_json(span, "spanline.stream.completed") is True
         assert int(span.attributes["spanline.stream.events"]) >= 6
 
-    log = log_dir_of(tracking_uri)
+    # The event log this process appends to: its directory is fixed when the worker starts, by the tracking URI
+    # in force then (an earlier test's server, if the worker has run since), not by this test's store.
+    log = spanline.stats().log_dir
+    assert log, spanline.stats()
     secrets = [SECRET_KEY.encode(), SESSION_TOKEN.encode(), signature.encode(), authorization.encode()]
     found = scan_for([*store_files(tracking_uri, [traced]), log], [CONTROL.encode(), *secrets])
     control = found.pop(CONTROL.encode())

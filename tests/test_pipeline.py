@@ -14,7 +14,6 @@ import pytest
 from helpers import scan_for, sdk_changes, sdk_snapshot, store_files, traces_in
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from logwriters import log_dir_of
 from spanline.pipeline import events
 from spanline.pipeline.convert import to_json_bytes
 
@@ -270,7 +269,10 @@ def test_no_secret_is_stored(traced, fake, tracking_uri):
                                unknown_argument=object())
     assert spanline.flush(30)
     traces_in(traced)
-    log = log_dir_of(tracking_uri)  # the event log's segments, this producer's open one included
+    # The event log this process appends to: its directory is fixed when the worker starts, by the tracking URI
+    # in force then (an earlier test's server, if the worker has run since), not by this test's store.
+    log = spanline.stats().log_dir
+    assert log, spanline.stats()
     found = scan_for([*store_files(tracking_uri, [traced]), log], [b"control-prompt-3f9a", b"SECRET-KEY-123",
                                                                    b"EXTRA-SECRET", b"TOKEN-SECRET", b"sk-LEAK"])
     control = found.pop(b"control-prompt-3f9a")
