@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from .storepaths import _agent_units, _fresh, _safe, process_cpu
+from .storepaths import _fresh, _safe, process_cpu, recorded_agents
 
 
 @dataclass(frozen=True)
@@ -85,18 +85,10 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # as the writer process (spanline/cli.py)
     import mlflow
 
-    import spanline
-    from spanline.pipeline.compat import remember_missing_modules
-
-    from .workload import fake_clients
-
-    remember_missing_modules()  # as the writer process does
     url, rounds = args.server.rstrip("/"), args.rounds or 2
     chosen = settings(args)
     mlflow.set_tracking_uri(url)
-    spanline.autolog(silent=True)
-    client, _, _ = fake_clients()
-    template = _agent_units(client, args.traces)
+    template = recorded_agents(args.traces)
     load = [os.getloadavg()]
     _write(url, _fresh(template, url, _experiment()), Setting(max(s.batch for s in chosen), 1, "none"), None)  # warm-up
     samples: dict[Setting, list[dict[str, float]]] = {s: [] for s in chosen}

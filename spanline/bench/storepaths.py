@@ -51,17 +51,9 @@ def run(args: argparse.Namespace) -> int:
     os.environ["MLFLOW_MODEL_CATALOG_URI"] = ""
     import mlflow
 
-    import spanline
-    from spanline.pipeline.compat import remember_missing_modules
-
-    from .workload import fake_clients
-
-    remember_missing_modules()  # as the writer process does
     target, rounds = args.store, args.rounds or 3
     mlflow.set_tracking_uri(target)
-    spanline.autolog(silent=True)
-    client, _, _ = fake_clients()
-    template = _agent_units(client, args.traces)
+    template = recorded_agents(args.traces)
     _write(target, _fresh(template, target, _experiment()), args.batch, "bulk")  # warm-up: imports, connections
     samples: dict[str, list[dict[str, float]]] = {p: [] for p in PATHS}
     for r in range(rounds):
@@ -127,14 +119,11 @@ def replayed_call(call: Any) -> Any:
     from spanline import _runtime
     from spanline.pipeline import context, events
 
+    from .throughput import captured_events
+
     pipeline = _runtime.pipeline
-    captured: list[Any] = []
-    emit = pipeline.emit
-    pipeline.emit = captured.append  # type: ignore[method-assign]
-    try:
+    with captured_events() as captured:
         call(0)
-    finally:
-        pipeline.emit = emit  # type: ignore[method-assign]
     (template,) = [events.decode(events.encode_deferred(item)) for item in captured]
     duration = template.end_ns - template.start_ns
 
@@ -272,6 +261,20 @@ def _experiment() -> str:
     import mlflow
 
     return mlflow.create_experiment(f"spanline-paths-{uuid.uuid4().hex[:10]}")
+
+
+def recorded_agents(n: int) -> list:
+    """``n`` of the seed agent's traces (4 spans) as the writer gets them (assembled units), recorded by spanline
+    on the in-process fake API, in a process set up as the writer's (a failed ``import litellm`` remembered)."""
+    import spanline
+    from spanline.pipeline.compat import remember_missing_modules
+
+    from .workload import fake_clients
+
+    remember_missing_modules()  # as the writer process does
+    spanline.autolog(silent=True)
+    client, _, _ = fake_clients()
+    return _agent_units(client, n)
 
 
 def _agent_units(client: Any, n: int) -> list:
@@ -444,16 +447,8 @@ def run_store_path_job(job: dict[str, Any]) -> dict[str, Any]:
     """The main bench's SP scenario, one (round, path) in its own process: ``job["n"]`` of the seed agent's
     traces written through the sink on ``job["path"]`` into the job's fresh sqlite store, after a warm-up
     write (imports, connection, the gate) into another experiment."""
-    import spanline
-    from spanline.pipeline.compat import remember_missing_modules
-
-    from .workload import fake_clients
-
-    remember_missing_modules()  # as the writer process does
-    spanline.autolog(silent=True)
-    client, _, _ = fake_clients()
     uri, path, batch = job["uri"], job["path"], job["batch"]
-    template = _agent_units(client, job["n"])
+    template = recorded_agents(job["n"])
     _write(uri, _fresh(template[:50], uri, _experiment()), batch, path)
     units = _fresh(template, uri, _experiment())
     gc.collect()

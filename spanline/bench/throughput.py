@@ -3,19 +3,36 @@ next to raw ``log_spans`` with pre-built spans (the ceiling), by batch size."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from .measure import spanline_stats
 from .workload import CITIES, FLUSH_TIMEOUT, MODEL, TOOLS, fake_clients
 
 
+@contextlib.contextmanager
+def captured_events() -> Iterator[list[Any]]:
+    """While inside, the events spanline's patches emit are kept in the list given, not queued (an item is
+    encoded bytes, or a deferred tuple: ``events.encode_deferred`` makes bytes of either)."""
+    from spanline import _runtime
+
+    pipeline = _runtime.pipeline
+    captured: list[Any] = []
+    emit = pipeline.emit
+    pipeline.emit = captured.append  # type: ignore[method-assign]
+    try:
+        yield captured
+    finally:
+        pipeline.emit = emit  # type: ignore[method-assign]
+
+
 def capture_agent_events(client: Any, traces: int) -> list[bytes]:
     """Run the seed's agent (sync flavour) ``traces`` times under spanline and keep the encoded events
     instead of queueing them, so a store can later be fed a ready-made backlog."""
     import spanline
-    from spanline import _runtime
 
     @spanline.trace(span_type="TOOL")
     def get_weather(city: str) -> str:
@@ -36,15 +53,9 @@ def capture_agent_events(client: Any, traces: int) -> list[bytes]:
             )
         return client.messages.create(model=MODEL, messages=messages, max_tokens=2048).content[-1].text
 
-    pipeline = _runtime.pipeline
-    captured: list[bytes] = []
-    emit = pipeline.emit
-    pipeline.emit = captured.append  # type: ignore[method-assign]
-    try:
+    with captured_events() as captured:
         for i in range(traces):
             agent(f"What's the weather like in {CITIES[i % len(CITIES)]} today?")
-    finally:
-        pipeline.emit = emit  # type: ignore[method-assign]
     return captured
 
 
