@@ -21,6 +21,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 from mlflow.tracking._tracking_service.utils import _get_store
+from spanline.pipeline import trace_metadata
 from spanline.pipeline.writer import fanout, otlpgzip
 
 import spanline
@@ -130,6 +131,9 @@ def test_a_server_that_refuses_gzip_gets_the_spans_uncompressed(mlflow_server_ur
         assert "refused a gzip-compressed OTLP request" in caplog.text
         for unit in first + second:
             assert len(_shape(url, unit.trace_id)) == 4
+        # The traces' metadata requests go through the proxy too: sent before it closes, so that no later test
+        # waits on requests to a closed port.
+        assert trace_metadata.wait_idle(120)
     finally:
         otlpgzip.uncompress(_get_store(proxy_url))
         proxy.shutdown()
@@ -175,7 +179,6 @@ def test_trace_metadata_for_a_server_waits_for_room_instead_of_dropping(mlflow_s
     arrive under load. A full queue of those requests makes the store step wait for the server instead of
     dropping metadata: 30 traces through a queue of 2 all get their size figures, and nothing is counted
     dropped."""
-    from spanline.pipeline import trace_metadata
     from spanline.pipeline.sink import MlflowSink
 
     url, experiment = mlflow_server_uri
