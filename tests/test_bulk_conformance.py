@@ -325,3 +325,31 @@ def test_stats_name_the_store_path(experiment, fake, restore_options):
         assert (spanline.stats().store_path or "").startswith("bulk (mlflow "), spanline.stats()
     finally:
         spanline.autolog(disable=True, silent=True, durability="page_cache")
+
+
+def test_each_experiment_s_traces_carry_its_own_artifact_location(tmp_path, monkeypatch):
+    """The bulk path reads an experiment's artifact location once every few seconds, not once per batch: traces of
+    two experiments of one store, written in turn, still each get their own experiment's location (where their
+    attachments go), as log_spans gives them."""
+    ref, bulk = (f"sqlite:///{tmp_path}/{name}.db" for name in ("ref", "bulk"))
+    first = {fresh_store(uri, str(tmp_path / "artifacts-a")) for uri in (ref, bulk)}
+    second = {_get_store(uri).create_experiment("second", artifact_location=str(tmp_path / "artifacts-b"))
+              for uri in (ref, bulk)}
+    assert len(first) == len(second) == 1  # the same ids in both stores
+    first, second = first.pop(), second.pop()
+    t = Traces(7)
+    for experiment in (first, second, first, second):
+        write_both(monkeypatch, ref, bulk, experiment, [t.agent() for _ in range(3)])
+    compare_rows(ref, bulk)
+    tags = {row[0]: row[1] for row in _artifact_tags(bulk)}
+    assert len(tags) == 12
+    assert sum("artifacts-a" in location for location in tags.values()) == 6
+    assert sum("artifacts-b" in location for location in tags.values()) == 6
+
+
+def _artifact_tags(uri: str) -> list[tuple[str, str]]:
+    from sqlalchemy import text
+
+    with _get_store(uri).engine.connect() as conn:
+        query = "SELECT request_id, value FROM trace_tags WHERE key = 'mlflow.artifactLocation'"
+        return list(conn.execute(text(query)))
