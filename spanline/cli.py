@@ -198,6 +198,7 @@ def _writer(args: argparse.Namespace) -> int:
         idle_exit=args.idle_exit,
         poll=args.poll,
         writers=args.writers,
+        freeze_gc=True,
     )
     writer.drain = grace
     try:
