@@ -111,26 +111,6 @@ def test_default_store_writers_per_store_kind():
     assert fanout.plan("http://127.0.0.1:5000", 1) == (1, "inline")
 
 
-@pytest.mark.parametrize(("uri", "per_call"), [
-    ("sqlite:////tmp/spanline-batches.db", fanout.SQL_PART_UNITS),
-    ("postgresql://u@h/db", fanout.SQL_PART_UNITS),
-    ("http://127.0.0.1:5000", fanout.PART_UNITS),
-])
-def test_a_database_written_directly_gets_larger_batches_than_a_server(uri, per_call):
-    """Each sink call is one transaction on a database: ~1,000 traces share its fixed costs there, where a
-    server's request stays at 200. The writer asks for that many at once (``batch_units``) once it knows the store."""
-    calls: list[int] = []
-    fan = FanOut(1, make_sink=lambda: lambda units: calls.append(len(units)))
-    units = [Unit(f"tr-{i:032x}", "0", uri, []) for i in range(2 * per_call + 7)]
-    try:
-        fan(units)
-        assert calls == [per_call, per_call, 7]
-        assert fan.batch_units == per_call
-    finally:
-        fan.close()
-    assert fanout.SQL_PART_UNITS > fanout.PART_UNITS
-
-
 # --- N store writers into PostgreSQL --------------------------------------------------------------------------
 
 

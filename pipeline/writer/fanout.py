@@ -36,7 +36,6 @@ of the same units (the writer retries its unwritten list as is) writes only the 
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import multiprocessing
 import os
@@ -56,12 +55,7 @@ logger = logging.getLogger("spanline.writer")
 
 Sink = Callable[[Sequence[Unit]], None]
 
-PART_UNITS = 200  # units per sink call: the writer's own batch size, per store writer of a server
-# Per store writer of a database written directly: one transaction per sink call, so a batch's fixed costs (the
-# experiment's read, the existence check, the commit's journal) and the index pages it dirties are shared by
-# more traces. sqlite, 2,000 plain traces: ~440 µs of writer CPU a trace at 200, ~390 at 1,000, ~385 at 2,000.
-# A round reads at most READ_BYTES per producer (segments.py), which bounds a batch's memory as before.
-SQL_PART_UNITS = 1000
+PART_UNITS = 200  # units per sink call: the writer's own batch size, per store writer
 DEFAULT_SERVER_WRITERS = 4
 DEFAULT_SQL_WRITERS = 1  # measured here: a second PostgreSQL writer process did not help (see the module docstring)
 _SQL_SCHEMES = ("postgresql", "postgres", "mysql", "mssql")
@@ -94,15 +88,9 @@ def partition(units: Sequence[Unit], n: int) -> list[list[Unit]]:
     return parts
 
 
-def part_units(tracking_uri: str) -> int:
-    """Units per sink call for a store: larger for a database written directly than for a server."""
-    scheme = tracking_uri.split(":", 1)[0].split("+", 1)[0].lower() if "://" in tracking_uri else ""
-    return SQL_PART_UNITS if scheme == "sqlite" or scheme in _SQL_SCHEMES else PART_UNITS
-
-
-def _write_in_chunks(sink: Sink, part: Sequence[Unit], size: int = PART_UNITS) -> None:
-    for i in range(0, len(part), size):
-        sink(part[i : i + size])
+def _write_in_chunks(sink: Sink, part: Sequence[Unit]) -> None:
+    for i in range(0, len(part), PART_UNITS):
+        sink(part[i : i + PART_UNITS])
 
 
 def default_sink() -> Sink:
@@ -140,7 +128,7 @@ class FanOut:
     @property
     def batch_units(self) -> int:
         """How many units the writer should hand over per call: a full batch for each store writer."""
-        return max((pool.units * pool.n for pool in self._pools.values()), default=PART_UNITS)
+        return PART_UNITS * max((pool.n for pool in self._pools.values()), default=1)
 
     def __call__(self, units: Sequence[Unit]) -> None:
         todo = [u for u in units if self._stored.get(id(u)) is not u]
@@ -185,7 +173,6 @@ class FanOut:
                     _fresh_connection_per_batch()
             else:
                 pool = _Inline(self.make_sink)
-            pool.units = part_units(uri)
             gzip = uri.startswith(("http://", "https://")) and otlpgzip.enabled()
             if gzip:  # SPANLINE_OTLP_GZIP=1: span requests to this server gzip-compressed (otlpgzip.py)
                 from mlflow.tracking._tracking_service.utils import _get_store
@@ -238,7 +225,6 @@ def _error(exc: BaseException) -> str:
 class _Pool:
     n: int
     kind: str
-    units: int = PART_UNITS  # per sink call (``part_units``)
 
     def write(self, parts: list[list[Unit]]) -> list[str | None]:
         """Write each part with its own store writer, all at once; per part: None (stored) or the error."""
@@ -261,7 +247,7 @@ class _Inline(_Pool):
         if self._sink is None:
             self._sink = self._make_sink()
         try:
-            _write_in_chunks(self._sink, parts[0], self.units)
+            _write_in_chunks(self._sink, parts[0])
         except Exception as exc:
             return [_error(exc)]
         return [None]
@@ -282,7 +268,7 @@ class _Threads(_Pool):
         sink = self._sinks[index]
         if sink is None:
             sink = self._sinks[index] = self._make_sink()
-        _write_in_chunks(sink, part, self.units)
+        _write_in_chunks(sink, part)
 
     def write(self, parts: list[list[Unit]]) -> list[str | None]:
         futures = [self._executor.submit(self._write_one, i, part) if part else None for i, part in enumerate(parts)]
@@ -376,18 +362,14 @@ def _child_main(conn: Connection, make_sink: Callable[[], Sink]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the writer, which stops its children
     os.environ.setdefault("MLFLOW_MODEL_CATALOG_URI", "")
     sink = make_sink()
-    frozen = False
     while True:
         try:
             part = conn.recv()
         except (EOFError, OSError):
             return
         try:
-            _write_in_chunks(sink, part, part_units(part[0].tracking_uri) if part else PART_UNITS)
+            _write_in_chunks(sink, part)
             answer = None
-            if not frozen:  # as the writer does after its first batch (loop.py)
-                gc.freeze()
-                frozen = True
         except Exception as exc:
             answer = _error(exc)
         with contextlib.suppress(OSError):
