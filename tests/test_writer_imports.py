@@ -34,17 +34,10 @@ print(json.dumps({"code": code, "searches": len(searches)}))
 
 @pytest.mark.skipif(importlib.util.find_spec("litellm") is not None, reason="litellm is installed here")
 def test_the_writer_looks_for_a_missing_litellm_once_not_per_chat_span(tmp_path):
-    uri, log_dir, n = f"sqlite:///{tmp_path}/store.db", str(tmp_path / "log"), 20
-    # The app only appends (no writer started, exit waits for the disk): the counting writer stores it all.
+    uri, n = f"sqlite:///{tmp_path}/store.db", 20
     # A model in MLflow's price table, so the store computes each trace's cost (where litellm is looked for).
-    env = app_env(uri, "imports", n, SPANLINE_LOG_DIR=log_dir, SPANLINE_WRITER_AUTOSTART="0", SPANLINE_EXIT_WAIT="disk")
-    app = run_script(APP.replace("claude-fake-1", "claude-sonnet-4-5"), env=env)
-    assert app.returncode == 0, app.stderr[-3000:]
-    done = subprocess.run([sys.executable, "-c", COUNTING_WRITER, log_dir], capture_output=True, text=True,
-                          env={**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_MODEL_CATALOG_URI": ""}, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["code"] == 0
+    result = _app_then_writer(tmp_path, uri, "imports", n, APP.replace("claude-fake-1", "claude-sonnet-4-5"),
+                              COUNTING_WRITER)
     traces = stored_traces(uri, "imports")
     assert len(traces) == n
     # Cost is still computed (MLflow's own table), from the same usage.
@@ -64,14 +57,23 @@ print(json.dumps({"code": code, "frozen": gc.get_freeze_count()}))
 def test_the_writer_takes_its_startup_objects_out_of_the_gc_s_way_and_stores_everything(tmp_path):
     """Each full collection walked every object of mlflow's and SQLAlchemy's modules (~270,000: ~140 ms, once per
     few thousand traces). The writer process freezes them after its first batch; its traces are stored whole."""
-    uri, log_dir, n = f"sqlite:///{tmp_path}/store.db", str(tmp_path / "log"), 20
-    env = app_env(uri, "frozen", n, SPANLINE_LOG_DIR=log_dir, SPANLINE_WRITER_AUTOSTART="0", SPANLINE_EXIT_WAIT="disk")
-    app = run_script(APP, env=env)
+    uri, n = f"sqlite:///{tmp_path}/store.db", 20
+    result = _app_then_writer(tmp_path, uri, "frozen", n, APP, FREEZE_WRITER)
+    assert result["frozen"] > 50_000, result
+    assert len(stored_traces(uri, "frozen")) == n
+
+
+def _app_then_writer(tmp_path, uri: str, experiment: str, n: int, app_code: str, writer_code: str) -> dict:
+    """The app makes ``n`` calls and only appends (no writer started, its exit waits for the disk); then
+    ``writer_code`` runs the writer over the log in a fresh interpreter and prints a JSON line, returned here."""
+    log_dir = str(tmp_path / "log")
+    env = app_env(uri, experiment, n, SPANLINE_LOG_DIR=log_dir, SPANLINE_WRITER_AUTOSTART="0",
+                  SPANLINE_EXIT_WAIT="disk")
+    app = run_script(app_code, env=env)
     assert app.returncode == 0, app.stderr[-3000:]
-    done = subprocess.run([sys.executable, "-c", FREEZE_WRITER, log_dir], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", writer_code, log_dir], capture_output=True, text=True,
                           env={**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_MODEL_CATALOG_URI": ""}, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["code"] == 0
-    assert result["frozen"] > 50_000, result
-    assert len(stored_traces(uri, "frozen")) == n
+    return result
