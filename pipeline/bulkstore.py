@@ -103,20 +103,27 @@ def _check(store: object) -> Gate:
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {"path": None, "bulk_traces": 0, "log_spans_traces": collections.Counter()}
+_paths: dict[str, str] = {}  # tracking URI -> the path its last write took
 
 
-def note(gate_: Gate, bulk_traces: int, fallbacks: Mapping[str, int]) -> None:
+def note(gate_: Gate, bulk_traces: int, fallbacks: Mapping[str, int], tracking_uri: str | None = None) -> None:
     """Record one write: the path decided for it, traces stored in bulk, traces left to log_spans by reason."""
     with _lock:
         _state["path"] = gate_.reason
+        if tracking_uri:
+            _paths[tracking_uri] = gate_.reason
         _state["bulk_traces"] += bulk_traces
         _state["log_spans_traces"].update({k: v for k, v in fallbacks.items() if v})
 
 
-def describe() -> dict[str, Any]:
-    """``{"path": "bulk (...)" | "log_spans: <why>" | None, "bulk_traces": n, "log_spans_traces": {why: n}}``."""
+def describe(tracking_uri: str | None = None) -> dict[str, Any]:
+    """``{"path": "bulk (...)" | "log_spans: <why>" | None, "bulk_traces": n, "log_spans_traces": {why: n}}``.
+    ``path``: that of the last write to ``tracking_uri`` if given and written to (a process may write to more than
+    one store: a leftover of another's being retried must not rename the path of the store in use), else the last.
+    """
     with _lock:
-        return {"path": _state["path"], "bulk_traces": _state["bulk_traces"],
+        path = _paths.get(tracking_uri, _state["path"]) if tracking_uri else _state["path"]
+        return {"path": path, "bulk_traces": _state["bulk_traces"],
                 "log_spans_traces": dict(_state["log_spans_traces"])}
 
 

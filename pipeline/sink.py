@@ -143,7 +143,7 @@ class MlflowSink:
                     _forget_server_version(store)
                     raise
                 trace_metadata.write(store, {t: row for t, row in rows.items() if t in rest})
-            bulkstore.note(gate, len(stored), fallbacks)
+            bulkstore.note(gate, len(stored), fallbacks, tracking_uri)
             for trace_id, info in group.mlflow_infos.items():
                 if info.prompts:
                     _link_prompts(store, trace_id, info.prompts)

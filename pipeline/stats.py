@@ -123,7 +123,10 @@ def store_path() -> dict | None:
     """Which path the store writes take (bulk or ``log_spans``, and why: pipeline/bulkstore.py), once the sink
     has written; None before (the sink, and with it mlflow, is imported only when there is something to store)."""
     bulkstore = sys.modules.get("spanline.pipeline.bulkstore")
-    return bulkstore.describe() if bulkstore is not None else None
+    if bulkstore is None:
+        return None
+    mlflow = sys.modules.get("mlflow")  # imported with the sink: the store this process's traces go to now
+    return bulkstore.describe(mlflow.get_tracking_uri() if mlflow is not None else None)
 
 
 _reported: set[tuple[str, str]] = set()

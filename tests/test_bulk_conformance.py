@@ -353,3 +353,22 @@ def _artifact_tags(uri: str) -> list[tuple[str, str]]:
     with _get_store(uri).engine.connect() as conn:
         query = "SELECT request_id, value FROM trace_tags WHERE key = 'mlflow.artifactLocation'"
         return list(conn.execute(text(query)))
+
+
+def test_the_path_named_is_the_current_store_s_when_another_store_is_written_after_it(tmp_path, monkeypatch):
+    """A process writing to two stores (a leftover bound for a server, retried in the background) names the path
+    of the store it traces to now, not of whichever was written last (seen in a full run, seed 1810)."""
+    import mlflow
+    from spanline.pipeline.stats import store_path
+
+    current = f"sqlite:///{tmp_path}/current.db"
+    monkeypatch.setattr(bulkstore, "_paths", {})
+    bulkstore.note(bulkstore.Gate(True, "bulk (mlflow x, alembic y)"), 1, {}, current)
+    bulkstore.note(bulkstore.Gate(False, "log_spans: RestStore is not MLflow's plain SqlAlchemyStore"), 0, {},
+                   "http://127.0.0.1:1")
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(current)
+    try:
+        assert store_path()["path"] == "bulk (mlflow x, alembic y)"
+    finally:
+        mlflow.set_tracking_uri(before)
