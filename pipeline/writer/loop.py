@@ -37,15 +37,6 @@ _ORPHANED_EXIT = 300.0
 _DIR_CHECK_EVERY = 1.0
 
 
-def freeze_startup_objects() -> bool:
-    """Move every object alive now (mlflow's and SQLAlchemy's modules, the store: ~270,000) out of the cyclic
-    GC's reach, once the writer has stored its first batch and so imported what it needs. Each full collection
-    walked them all: ~140 ms, about once per few thousand traces, as a batch's rows outlive two young collections.
-    They live as long as the process does; after this a full collection walks only what the writer made since."""
-    gc.freeze()
-    return True
-
-
 class Writer(SegmentReading, StoreStep):
     """The writer of one log directory: one process per directory (it holds the directory's lock).
 
@@ -95,8 +86,8 @@ class Writer(SegmentReading, StoreStep):
         self._idle_since = time.monotonic()
         self._orphaned_since: float | None = None
         self._progressed = False  # whether the last round read or wrote anything
-        # True in the writer's own process (``spanline writer``): the objects of the start go out of the GC's way
-        # after the first batch (``freeze_startup_objects``); not in a process that runs a Writer among others.
+        # ``freeze_gc``: only in the writer's own process (``spanline writer``), whose start-up objects then leave
+        # the GC's way after the first batch (``_serve``); never in a process that runs a Writer among others.
         self._frozen = not freeze_gc
 
     def run(self) -> int:
@@ -133,7 +124,11 @@ class Writer(SegmentReading, StoreStep):
                 self.server.read_requests(self._next_wait())
                 progressed = self._progressed = self.round()
                 if progressed and not self._frozen:
-                    self._frozen = freeze_startup_objects()
+                    # Every object alive now (mlflow's and SQLAlchemy's modules, the store: ~270,000), imported by
+                    # the first batch, goes out of the cyclic GC's reach: each full collection walked them all,
+                    # ~140 ms once per few thousand traces, as a batch's rows outlive two young collections.
+                    gc.freeze()
+                    self._frozen = True
                 self.write_status()
                 if self._should_exit(progressed) or self._directory_gone():
                     return 0
