@@ -46,7 +46,10 @@ from . import sanitize
 
 # (mlflow.__version__, alembic head of the store's database): the pairs the conformance test passed on.
 # A pair enters only by passing it (see the module doc); the noxfile's matrix runs it for every version.
-VERIFIED: frozenset[tuple[str, str]] = frozenset({("3.17.2", "dc11669786a5")})
+VERIFIED: frozenset[tuple[str, str]] = frozenset({
+    ("3.17.2", "dc11669786a5"),
+    ("3.18.0", "f4a9b2c7d1e6"),
+})
 
 ENV = "SPANLINE_BULK_STORE"
 _DIALECTS = ("sqlite", "postgresql")
@@ -95,7 +98,7 @@ def _check(store: object) -> Gate:
     pair = (mlflow.__version__, head)
     if pair not in VERIFIED:
         return Gate(False, f"log_spans: mlflow {pair[0]} with alembic {head} is not a verified pair")
-    sanitize.install()  # restates this version's sanitize_attributes: verified with it (pipeline/sanitize.py)
+    sanitize.install()  # this version's sanitize_attributes restated, if its translation runs one (sanitize.py)
     return Gate(True, f"bulk (mlflow {pair[0]}, alembic {head})")
 
 

@@ -18,7 +18,9 @@ that span fails and ``log_spans`` with it; the screened one keeps the value, as 
 cannot parse.
 
 Only for the MLflow versions in ``bulkstore.VERIFIED``: the shortcut restates what this version's function
-does, and another version's may do more.
+does, and another version's may do more. MLflow 3.18 dropped the step from the translation of stored spans
+(its successor, ``strip_otlp_double_encoding``, runs on spans received over OTLP only): there ``install()``
+does nothing, as there is nothing left to screen.
 """
 
 from __future__ import annotations

@@ -14,7 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spanline.pipeline import bulkstore, sanitize
 
-pytestmark = pytest.mark.compat  # restates one MLflow version's function: every matrix session checks it
+# Restates one MLflow version's function: every matrix session checks it. MLflow 3.18 no longer runs
+# sanitize_attributes when it stores a span (only on spans received over OTLP), so there is nothing to screen.
+pytestmark = [
+    pytest.mark.compat,
+    pytest.mark.skipif(sanitize._original is None,
+                       reason="this MLflow's translation runs no sanitize_attributes when storing (3.18+)"),
+]
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
