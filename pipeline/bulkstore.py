@@ -146,7 +146,7 @@ class _Trace:
 
 
 def _build(store: Any, experiment_id: str, trace_id: str, spans: Sequence[Span], artifact_uri: str) -> _Trace:
-    """The rows ``_log_spans_once`` leaves for a trace it creates (MLflow 3.17.2: its pre-computation, phase 2's
+    """The rows ``_log_spans_once`` leaves for a trace it creates (MLflow 3.17.2, 3.18.0: its pre-computation, phase 2's
     insert, phase 5's update, the payload generation bump and the tag merges, folded into final values)."""
     m = _mstore
     key = m.SpanAttributeKey
