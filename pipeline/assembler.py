@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import context, convert, streams, surfaces
+from . import attachments, context, convert, streams, surfaces
 from .events import (
     ApiCall,
     Event,
@@ -339,6 +339,8 @@ class Assembler:
         rec.events = [{"name": name, "time_ns": time_ns, "attributes": attrs} for name, time_ns, attrs in ev.events]
         rec.status = ev.status
         rec.error = ev.status_message if ev.status == 2 else ""
+        if ev.attachments:  # uploaded by the sink once the trace is stored, as spanline's own (attachments.py)
+            rec.attributes[attachments.PENDING_KEY] = [attachments.Attachment(*a) for a in ev.attachments]
         self._finish_mlflow(rec)
 
     def _finish_mlflow(self, rec: SpanRecord) -> None:

@@ -175,13 +175,16 @@ class MlflowSpanStart(_MlflowSpan, tag="m", **_STRUCT):
 class MlflowSpanEnd(_MlflowSpan, tag="x", **_STRUCT):
     """A span of MLflow's ended: the whole span, as MLflow's exporter would have written it (so the end alone
     makes the span when its start was not seen). ``status`` is OpenTelemetry's code (0 unset, 1 ok, 2 error);
-    ``events`` are (name, time_ns, attributes)."""
+    ``events`` are (name, time_ns, attributes). ``attachments`` are the payloads MLflow took out of the span's
+    inputs and outputs (``mlflow.Attachment``, base64 data URIs): (id, content type, bytes), the span's
+    ``mlflow-attachment://`` references naming them; MLflow's exporter would upload them with the trace."""
 
     end_ns: int
     events: list[tuple[str, int, dict[str, Any]]] = []
     status: int = 0
     status_message: str = ""
     tracking_uri: str = ""
+    attachments: list[tuple[str, str, bytes]] = []  # last: a log without it still decodes, and the other way
 
 
 class MlflowTraceEnd(msgspec.Struct, tag="t", **_STRUCT):

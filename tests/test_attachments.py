@@ -133,3 +133,34 @@ def test_invalid_base64_is_left_inline(traced, fake):
     assert spanline.flush(30)
     (trace,) = traces_in(traced)
     assert trace.data.spans[0].inputs["messages"][0]["content"][0] == block
+
+
+@pytest.mark.compat  # MLflow's own attachment API and spanline's seam in its exporter
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+def test_the_attachments_of_mlflow_s_own_spans_are_uploaded(store):
+    """``@mlflow.trace`` takes a base64 data URI out of its inputs and an ``Attachment`` out of its outputs, and
+    leaves references in the span; its exporter would upload the bytes with the trace. Through spanline's log
+    the bytes travel with the span's end and are uploaded by the writer, beside the LLM call spanline traced."""
+    from mlflow.tracing.attachments import Attachment
+
+    experiment, server_url = store
+    client = FakeAnthropicAPI().client()
+    image = png()
+
+    @mlflow.trace(span_type="AGENT")
+    def agent(picture: str) -> dict:
+        client.messages.create(model=MODEL, max_tokens=16, messages=[{"role": "user", "content": "describe"}])
+        return {"report": Attachment(content_type="application/pdf", content_bytes=PDF)}
+
+    agent(f"data:image/png;base64,{base64.b64encode(image).decode()}")
+    assert spanline.flush(60)
+    assert spanline.stats().mlflow_spans == "log"
+    (trace,) = traces_in(experiment)
+    root = next(s for s in trace.data.spans if s.parent_id is None)
+    assert len(trace.data.spans) == 2
+    stored = {}
+    for ref in (root.inputs["picture"], root.outputs["report"]):
+        found = parse_reference(ref)
+        assert found["trace_id"] == trace.info.trace_id
+        stored[found["content_type"]] = fetch_attachment(trace, found["id"], server_url)
+    assert stored == {"image/png": image, "application/pdf": PDF}
