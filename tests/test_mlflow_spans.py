@@ -352,6 +352,22 @@ def test_disabling_spanline_gives_mlflow_its_exporter_back(experiment, fake):
     assert [s.name for s in trace.data.spans] == ["made-the-tracer"]
 
 
+def test_an_mlflow_trace_open_when_spanline_starts_is_stored_and_the_writer_goes_on(experiment, fake):
+    """A trace MLflow's tracer opened before spanline took its spans (``autolog()`` inside it): its root's start
+    was never seen; its end and the trace's info come through the log as two units, the info one without spans.
+    Both are stored, and so is the trace after it (the writer once failed on such a unit at every start, and
+    every later trace waited behind it)."""
+    with mlflow.start_span("opened-before"):
+        spanline.autolog()
+        fake.client().messages.create(model="claude-fake-1", max_tokens=8, messages=[{"role": "user", "content": "x"}])
+    with mlflow.start_span("after"):
+        pass
+    assert spanline.flush(60)
+    traces = mlflow.search_traces(locations=[experiment], return_type="list", order_by=["timestamp_ms ASC"])
+    assert [sorted(s.name for s in t.data.spans) for t in traces] == [["Messages.create", "opened-before"], ["after"]]
+    assert [t.info.state.value for t in traces] == ["OK", "OK"]
+
+
 def test_a_tracer_mlflow_makes_later_is_taken_too(traced, fake):
     """``mlflow.set_experiment`` makes MLflow drop its tracer and make a new one at the next span: the new one's
     spans go through the log as well, to the new experiment."""
