@@ -246,11 +246,15 @@ def _export(exporter: Any, original: Callable[[Sequence[Any]], Any], tracking_ur
 def _attachments_of(span: Any) -> dict[str, Any] | None:
     """The payloads MLflow took out of the ended ``span``'s inputs and outputs, held by its live span until the
     trace is exported (then popped with it: read now). Plain dict reads, as in ``_started``: no lock here."""
-    manager = _seam.manager  # type: ignore[union-attr]
-    trace_id = manager._otel_id_to_mlflow_trace_id.get(span.context.trace_id)
-    trace = manager._traces.get(trace_id) if trace_id is not None else None
-    live = trace.span_dict.get(f"{span.context.span_id:016x}") if trace is not None else None
-    return getattr(live, "_attachments", None) or None
+    try:
+        manager = _seam.manager  # type: ignore[union-attr]
+        trace_id = manager._otel_id_to_mlflow_trace_id.get(span.context.trace_id)
+        trace = manager._traces.get(trace_id) if trace_id is not None else None
+        live = trace.span_dict.get(f"{span.context.span_id:016x}") if trace is not None else None
+        return getattr(live, "_attachments", None) or None
+    except Exception as exc:  # the span goes on without them: never lost for its attachments' sake
+        _report("reading an MLflow span's attachments", exc)
+        return None
 
 
 def _export_trace(exporter: Any, tracking_uri: str, manager: Any, span: Any) -> None:

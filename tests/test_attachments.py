@@ -164,3 +164,37 @@ def test_the_attachments_of_mlflow_s_own_spans_are_uploaded(store):
         assert found["trace_id"] == trace.info.trace_id
         stored[found["content_type"]] = fetch_attachment(trace, found["id"], server_url)
     assert stored == {"image/png": image, "application/pdf": PDF}
+
+
+@pytest.mark.provokes_internal_errors
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+def test_an_mlflow_span_whose_attachments_cannot_be_read_is_stored_without_them(store, monkeypatch):
+    """MLflow's trace manager not answering as spanline expects: the span is stored all the same (its reference
+    left as MLflow made it), the failure counted, and the user's call never sees it."""
+    import types
+
+    from spanline.patches import mlflow_export
+
+    experiment, _ = store
+
+    class Unreadable:
+        @property
+        def _otel_id_to_mlflow_trace_id(self):
+            raise RuntimeError("not the trace manager spanline knows")
+
+    errors = spanline.stats().internal_errors
+
+    @mlflow.trace
+    def step(picture: str) -> str:
+        return "seen"
+
+    seam = mlflow_export._seam
+    monkeypatch.setattr(mlflow_export, "_seam", types.SimpleNamespace(**{**vars(seam), "manager": Unreadable()}))
+    picture = f"data:image/png;base64,{base64.b64encode(png()).decode()}"
+    assert step(picture) == "seen"
+    monkeypatch.undo()
+    assert spanline.flush(60)
+    (trace,) = traces_in(experiment)
+    (span,) = trace.data.spans
+    assert span.outputs == "seen" and span.inputs["picture"].startswith("mlflow-attachment://")
+    assert spanline.stats().internal_errors > errors
