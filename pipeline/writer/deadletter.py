@@ -40,7 +40,7 @@ _PERMANENT = re.compile(
     r"(?i)no experiment with id|resource_does_not_exist|invalid_parameter_value|bad_request|"
     r"permission_denied|unauthenticated|does not exist|not found|integrityerror|no such table|no such column|"
     r"schema|invalid|validation|unprocessable|\b(?:400|401|403|404|409|413|422)\b|malformed|"
-    r"deleted experiment|lifecycle_stage|must be|cannot be|unsupported"
+    r"deleted experiment|lifecycle_stage|must be|cannot be|unsupported|already exists in another experiment"
 )
 _RETRY_AFTER = re.compile(r"(?i)retry[- ]after[\"':= ]+(\d+(?:\.\d+)?)")
 
