@@ -235,26 +235,28 @@ def _export(exporter: Any, original: Callable[[Sequence[Any]], Any], tracking_ur
         joined = context.joined
         for span in spans:
             parent = span.parent
+            trace, live = _trace_and_span(span)
             _emit((_encode_end, span, parent.span_id if parent is not None else 0,
-                   joined.get(span.context.trace_id, 0), tracking_uri, _attachments_of(span)))
+                   joined.get(span.context.trace_id, 0), tracking_uri,
+                   getattr(live, "_attachments", None) or None, getattr(trace, "info", None)))
     except Exception as exc:
         _report("recording an MLflow span", exc)
     exporter._export_traces(spans)
     return None
 
 
-def _attachments_of(span: Any) -> dict[str, Any] | None:
-    """The payloads MLflow took out of the ended ``span``'s inputs and outputs, held by its live span until the
-    trace is exported (then popped with it: read now). Plain dict reads, as in ``_started``: no lock here."""
+def _trace_and_span(span: Any) -> tuple[Any, Any]:
+    """MLflow's in-memory trace of the ended ``span`` and its live span, or None: read now, as MLflow pops the
+    trace once it is exported. The live span holds the payloads MLflow took out of its inputs and outputs; the
+    trace's info, its experiment. Plain dict reads, as in ``_started``: no lock here."""
     try:
         manager = _seam.manager  # type: ignore[union-attr]
         trace_id = manager._otel_id_to_mlflow_trace_id.get(span.context.trace_id)
         trace = manager._traces.get(trace_id) if trace_id is not None else None
-        live = trace.span_dict.get(f"{span.context.span_id:016x}") if trace is not None else None
-        return getattr(live, "_attachments", None) or None
-    except Exception as exc:  # the span goes on without them: never lost for its attachments' sake
-        _report("reading an MLflow span's attachments", exc)
-        return None
+        return trace, (trace.span_dict.get(f"{span.context.span_id:016x}") if trace is not None else None)
+    except Exception as exc:  # the span goes on without them: never lost for their sake
+        _report("reading an MLflow span's trace", exc)
+        return None, None
 
 
 def _export_trace(exporter: Any, tracking_uri: str, manager: Any, span: Any) -> None:
@@ -303,7 +305,8 @@ def _encode_start(span: Any, trace_id: str, parent: int, root: int, experiment: 
     ))
 
 
-def _encode_end(span: Any, parent: int, root: int, tracking_uri: str, attachments: dict[str, Any] | None) -> bytes:
+def _encode_end(span: Any, parent: int, root: int, tracking_uri: str, attachments: dict[str, Any] | None,
+                info: Any) -> bytes:
     attributes = dict(span.attributes)
     status = span.status
     return encode(MlflowSpanEnd(
@@ -312,6 +315,7 @@ def _encode_end(span: Any, parent: int, root: int, tracking_uri: str, attachment
         events=[(e.name, e.timestamp, dict(e.attributes or {})) for e in span.events],
         status=status.status_code.value, status_message=status.description or "", tracking_uri=tracking_uri,
         attachments=[(a.id, a.content_type, a.content_bytes) for a in attachments.values()] if attachments else [],
+        experiment=_experiment_of(info) if info is not None else "",
     ))
 
 

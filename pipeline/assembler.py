@@ -329,7 +329,8 @@ class Assembler:
 
     def _mlflow_end(self, ev: MlflowSpanEnd) -> None:
         rec = self.open.pop(ev.span, None)
-        if rec is None or rec.trace_id != ev.trace_id:
+        unseen_start = rec is None or rec.trace_id != ev.trace_id
+        if unseen_start:
             rec = self._mlflow_record(ev)  # its start came before spanline took MLflow's spans: the end is whole
         else:
             rec.event_count = 2
@@ -341,13 +342,17 @@ class Assembler:
         rec.error = ev.status_message if ev.status == 2 else ""
         if ev.attachments:  # uploaded by the sink once the trace is stored, as spanline's own (attachments.py)
             rec.attributes[attachments.PENDING_KEY] = [attachments.Attachment(*a) for a in ev.attachments]
-        self._finish_mlflow(rec)
+        self._finish_mlflow(rec, wait_for_info=unseen_start and not rec.experiment)
 
-    def _finish_mlflow(self, rec: SpanRecord) -> None:
+    def _finish_mlflow(self, rec: SpanRecord, wait_for_info: bool = False) -> None:
         if rec.root:
             self._finish(rec, rec.root)  # an MLflow span in spanline's trace: it joins spanline's unit
             return
         held = self.mlflow_traces.get(rec.trace_id)
+        if held is None and wait_for_info:
+            # Its start came before spanline took MLflow's spans, and its end could not name the trace's
+            # experiment: it waits for the trace's info, which does (else the producer's would be guessed).
+            held = self.mlflow_traces[rec.trace_id] = _HeldTrace.unnamed(rec)
         if held is not None:
             held.spans.append(rec)
         else:  # its trace's info came already, or its start before spanline took MLflow's spans: the store merges it
@@ -407,3 +412,10 @@ class _HeldTrace:
         self.tracking_uri = start.tracking_uri
         self.tags = start.trace_tags
         self.spans: list[SpanRecord] = []
+
+    @classmethod
+    def unnamed(cls, rec: SpanRecord) -> _HeldTrace:
+        """A trace whose start was not seen, held for its info: no experiment or tags known yet."""
+        held = cls.__new__(cls)
+        held.experiment, held.tracking_uri, held.tags, held.spans = "", rec.tracking_uri, {}, []
+        return held

@@ -184,7 +184,10 @@ class MlflowSpanEnd(_MlflowSpan, tag="x", **_STRUCT):
     status: int = 0
     status_message: str = ""
     tracking_uri: str = ""
-    attachments: list[tuple[str, str, bytes]] = []  # last: a log without it still decodes, and the other way
+    attachments: list[tuple[str, str, bytes]] = []  # these two last: a log without them still decodes, and the
+    # other way. The experiment of the span's trace, for an end whose start was not seen (MLflow opened the span
+    # before spanline took its spans): without it, that span was placed in the producer's first experiment.
+    experiment: str = ""
 
 
 class MlflowTraceEnd(msgspec.Struct, tag="t", **_STRUCT):

@@ -356,13 +356,27 @@ def test_an_mlflow_trace_open_when_spanline_starts_is_stored_and_the_writer_goes
     """A trace MLflow's tracer opened before spanline took its spans (``autolog()`` inside it): its root's start
     was never seen; its end and the trace's info come through the log as two units, the info one without spans.
     Both are stored, and so is the trace after it (the writer once failed on such a unit at every start, and
-    every later trace waited behind it)."""
-    with mlflow.start_span("opened-before"):
-        spanline.autolog()
-        fake.client().messages.create(model="claude-fake-1", max_tokens=8, messages=[{"role": "user", "content": "x"}])
-    with mlflow.start_span("after"):
-        pass
-    assert spanline.flush(60)
+    every later trace waited behind it). The root's end names its trace's experiment: this process's log began
+    in another one, where that span once went (refused by MLflow 3.18's log_spans, and retried for ever)."""
+    mlflow.anthropic.autolog(disable=True)
+    name = mlflow.get_experiment(experiment).name
+    mlflow.set_experiment(f"{name}-first")
+    spanline.autolog()
+    try:
+        with mlflow.start_span("in-the-first-experiment"):
+            pass
+        assert spanline.flush(60)
+        spanline.autolog(disable=True)
+        mlflow.set_experiment(experiment_id=experiment)
+        with mlflow.start_span("opened-before"):
+            spanline.autolog()
+            fake.client().messages.create(model="claude-fake-1", max_tokens=8,
+                                          messages=[{"role": "user", "content": "x"}])
+        with mlflow.start_span("after"):
+            pass
+        assert spanline.flush(60)
+    finally:
+        spanline.autolog(disable=True)  # as the ``traced`` fixture leaves it: later tests start untraced
     traces = mlflow.search_traces(locations=[experiment], return_type="list", order_by=["timestamp_ms ASC"])
     assert [sorted(s.name for s in t.data.spans) for t in traces] == [["Messages.create", "opened-before"], ["after"]]
     assert [t.info.state.value for t in traces] == ["OK", "OK"]
