@@ -86,6 +86,12 @@ class Unit:
     def event_count(self) -> int:
         return sum(s.event_count for s in self.spans)
 
+    @property
+    def in_mlflow_trace(self) -> bool:
+        """Part of a trace MLflow's tracer roots: its spans, or its info alone (its spans all came before
+        spanline took MLflow's spans). Such a unit lives in that trace's experiment."""
+        return self.mlflow_info is not None or (bool(self.spans) and self.spans[0].in_mlflow_trace)
+
 
 class Assembler:
     def __init__(
@@ -325,7 +331,7 @@ class Assembler:
                 held = self.mlflow_traces.pop(oldest)
                 if held.spans:
                     self.ready.append(Unit(oldest, held.experiment, held.tracking_uri, held.spans, self.producer))
-            self.mlflow_traces.setdefault(ev.trace_id, _HeldTrace(ev))
+            self.mlflow_traces.setdefault(ev.trace_id, _HeldTrace(ev.experiment, ev.tracking_uri, ev.trace_tags))
 
     def _mlflow_end(self, ev: MlflowSpanEnd) -> None:
         rec = self.open.pop(ev.span, None)
@@ -352,7 +358,7 @@ class Assembler:
         if held is None and wait_for_info:
             # Its start came before spanline took MLflow's spans, and its end could not name the trace's
             # experiment: it waits for the trace's info, which does (else the producer's would be guessed).
-            held = self.mlflow_traces[rec.trace_id] = _HeldTrace.unnamed(rec)
+            held = self.mlflow_traces[rec.trace_id] = _HeldTrace("", rec.tracking_uri, {})
         if held is not None:
             held.spans.append(rec)
         else:  # its trace's info came already, or its start before spanline took MLflow's spans: the store merges it
@@ -407,15 +413,9 @@ class _HeldTrace:
 
     __slots__ = ("experiment", "spans", "tags", "tracking_uri")
 
-    def __init__(self, start: MlflowSpanStart) -> None:
-        self.experiment = start.experiment
-        self.tracking_uri = start.tracking_uri
-        self.tags = start.trace_tags
+    def __init__(self, experiment: str, tracking_uri: str, tags: dict[str, str]) -> None:
+        # From the root's start; a trace whose start was not seen is held for its info with none known yet.
+        self.experiment = experiment
+        self.tracking_uri = tracking_uri
+        self.tags = tags
         self.spans: list[SpanRecord] = []
-
-    @classmethod
-    def unnamed(cls, rec: SpanRecord) -> _HeldTrace:
-        """A trace whose start was not seen, held for its info: no experiment or tags known yet."""
-        held = cls.__new__(cls)
-        held.experiment, held.tracking_uri, held.tags, held.spans = "", rec.tracking_uri, {}, []
-        return held

@@ -88,7 +88,7 @@ class MlflowSink:
         self._refresher = trace_metadata.Refresher()
 
     def experiment_for(self, unit: Unit, fallback: Callable[[], str]) -> str:
-        if unit.experiment and (unit.mlflow_info is not None or unit.spans[0].in_mlflow_trace):
+        if unit.experiment and unit.in_mlflow_trace:
             return unit.experiment  # part of a trace MLflow owns: it lives in that trace's experiment
         return self._configured_experiment() or unit.experiment or fallback()
 

@@ -67,9 +67,7 @@ class StoreStep:
         header = producer.header
         uri = unit.tracking_uri or header.get("tracking_uri", "")
         unit.tracking_uri = logdir.absolute_uri(uri, header.get("cwd")) if uri else ""
-        # A trace of MLflow's whose spans all came before spanline took them has its info alone, no span.
-        in_mlflow_trace = unit.mlflow_info is not None or (bool(unit.spans) and unit.spans[0].in_mlflow_trace)
-        if not (unit.experiment and in_mlflow_trace):
+        if not (unit.experiment and unit.in_mlflow_trace):
             # The header's experiment is an id of the header's store: never sent to another store (a process
             # that switched its tracking URI mid-run), where it names nothing, or some other experiment.
             own = header.get("tracking_uri", "")
