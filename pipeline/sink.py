@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -38,6 +39,19 @@ _EMPTY_RESOURCE = Resource.get_empty()
 _OK = Status(StatusCode.OK)
 
 
+# A NUL character is text no PostgreSQL column holds: MLflow copies a span's name, its inputs' and outputs'
+# previews and its trace tags into text columns, and the store refused the whole trace. Stored instead as
+# U+FFFD, the character that stands for one that cannot be shown, in every store alike: a trace reads the
+# same wherever it is. Attribute values are JSON text, where a NUL is the escape \u0000 (not \\u0000, an
+# escaped backslash before the letters "u0000").
+_NUL_STAND_IN = "\ufffd"
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def _without_nul(value: str) -> str:
+    return _NUL_ESCAPE.sub(r"\1\\ufffd", value) if "\\u0000" in value else value
+
+
 def _otel_trace_id(trace_id: str) -> int:
     return int(trace_id[3:], 16)
 
@@ -47,8 +61,13 @@ def to_mlflow_span(rec: SpanRecord) -> Span:
     attributes = rec.attributes
     if attachments.PENDING_KEY in attributes:  # payloads on their way to the artifact store, not attributes
         attributes = {k: v for k, v in attributes.items() if k != attachments.PENDING_KEY}
+    name = rec.name
+    if "\x00" in name:
+        name = name.replace("\x00", _NUL_STAND_IN)
+    if any("\\u0000" in v for v in attributes.values() if type(v) is str):
+        attributes = {k: _without_nul(v) if type(v) is str else v for k, v in attributes.items()}
     otel = ReadableSpan(
-        name=rec.name,
+        name=name,
         context=SpanContext(trace_id=trace_int, span_id=rec.span, is_remote=False),
         parent=SpanContext(trace_id=trace_int, span_id=rec.parent, is_remote=False) if rec.parent else None,
         resource=_EMPTY_RESOURCE,

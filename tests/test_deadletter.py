@@ -4,13 +4,18 @@ its call was made when an app switches its store mid-run. Real processes, real s
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import helpers
+import hypothesis
 import mlflow
 import pytest
+from hypothesis import strategies as st
+from spanline.pipeline import convert, sink
 from spanline.pipeline.writer import deadletter
 
 APP = """
@@ -119,6 +124,15 @@ def test_an_app_that_switches_store_and_experiment_mid_run_stores_each_trace_whe
         # MLflow 3.18's log_spans, for spans of a trace the store holds in another experiment
         ("MlflowException: Trace with ID 'tr-1' already exists in another experiment.", "permanent"),
         ("RuntimeError: something nobody knows", "transient"),
+        # The database refusing the data (the driver's DataError): the unit's for good, even where the
+        # parameters SQLAlchemy echoes (the unit's own text) hold words that read as transient
+        ("MlflowException: (psycopg.DataError) PostgreSQL text fields cannot contain NUL (0x00) bytes\n"
+         "[SQL: INSERT INTO spans ...]\n[parameters: {'name': 'connection refused, timed out'}]", "permanent"),
+        ("MlflowException: (psycopg.errors.StringDataRightTruncation) value too long for type character "
+         "varying(500)", "permanent"),
+        ("MlflowException: (pymysql.err.DataError) (1406, \"Data too long for column 'type' at row 1\")",
+         "permanent"),
+        ("MlflowException: (psycopg.OperationalError) connection failed: connection refused", "transient"),
     ],
 )
 def test_transient_and_permanent_store_failures_are_told_apart(error, kind):
@@ -142,3 +156,46 @@ def test_bisect_sets_aside_exactly_the_units_refused_alone():
     refused = deadletter.bisect(sink, batch)
     assert [u for u, _ in refused] == ["poison"] and "id=9" in refused[0][1]
     assert sorted(written) == sorted(u for u in batch if u != "poison")
+
+
+def test_text_postgresql_cannot_hold_is_stored_there_and_a_row_it_refuses_holds_nothing_up(postgres_uri, log_dir):
+    """On PostgreSQL, whose text columns hold no NUL character and whose ``spans.type`` holds 500: a trace
+    named with a NUL and tagged with one is stored, each NUL as U+FFFD; a trace whose span type is longer
+    than its column is set aside (the database refused its data: retrying cannot help), and the traces
+    made after it are stored, ``flush()`` saying which were lost. Both waited for ever, and everything
+    behind them: the writer retried the refusal as if the store were down."""
+    out = _run(f"""
+        mlflow.set_tracking_uri({postgres_uri!r})
+        mlflow.set_experiment("nul")
+        with spanline.start_span("run\\x00one", span_type="AGENT", inputs={{"q": "bin\\x00ary"}},
+                                 attributes={{"mlflow.traceTag.note": "a\\x00b"}}):
+            client.messages.create(model="claude-fake-1", max_tokens=8,
+                                   messages=[{{"role": "user", "content": "bin\\x00ary"}}])
+        with spanline.start_span("too long a type", span_type="T" * 600):
+            pass
+        for i in range(3):
+            agent(i)
+        print("FLUSH", spanline.flush(120), spanline.stats().dropped, flush=True)
+    """, log_dir)
+    assert "FLUSH False {'dead_letter': 2}" in out, out  # the set-aside trace's two events
+    traces = helpers.stored_traces(postgres_uri, "nul")
+    names = sorted(t.info.tags.get("mlflow.traceName") for t in traces)
+    assert names == ["agent", "agent", "agent", "run\ufffdone"], names
+    marked = next(t for t in traces if t.info.tags["mlflow.traceName"] == "run\ufffdone")
+    assert marked.info.tags["note"] == "a\ufffdb"
+    assert [s.name for s in marked.data.spans if s.parent_id is None] == ["run\ufffdone"]
+    assert "bin\ufffdary" in json.loads(marked.info.request_preview)["q"], marked.info.request_preview
+    count, error = deadletter.count(log_dir)
+    assert count == 1 and "value too long" in error, error
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(st.lists(st.sampled_from(["\x00", "\\", "\\u0000", "u", "0", '"', "é", "\U0001f600"])).map("".join)
+                  | st.text())
+@hypothesis.example("\\u0000")  # the letters after a backslash, no NUL: unchanged
+@hypothesis.example("\\\x00")  # a backslash, then a NUL
+def test_only_nul_characters_change_in_an_attribute_s_json_text(value):
+    """Each NUL of a value becomes U+FFFD, and nothing else changes, however backslashes and the letters
+    "u0000" surround it, from either encoder that writes attribute values (msgspec's, the json module's)."""
+    for text in (convert.dumps(value), json.dumps(value)):
+        assert json.loads(sink._without_nul(text)) == value.replace("\x00", "\ufffd")

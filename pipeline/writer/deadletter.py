@@ -14,6 +14,7 @@ permanent is transient and retried forever: a wrong guess that way only delays, 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
 import time
@@ -43,12 +44,20 @@ _PERMANENT = re.compile(
     r"deleted experiment|lifecycle_stage|must be|cannot be|unsupported|already exists in another experiment"
 )
 _RETRY_AFTER = re.compile(r"(?i)retry[- ]after[\"':= ]+(\d+(?:\.\d+)?)")
+# The database driver's own error class, as SQLAlchemy names it at the head of its message:
+# "(psycopg.DataError) ...", "(psycopg.errors.StringDataRightTruncation) ...", "(pymysql.err.DataError) ...".
+_DRIVER_ERROR = re.compile(r"\((?:psycopg2?|pymysql|MySQLdb|sqlite3|pg8000)(?:\.\w+)*\.(\w+)\)")
 
 
 def classify(error: BaseException | str) -> str:
     """``"transient"`` or ``"permanent"``. An exception is judged by its type and text, the text of a store
     writer elsewhere (``"Type: message"``) by the same rules; when both kinds of words appear (a 404 page
-    behind a proxy that times out), the transient one wins: retried, never set aside by mistake."""
+    behind a proxy that times out), the transient one wins: retried, never set aside by mistake.
+
+    Except for the database refusing the data itself (the driver's ``DataError``: a NUL in a text column on
+    PostgreSQL, a value too long for its column): that is the unit's for good, whatever else the message
+    says, and SQLAlchemy's message echoes the statement's parameters, the unit's own text, where any word
+    may appear. Such a unit was retried for ever, and every later trace of the directory waited behind it."""
     if isinstance(error, BaseException):
         if isinstance(error, (ConnectionError, TimeoutError)):
             return "transient"
@@ -60,9 +69,28 @@ def classify(error: BaseException | str) -> str:
     else:
         text = error
     text = text[:4000]
+    if _is_data_error(text):
+        return "permanent"
     if _TRANSIENT.search(text):
         return "transient"
     return "permanent" if _PERMANENT.search(text) else "transient"
+
+
+def _is_data_error(text: str) -> bool:
+    match = _DRIVER_ERROR.search(text[:1000])  # the head of the message: the statement and parameters follow
+    if match is None:
+        return False
+    name = match.group(1)
+    if name == "DataError":
+        return True
+    # A subclass the driver names by its SQLSTATE ("StringDataRightTruncation"): psycopg knows its classes.
+    for module in ("psycopg", "psycopg2"):
+        with contextlib.suppress(ImportError):
+            driver = importlib.import_module(module)
+            found = getattr(driver.errors, name, None)
+            if isinstance(found, type) and issubclass(found, driver.DataError):
+                return True
+    return False
 
 
 def retry_after(error: BaseException | str) -> float | None:
