@@ -31,8 +31,8 @@ def agent(i):
 """
 
 
-def _run(code: str, log_dir: str, timeout: float = 240) -> str:
-    env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": "", "SPANLINE_LOG_DIR": log_dir}
+def _run(code: str, log_dir: str, timeout: float = 240, **extra_env: str) -> str:
+    env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": "", "SPANLINE_LOG_DIR": log_dir, **extra_env}
     env.pop("MLFLOW_TRACKING_URI", None)
     done = subprocess.run([sys.executable, "-c", APP + textwrap.dedent(code)], env=env, capture_output=True,
                           text=True, timeout=timeout)
@@ -133,6 +133,10 @@ def test_an_app_that_switches_store_and_experiment_mid_run_stores_each_trace_whe
         ("MlflowException: (pymysql.err.DataError) (1406, \"Data too long for column 'type' at row 1\")",
          "permanent"),
         ("MlflowException: (psycopg.OperationalError) connection failed: connection refused", "transient"),
+        # A fault of the code preparing a unit repeats for it (here, or from a store writer elsewhere)
+        (KeyError("mlflow.spanInputs"), "permanent"),
+        ("IndexError: list index out of range", "permanent"),
+        ("AttributeError: 'NoneType' object has no attribute 'cursor' (connection closed)", "transient"),
     ],
 )
 def test_transient_and_permanent_store_failures_are_told_apart(error, kind):
@@ -187,6 +191,51 @@ def test_text_postgresql_cannot_hold_is_stored_there_and_a_row_it_refuses_holds_
     assert "bin\ufffdary" in json.loads(marked.info.request_preview)["q"], marked.info.request_preview
     count, error = deadletter.count(log_dir)
     assert count == 1 and "value too long" in error, error
+
+
+# A fault in the writer's own code for one trace (the root span named "poison"), as a bug there would be:
+# loaded into the writer process only (sitecustomize, found on PYTHONPATH).
+FAULT = """
+import sys
+if "writer" in sys.argv:
+    from spanline.pipeline import sink, trace_metadata
+    made = trace_metadata.for_spanline_root
+
+    def failing(trace_id, experiment_id, spans, producer):
+        if any(s.name == "poison" for s in spans):
+            raise KeyError("mlflow.spanInputs")
+        return made(trace_id, experiment_id, spans, producer)
+
+    sink.trace_metadata.for_spanline_root = failing
+"""
+
+
+def test_a_trace_the_writer_s_own_code_fails_on_is_set_aside_and_nothing_waits_behind_it(tmp_path, log_dir):
+    """A fault in the code that prepares one trace for the store (a KeyError, as a bug would raise) repeats
+    at every retry: the trace is set aside, the traces made after it are stored, ``flush()`` says which were
+    lost, and once the code is fixed the trace is replayed. It was retried for ever, holding up the rest."""
+    uri = f"sqlite:///{tmp_path}/store.db"
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(FAULT)
+    out = _run(f"""
+        mlflow.set_tracking_uri({uri!r})
+        mlflow.set_experiment("fault")
+        with spanline.start_span("poison", span_type="AGENT"):
+            pass
+        for i in range(3):
+            agent(i)
+        print("FLUSH", spanline.flush(120), spanline.stats().dropped, flush=True)
+    """, log_dir, PYTHONPATH=str(site))
+    assert "FLUSH False {'dead_letter': 2}" in out, out
+    assert sorted(t.info.tags.get("mlflow.traceName") for t in helpers.stored_traces(uri, "fault")) == ["agent"] * 3
+    count, error = deadletter.count(log_dir)
+    assert count == 1 and "KeyError: 'mlflow.spanInputs'" in error, error
+    env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": ""}
+    replay = subprocess.run([sys.executable, "-m", "spanline.cli", "replay-dead-letters", "--log-dir", log_dir],
+                            capture_output=True, text=True, timeout=240, env=env)
+    assert "1 stored, 0 refused" in replay.stdout, replay.stdout + replay.stderr[-3000:]
+    assert "poison" in [t.info.tags.get("mlflow.traceName") for t in helpers.stored_traces(uri, "fault")]
 
 
 @hypothesis.settings(max_examples=300, deadline=None)

@@ -44,6 +44,14 @@ _PERMANENT = re.compile(
     r"deleted experiment|lifecycle_stage|must be|cannot be|unsupported|already exists in another experiment"
 )
 _RETRY_AFTER = re.compile(r"(?i)retry[- ]after[\"':= ]+(\d+(?:\.\d+)?)")
+# A fault in the code that prepares a unit (spanline's, or MLflow's translation of its spans): the same unit
+# fails the same way at every retry. ``OSError`` (a ``ConnectionError``, a disk) is no such fault.
+_PROGRAM_ERRORS = (TypeError, KeyError, IndexError, AttributeError, ValueError, RecursionError, AssertionError,
+                   ArithmeticError, NameError)
+_PROGRAM_ERROR_TEXT = re.compile(  # the same, as a store writer in another process reports it ("Type: message")
+    r"^(?:TypeError|KeyError|IndexError|AttributeError|ValueError|Unicode(?:En|De)codeError|RecursionError|"
+    r"AssertionError|ZeroDivisionError|OverflowError|NameError|UnboundLocalError):"
+)
 # The database driver's own error class, as SQLAlchemy names it at the head of its message:
 # "(psycopg.DataError) ...", "(psycopg.errors.StringDataRightTruncation) ...", "(pymysql.err.DataError) ...".
 _DRIVER_ERROR = re.compile(r"\((?:psycopg2?|pymysql|MySQLdb|sqlite3|pg8000)(?:\.\w+)*\.(\w+)\)")
@@ -57,7 +65,10 @@ def classify(error: BaseException | str) -> str:
     Except for the database refusing the data itself (the driver's ``DataError``: a NUL in a text column on
     PostgreSQL, a value too long for its column): that is the unit's for good, whatever else the message
     says, and SQLAlchemy's message echoes the statement's parameters, the unit's own text, where any word
-    may appear. Such a unit was retried for ever, and every later trace of the directory waited behind it."""
+    may appear. Such a unit was retried for ever, and every later trace of the directory waited behind it.
+    So was a unit that makes the code preparing it fail (a ``KeyError``, a ``TypeError``): a fault that
+    repeats for that unit; unless the message also reads as transient, it is set aside, and replayed once
+    the code is fixed."""
     if isinstance(error, BaseException):
         if isinstance(error, (ConnectionError, TimeoutError)):
             return "transient"
@@ -66,14 +77,16 @@ def classify(error: BaseException | str) -> str:
             return "permanent" if all(classify(p) == "permanent" for p in parts) else "transient"
         code = getattr(error, "error_code", "") or ""
         text = f"{type(error).__name__}: {code} {error}"
+        program_error = isinstance(error, _PROGRAM_ERRORS)
     else:
         text = error
+        program_error = _PROGRAM_ERROR_TEXT.match(text) is not None
     text = text[:4000]
     if _is_data_error(text):
         return "permanent"
     if _TRANSIENT.search(text):
         return "transient"
-    return "permanent" if _PERMANENT.search(text) else "transient"
+    return "permanent" if program_error or _PERMANENT.search(text) else "transient"
 
 
 def _is_data_error(text: str) -> bool:
