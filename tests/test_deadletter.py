@@ -4,6 +4,7 @@ its call was made when an app switches its store mid-run. Real processes, real s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -17,6 +18,8 @@ import pytest
 from hypothesis import strategies as st
 from spanline.pipeline import convert, sink
 from spanline.pipeline.writer import deadletter
+
+from spanline.mlflow_server import run_mlflow_server
 
 APP = """
 import os, sys, mlflow, spanline
@@ -162,14 +165,27 @@ def test_bisect_sets_aside_exactly_the_units_refused_alone():
     assert sorted(written) == sorted(u for u in batch if u != "poison")
 
 
-def test_text_postgresql_cannot_hold_is_stored_there_and_a_row_it_refuses_holds_nothing_up(postgres_uri, log_dir):
-    """On PostgreSQL, whose text columns hold no NUL character and whose ``spans.type`` holds 500: a trace
-    named with a NUL and tagged with one is stored, each NUL as U+FFFD; a trace whose span type is longer
-    than its column is set aside (the database refused its data: retrying cannot help), and the traces
-    made after it are stored, ``flush()`` saying which were lost. Both waited for ever, and everything
-    behind them: the writer retried the refusal as if the store were down."""
+@pytest.mark.parametrize("through", ["database", "mlflow server"])
+def test_text_postgresql_cannot_hold_is_stored_there_and_a_row_it_refuses_holds_nothing_up(
+    through, postgres_uri, log_dir, tmp_path
+):
+    """On PostgreSQL, whose text columns hold no NUL character and whose ``spans.type`` holds 500, written
+    directly or through an ``mlflow server`` in front of it: a trace named with a NUL and tagged with one is
+    stored, each NUL as U+FFFD; a trace whose span type is longer than its column is set aside (the database
+    refused its data: retrying cannot help), and the traces made after it are stored, ``flush()`` saying
+    which were lost. In the database, both waited for ever, and everything behind them: the writer retried
+    the refusal as if the store were down."""
+    with contextlib.ExitStack() as stack:
+        uri = postgres_uri
+        if through == "mlflow server":
+            (tmp_path / "server").mkdir()
+            uri = stack.enter_context(run_mlflow_server(tmp_path / "server", backend_store_uri=postgres_uri)).url
+        _check_text_postgresql_cannot_hold(uri, log_dir)
+
+
+def _check_text_postgresql_cannot_hold(uri: str, log_dir: str) -> None:
     out = _run(f"""
-        mlflow.set_tracking_uri({postgres_uri!r})
+        mlflow.set_tracking_uri({uri!r})
         mlflow.set_experiment("nul")
         with spanline.start_span("run\\x00one", span_type="AGENT", inputs={{"q": "bin\\x00ary"}},
                                  attributes={{"mlflow.traceTag.note": "a\\x00b"}}):
@@ -182,7 +198,7 @@ def test_text_postgresql_cannot_hold_is_stored_there_and_a_row_it_refuses_holds_
         print("FLUSH", spanline.flush(120), spanline.stats().dropped, flush=True)
     """, log_dir)
     assert "FLUSH False {'dead_letter': 2}" in out, out  # the set-aside trace's two events
-    traces = helpers.stored_traces(postgres_uri, "nul")
+    traces = helpers.stored_traces(uri, "nul")
     names = sorted(t.info.tags.get("mlflow.traceName") for t in traces)
     assert names == ["agent", "agent", "agent", "run\ufffdone"], names
     marked = next(t for t in traces if t.info.tags["mlflow.traceName"] == "run\ufffdone")
