@@ -56,6 +56,7 @@ def placement(parent: Parent | None) -> Placement:
     """
     span = context.new_span_id()
     if parent is None:
+        span = context.trace_number(span, time.time_ns())
         rate = _runtime.sample_rate
         sampled = _runtime.log_traces and (rate >= 1.0 or random.random() < rate)
         experiment, tracking_uri = context.destination()
