@@ -31,7 +31,7 @@ from time import time_ns
 from typing import Any
 
 from spanline.pipeline import context
-from spanline.pipeline.context import SLOT_SHIFT, Parent
+from spanline.pipeline.context import NUMBER_BITS, RANDOM_MASK, SLOT_MASK, SLOT_SHIFT, Parent
 from spanline.pipeline.events import StreamChunk, encode
 from spanline.pipeline.stats import report_internal_error
 from spanline.pipeline.streams import end_event, held_start_event, start_event
@@ -216,7 +216,7 @@ def opened(self: Any, kwargs: dict, parent: Parent | None, start: int, slot: lis
             rate = _runtime.sample_rate
             if not _runtime.log_traces or (rate < 1.0 and random() >= rate):
                 return
-            span = ((start >> SLOT_SHIFT) & 0xFFF) << 52 | (span & 0xFFFFFFFFFFFFF)  # context.trace_number
+            span = ((start >> SLOT_SHIFT) & SLOT_MASK) << NUMBER_BITS | (span & RANDOM_MASK)  # context.trace_number
             trace, parent_span, root, ext_trace = span, 0, span, ""
             experiment, tracking_uri = context.destination()
         else:

@@ -68,15 +68,15 @@ _SPREAD = 0x9E3779B97F4A7C15
 # of 10,000 traces. The other 52 bits stay random, and the first 8 hex digits, which MLflow's trace list
 # shows, keep 20 of them: traces made in the same second still look different there.
 SLOT_SHIFT = 30
-_NUMBER_BITS = 52
-_RANDOM_MASK = (1 << _NUMBER_BITS) - 1
-_SLOT_MASK = (1 << (64 - _NUMBER_BITS)) - 1
+NUMBER_BITS = 52
+RANDOM_MASK = (1 << NUMBER_BITS) - 1
+SLOT_MASK = (1 << (64 - NUMBER_BITS)) - 1
 
 
 def trace_number(span_id: int, start_ns: int) -> int:
     """A new trace's number from its root span's fresh random id and its start time: the id's low 52 bits
     after 12 bits of the time (``patches/record.py`` and ``patches/stream_recorder.py`` inline this)."""
-    return ((start_ns >> SLOT_SHIFT) & _SLOT_MASK) << _NUMBER_BITS | (span_id & _RANDOM_MASK)
+    return ((start_ns >> SLOT_SHIFT) & SLOT_MASK) << NUMBER_BITS | (span_id & RANDOM_MASK)
 
 
 def otel_trace_id(trace_number: int) -> int:

@@ -70,7 +70,8 @@ def test_traces_made_together_sort_together_by_id(traced):
     assert len(traces) == 18
     for t in traces:
         start = root_of(t).start_time_ns
-        assert int(t.info.trace_id[3:6], 16) == (start >> context.SLOT_SHIFT) & 0xFFF, (t.info.trace_id, start)
+        slot = (start >> context.SLOT_SHIFT) & context.SLOT_MASK
+        assert int(t.info.trace_id[3:6], 16) == slot, (t.info.trace_id, start)
     assert len({t.info.trace_id[3:11] for t in traces}) == 18
 
 
