@@ -14,6 +14,7 @@ permanent is transient and retried forever: a wrong guess that way only delays, 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import re
@@ -91,18 +92,22 @@ def classify(error: BaseException | str) -> str:
 
 def _is_data_error(text: str) -> bool:
     match = _DRIVER_ERROR.search(text[:1000])  # the head of the message: the statement and parameters follow
-    if match is None:
-        return False
-    name = match.group(1)
-    if name == "DataError":
-        return True
-    # A subclass the driver names by its SQLSTATE ("StringDataRightTruncation"): psycopg knows its classes.
-    for module in ("psycopg", "psycopg2"):
-        with contextlib.suppress(ImportError):
-            driver = importlib.import_module(module)
-            found = getattr(driver.errors, name, None)
-            if isinstance(found, type) and issubclass(found, driver.DataError):
-                return True
+    return match is not None and (match.group(1) == "DataError" or _names_data_error(match.group(1)))
+
+
+@functools.lru_cache(maxsize=64)  # bounded: the name comes from a message, which may quote user text
+def _names_data_error(name: str) -> bool:
+    """Whether ``name`` is a subclass of ``DataError`` that the driver names by its SQLSTATE
+    ("StringDataRightTruncation"): psycopg (3, or 2) knows its classes, and both use the same names. Asked
+    once per name: a driver that is not installed is not imported again at every failing write."""
+    for driver in ("psycopg", "psycopg2"):
+        try:
+            module = importlib.import_module(driver)
+        except ImportError:
+            continue
+        found = getattr(module.errors, name, None)
+        if isinstance(found, type) and issubclass(found, module.DataError):
+            return True
     return False
 
 
