@@ -158,12 +158,24 @@ def for_mlflow_root(info: MlflowTraceEnd, spans: Sequence[Span]) -> TraceInfo:
         request_time=info.request_time,
         execution_duration=info.execution_duration,
         state=TraceState(info.state),
-        trace_metadata=dict(info.trace_metadata),
-        tags=dict(info.tags),
-        client_request_id=info.client_request_id,
+        trace_metadata=_without_nul_chars(info.trace_metadata),
+        tags=_without_nul_chars(info.tags),
+        client_request_id=info.client_request_id and info.client_request_id.replace("\x00", NUL_STAND_IN),
     )
     add_size_stats_to_trace_metadata(Trace(trace_info, TraceData(spans=list(spans))))
     return trace_info
+
+
+# A NUL character is text no PostgreSQL column holds, and the store refuses the whole trace for one. The sink
+# stores each as U+FFFD in span names and attributes; the tags and metadata of a trace MLflow's tracer roots
+# (its name, ``update_current_trace``) come here instead, and get the same stand-in.
+NUL_STAND_IN = "\ufffd"
+
+
+def _without_nul_chars(texts: dict[str, str]) -> dict[str, str]:
+    if not any("\x00" in k or "\x00" in v for k, v in texts.items()):
+        return dict(texts)
+    return {k.replace("\x00", NUL_STAND_IN): v.replace("\x00", NUL_STAND_IN) for k, v in texts.items()}
 
 
 def size_figures(trace: Trace) -> dict[str, str]:

@@ -193,6 +193,14 @@ def _check_text_postgresql_cannot_hold(uri: str, log_dir: str) -> None:
                                    messages=[{{"role": "user", "content": "bin\\x00ary"}}])
         with spanline.start_span("too long a type", span_type="T" * 600):
             pass
+
+        @mlflow.trace(name="own\\x00root")  # a trace MLflow's tracer roots: its tags and metadata are MLflow's
+        def own(q):
+            mlflow.update_current_trace(tags={{"own\\x00key": "c\\x00d"}}, metadata={{"m": "e\\x00f"}},
+                                        client_request_id="g\\x00h")
+            return q
+
+        own("in\\x00put")
         for i in range(3):
             agent(i)
         print("FLUSH", spanline.flush(120), spanline.stats().dropped, flush=True)
@@ -200,7 +208,11 @@ def _check_text_postgresql_cannot_hold(uri: str, log_dir: str) -> None:
     assert "FLUSH False {'dead_letter': 2}" in out, out  # the set-aside trace's two events
     traces = helpers.stored_traces(uri, "nul")
     names = sorted(t.info.tags.get("mlflow.traceName") for t in traces)
-    assert names == ["agent", "agent", "agent", "run\ufffdone"], names
+    assert names == ["agent", "agent", "agent", "own\ufffdroot", "run\ufffdone"], names
+    own = next(t for t in traces if t.info.tags["mlflow.traceName"] == "own\ufffdroot")
+    assert own.info.tags["own\ufffdkey"] == "c\ufffdd" and own.info.trace_metadata["m"] == "e\ufffdf"
+    assert own.info.client_request_id == "g\ufffdh"
+    assert json.loads(own.info.request_preview)["q"] == "in\ufffdput", own.info.request_preview
     marked = next(t for t in traces if t.info.tags["mlflow.traceName"] == "run\ufffdone")
     assert marked.info.tags["note"] == "a\ufffdb"
     assert [s.name for s in marked.data.spans if s.parent_id is None] == ["run\ufffdone"]
