@@ -129,7 +129,9 @@ def replayed_call(call: Any) -> Any:
     duration = template.end_ns - template.start_ns
 
     def replay(i: int) -> None:
-        ident, now = context.new_span_id(), time.time_ns()
+        now = time.time_ns()
+        # a root's ids as the call's patch makes them: its trace number, leading with its start time
+        ident = context.trace_number(context.new_span_id(), now - duration)
         pipeline.emit(events.encode(msgspec.structs.replace(
             template, trace=ident, span=ident, root=ident, start_ns=now - duration, end_ns=now)))
 
