@@ -60,7 +60,7 @@ class WriterStatus:
         reported = (status.get("producers") or {}).get(producer_id) or (
             status.get("finished_producers") or {}
         ).get(producer_id)
-        if reported and reported.get("traces_stored", 0) >= mine.get("traces_stored", 0):
+        if reported and _progress(reported) >= _progress(mine):
             mine = reported
         stored["spans_stored"] += mine.get("spans_stored", 0)
         stored["traces_stored"] += mine.get("traces_stored", 0)
@@ -93,3 +93,11 @@ def alive(pid: object) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _progress(counters: dict) -> int:
+    """How far a producer's counters are: stored and dropped only grow, so the larger is the newer. (By traces
+    stored alone, a status file written before the last refusals won over the answer that counted them, and
+    ``stats()`` under-reported the loss exactly while the store refused everything.)"""
+    return counters.get("traces_stored", 0) + sum((counters.get("dropped") or {}).values())
+
