@@ -4,6 +4,7 @@ its call was made when an app switches its store mid-run. Real processes, real s
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -89,6 +90,45 @@ def test_a_poison_trace_is_set_aside_and_nothing_waits_behind_it(tmp_path, log_d
     assert replay.returncode == 0 and "3 stored, 0 refused" in replay.stdout, replay.stdout + replay.stderr[-3000:]
     assert _count(second, "1") == 3
     assert deadletter.count(log_dir)[0] == 0
+
+
+def test_dead_letters_stay_within_the_log_s_bound(tmp_path, log_dir):
+    """A store that refuses every trace (here the experiment they name is not in it, as when it was deleted)
+    had the writer set them aside without end, at the app's trace rate, until the disk was full. The dead-letter
+    file stays within ``max_log_bytes``: the first refusals are kept and replayable, the rest are counted as
+    lost (``log_full``, so ``flush()`` says so) and the status says why."""
+    first, second = f"sqlite:///{tmp_path}/a.db", f"sqlite:///{tmp_path}/b.db"
+    limit, calls = 16384, 30
+    out = _run(f"""
+        mlflow.set_tracking_uri({first!r})
+        mlflow.set_experiment("first")
+        mlflow.set_tracking_uri({second!r})
+        lost = 0
+        for i in range({calls}):
+            agent(i)
+            lost += not spanline.flush(60)  # the writer keeps up: the log itself stays far within its bound
+        print("LOST", lost, "DROPPED", spanline.stats().dropped, flush=True)
+    """, log_dir, SPANLINE_MAX_LOG_BYTES=str(limit), SPANLINE_SEGMENT_BYTES="4096")
+    assert f"LOST {calls} " in out, out  # every flush said its trace was lost, set aside or not
+    kept, error = deadletter.count(log_dir)
+    assert 0 < kept < calls and "No Experiment with id=1" in error, (kept, error)
+    assert os.path.getsize(os.path.join(log_dir, deadletter.FILE)) <= limit
+    dropped = ast.literal_eval(out.split("DROPPED ", 1)[1])
+    assert set(dropped) == {"dead_letter", "log_full"}, out
+    # every trace's events counted, set aside or dropped (stats() once kept a status file's older figures)
+    per_trace = dropped["dead_letter"] // kept
+    assert dropped == {"dead_letter": kept * per_trace, "log_full": (calls - kept) * per_trace}, (dropped, kept)
+    status = subprocess.run([sys.executable, "-m", "spanline.cli", "status", "--log-dir", log_dir],
+                            capture_output=True, text=True, timeout=120).stdout
+    assert f"dead letters over max_log_bytes ({limit})" in status, status
+
+    mlflow.set_tracking_uri(second)
+    assert mlflow.create_experiment("made-later") == "1"
+    env = {**os.environ, "MLFLOW_MODEL_CATALOG_URI": ""}
+    replay = subprocess.run([sys.executable, "-m", "spanline.cli", "replay-dead-letters", "--log-dir", log_dir],
+                            capture_output=True, text=True, timeout=240, env=env)
+    assert f"{kept} stored, 0 refused" in replay.stdout, replay.stdout + replay.stderr[-3000:]
+    assert _count(second, "1") == kept
 
 
 def test_an_app_that_switches_store_and_experiment_mid_run_stores_each_trace_where_its_call_was_made(

@@ -155,14 +155,27 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(_Letter)
 
 
-def append(dir_fd: int, letters: Sequence[tuple[Unit, str]]) -> None:
-    """Set ``letters`` aside in the directory's dead-letter file (appended, never through a link)."""
-    data = b"".join(_encoder.encode(_Letter(time.time(), error, unit)) + b"\n" for unit, error in letters)
+def append(dir_fd: int, letters: Sequence[tuple[Unit, str]], limit: int | None = None) -> int:
+    """Set ``letters`` aside in the directory's dead-letter file (appended, never through a link), in order,
+    while the file stays within ``limit`` bytes. Returns how many were set aside.
+
+    The bound is the log's own (``max_log_bytes``): a store that refuses every trace (its experiment deleted,
+    an MLflow it cannot take) would otherwise grow the file at the service's trace rate until the pod's disk
+    is full. The first letters are kept, as the first failures say most about the cause."""
+    lines = [_encoder.encode(_Letter(time.time(), error, unit)) + b"\n" for unit, error in letters]
     fd = safefs.open_in(dir_fd, FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     try:
-        safefs.write_all(fd, data)
+        if limit is not None:
+            room, kept = limit - os.fstat(fd).st_size, 0
+            while kept < len(lines) and len(lines[kept]) <= room:
+                room -= len(lines[kept])
+                kept += 1
+            lines = lines[:kept]
+        if lines:
+            safefs.write_all(fd, b"".join(lines))
     finally:
         os.close(fd)
+    return len(lines)
 
 
 def count(directory: str) -> tuple[int, str | None]:

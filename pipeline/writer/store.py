@@ -23,6 +23,7 @@ from typing import Any
 
 from .. import eventlog, logdir, safefs
 from ..assembler import Unit
+from ..options import Options
 from ..stats import DropReason
 from . import deadletter
 from .segments import Producer, Segment, count_events, mtime, size
@@ -55,6 +56,7 @@ class StoreStep:
     retry_at: float
     backoff: float
     dead_letter_errors: dict[str, int]
+    _dead_letters_full: bool = False  # said once, until the dead-letter file has room again
     finished_producers: dict[str, dict[str, Any]]
     tally: Any
     report: Any
@@ -127,29 +129,39 @@ class StoreStep:
     def _set_aside(self, refused: list[tuple[Unit, str]]) -> None:
         """Units the store refused for good: into the dead-letter file, counted for their producer (its
         flush() reports the loss) and in the status, logged once per distinct error."""
+        # the producers' bound, or the default one once they are gone: never an unbounded file
+        limit = self._log_limit() or Options.max_log_bytes
         try:
             if self.dir_fd >= 0:
-                deadletter.append(self.dir_fd, refused)
+                kept = deadletter.append(self.dir_fd, refused, limit)
             else:
                 with safefs.opened_dir(self.directory) as dir_fd:
-                    deadletter.append(dir_fd, refused)
+                    kept = deadletter.append(dir_fd, refused, limit)
             reason = DropReason.DEAD_LETTER
         except OSError as exc:  # a full disk: counted as lost, never retried forever
             self.report.file_failed("dead letters", exc)
-            reason = DropReason.SINK_ERROR
-        for unit, error in refused:
+            kept, reason = len(refused), DropReason.SINK_ERROR
+        for index, (unit, error) in enumerate(refused):
             producer = self.owner.pop(id(unit), None)
             self.tally.add("dead_letters")
+            lost = reason if index < kept else DropReason.LOG_FULL
             if producer is not None:
-                self.tally.drop(producer, reason, unit.event_count)
+                self.tally.drop(producer, lost, unit.event_count)
             else:
-                self.tally.dropped[reason] = self.tally.dropped.get(reason, 0) + unit.event_count
+                self.tally.dropped[lost] = self.tally.dropped.get(lost, 0) + unit.event_count
             if error not in self.dead_letter_errors:
                 logger.error("spanline writer: the store refused trace %s for good (set aside in %s; "
                              "`spanline replay-dead-letters` stores it once fixed): %s",
                              unit.trace_id, deadletter.FILE, error)
             self.dead_letter_errors[error] = self.dead_letter_errors.get(error, 0) + 1
             self.report.last_error = f"dead letter {unit.trace_id}: {error}"
+        over = len(refused) - kept
+        if over:
+            self.report.last_error = (f"dead letters over max_log_bytes ({limit}): {over} trace(s) the store "
+                                      f"refused were dropped, not set aside")
+            if not self._dead_letters_full:  # once until the file has room again
+                logger.warning("spanline writer: %s; `spanline replay-dead-letters` makes room", self.report.last_error)
+        self._dead_letters_full = over > 0
 
     def commit(self) -> None:
         """Everything read this round is stored: move checkpoints, delete finished segments."""
@@ -207,13 +219,17 @@ class StoreStep:
             self._delete(producer, seg)
         self.finished_producers[producer.pid] = producer.counters
 
+    def _log_limit(self) -> int | None:
+        """``max_log_bytes``: the writer's, else the largest a producer asked for."""
+        if self.max_log_bytes is not None:
+            return self.max_log_bytes
+        limits = [p.header.get("max_log_bytes") for p in self.producers.values() if p.header.get("max_log_bytes")]
+        return max(limits) if limits else None
+
     def enforce_bound(self) -> None:
         """Past ``max_log_bytes`` (the writer's, else the largest a producer asked for): drop the oldest
         segments, counted as lost for their producers."""
-        limit = self.max_log_bytes
-        if limit is None:
-            limits = [p.header.get("max_log_bytes") for p in self.producers.values() if p.header.get("max_log_bytes")]
-            limit = max(limits) if limits else None
+        limit = self._log_limit()
         if not limit:
             return
         segments = []
