@@ -149,7 +149,7 @@ class StoreStep:
                 self.tally.drop(producer, lost, unit.event_count)
             else:
                 self.tally.dropped[lost] = self.tally.dropped.get(lost, 0) + unit.event_count
-            if error not in self.dead_letter_errors:
+            if error not in self.dead_letter_errors and index < kept:  # (the rest: the warning below)
                 logger.error("spanline writer: the store refused trace %s for good (set aside in %s; "
                              "`spanline replay-dead-letters` stores it once fixed): %s",
                              unit.trace_id, deadletter.FILE, error)
