@@ -21,7 +21,6 @@ import copy
 import gc
 import json
 import os
-import random
 import statistics
 import sys
 import time
@@ -301,7 +300,7 @@ def _fresh(template: list, uri: str, experiment: str) -> list:
 
     out = []
     for unit in template:
-        trace_id = context.mlflow_trace_id(context.trace_number(random.getrandbits(64), time.time_ns()))
+        trace_id = context.mlflow_trace_id(context.trace_number(context.new_span_id(), time.time_ns()))
         spans = []
         for rec in unit.spans:
             rec = copy.copy(rec)
